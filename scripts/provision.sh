@@ -1,0 +1,278 @@
+#!/usr/bin/env bash
+# provision.sh — fetch everything reflexd needs for development and tests into a
+# per-user cache, so that every clone of the repository reuses it.
+#
+#   scripts/provision.sh          # first run: ~1 min (downloads ~120 MB); later: well under 1 s
+#   . "$(scripts/provision.sh --print-env)"   # or: source ~/.cache/reflexd/v1/env.sh
+#
+# What it sets up (cache root below):
+#   venv/                 Python venv with pinned onnxruntime, eclipse-zenoh, numpy, onnx
+#   lib/libonnxruntime.so symlink to the wheel's libonnxruntime.so.<ver> (for ORT_DYLIB_PATH)
+#   wheels/               wheels downloaded with `pip download --no-deps` (kept as a cache)
+#   models/               real ONNX models unpacked from those wheels
+#   data/                 real test images unpacked from the scikit-image wheel
+#   env.sh                exports ORT_DYLIB_PATH, REFLEXD_PYTHON, REFLEXD_CACHE_V
+# and in the repository: models/fetched -> <cache>/models, models/data -> <cache>/data
+# (both listed in .gitignore).
+#
+# Cache root: ${REFLEXD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/reflexd}/v1
+#   "v1" is the provisioning version key: bump it when the layout changes
+#   incompatibly. Changing a pin below is enough to trigger a reinstall.
+# Environment knobs:
+#   REFLEXD_CACHE        cache parent directory (default ~/.cache/reflexd)
+#   REFLEXD_BASE_PYTHON  interpreter used to create the venv (default python3, needs >= 3.11)
+#
+# Only package registries are needed (PyPI; Debian/Ubuntu apt for python3-venv
+# if the venv module is missing). Nothing is fetched from model hubs or CDNs.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${REFLEXD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/reflexd}/v1"
+BASE_PY="${REFLEXD_BASE_PYTHON:-python3}"
+
+if [[ "${1:-}" == "--print-env" ]]; then
+    echo "$CACHE/env.sh"
+    exit 0
+fi
+
+# ---- pins -------------------------------------------------------------------
+ORT_VERSION=1.31.1
+PY_PINS=(
+    "onnxruntime==${ORT_VERSION}"
+    "eclipse-zenoh==1.10.2"
+    "numpy==2.4.6"      # cp311..cp314 manylinux wheels; onnxruntime 1.31.1 itself needs python >= 3.11
+    "onnx==1.23.2"
+)
+# Assets unpacked from wheels (downloaded with --no-deps, never installed).
+# dest-dir | file name | pip requirement | member inside the wheel | sha256 of the member
+ASSETS=(
+    "models|silero_vad.onnx|silero-vad==6.2.3|silero_vad/data/silero_vad.onnx|1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"
+    "models|ch_PP-OCRv4_det_infer.onnx|rapidocr-onnxruntime==1.4.4|rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx|d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9"
+    "models|ch_ppocr_mobile_v2.0_cls_infer.onnx|rapidocr-onnxruntime==1.4.4|rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx|e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c"
+    "data|page.png|scikit-image==0.26.0|skimage/data/page.png|341a6f0a61557662b02734a9b6e56ec33a915b2c41886b97509dedf2a43b47a3"
+    "data|astronaut.png|scikit-image==0.26.0|skimage/data/astronaut.png|88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5"
+)
+# scikit-image wheels are platform specific, but we only unzip two PNGs: always
+# fetch the same cp311 / manylinux x86_64 wheel, whatever the host (works on aarch64 too).
+SKIMAGE_PLATFORM_ARGS=(--platform manylinux_2_28_x86_64 --python-version 3.11 --implementation cp --abi cp311)
+
+# ---- helpers ----------------------------------------------------------------
+die() { echo "provision.sh: ERROR: $*" >&2; exit 1; }
+now_ms() { date +%s%3N; }
+T0=$(now_ms)
+SUMMARY=()
+note() { SUMMARY+=("$*"); }
+
+VENV="$CACHE/venv"
+VPY="$VENV/bin/python"
+LOGDIR="$CACHE/logs"
+
+mkdir -p "$CACHE" "$LOGDIR" "$CACHE/lib" "$CACHE/wheels" "$CACHE/models" "$CACHE/data"
+
+# Serialize concurrent runs (e.g. parallel CI jobs sharing one cache).
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$CACHE/.lock"
+    flock 9
+fi
+
+run_logged() { # run_logged <log-name> <what> cmd...
+    local log="$LOGDIR/$1.log" what="$2"; shift 2
+    if ! "$@" >"$log" 2>&1; then
+        tail -n 15 "$log" >&2 || true
+        die "$what failed (full log: $log)"
+    fi
+}
+
+as_root() {
+    if [[ "$(id -u)" == 0 ]]; then "$@"
+    elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+    else die "need root to run: $* (no sudo available)"; fi
+}
+
+# ---- 1. Python venv with pinned packages ------------------------------------
+PIN_MARKER="$VENV/.reflexd-pins"
+PINS_TEXT="$(printf '%s\n' "${PY_PINS[@]}")"
+
+venv_ok() { [[ -x "$VPY" ]] && "$VPY" -c 'import sys' >/dev/null 2>&1; }
+
+if [[ -f "$PIN_MARKER" && "$(cat "$PIN_MARKER")" == "$PINS_TEXT" ]] && venv_ok; then
+    note "venv:     skipped (pins unchanged) $VENV"
+else
+    command -v "$BASE_PY" >/dev/null 2>&1 || die "no '$BASE_PY' found; install Python >= 3.11 (or set REFLEXD_BASE_PYTHON)"
+    "$BASE_PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+        || die "$("$BASE_PY" -V 2>&1) is too old: onnxruntime ${ORT_VERSION} wheels need Python >= 3.11 (set REFLEXD_BASE_PYTHON)"
+    if ! "$BASE_PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        # Debian/Ubuntu split venv/ensurepip into python3-venv.
+        command -v apt-get >/dev/null 2>&1 \
+            || die "the Python venv module (ensurepip) is missing; install your distribution's python3-venv package"
+        pyver="$("$BASE_PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+        echo "provision.sh: installing python3-venv with apt-get ..."
+        export DEBIAN_FRONTEND=noninteractive
+        as_root apt-get install -y -q --no-upgrade python3-venv "python${pyver}-venv" >"$LOGDIR/apt.log" 2>&1 \
+            || { as_root apt-get update -q >>"$LOGDIR/apt.log" 2>&1 \
+                 && as_root apt-get install -y -q --no-upgrade python3-venv "python${pyver}-venv" >>"$LOGDIR/apt.log" 2>&1; } \
+            || as_root apt-get install -y -q --no-upgrade python3-venv >>"$LOGDIR/apt.log" 2>&1 \
+            || die "apt-get install python3-venv failed (log: $LOGDIR/apt.log)"
+        "$BASE_PY" -c 'import venv, ensurepip' >/dev/null 2>&1 \
+            || die "'$BASE_PY' still has no venv/ensurepip after installing python3-venv (is it the system python?)"
+    fi
+    if ! venv_ok; then
+        rm -rf "$VENV"
+        run_logged venv "creating venv $VENV" "$BASE_PY" -m venv "$VENV"
+    fi
+    rm -f "$PIN_MARKER"
+    run_logged pip-install "pip install ${PY_PINS[*]}" \
+        "$VPY" -m pip install --disable-pip-version-check --only-binary=:all: "${PY_PINS[@]}"
+    run_logged import-check "importing the installed packages" \
+        "$VPY" -c 'import onnxruntime, zenoh, numpy, onnx'
+    "$VPY" -m pip freeze --disable-pip-version-check >"$CACHE/venv-freeze.txt" 2>/dev/null || true
+    printf '%s' "$PINS_TEXT" >"$PIN_MARKER"
+    note "venv:     installed ${PY_PINS[*]} into $VENV (resolved set: $CACHE/venv-freeze.txt)"
+fi
+
+# ---- 2. lib/libonnxruntime.so -> wheel's versioned library ------------------
+shopt -s nullglob
+ort_libs=("$VENV"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so."$ORT_VERSION")
+shopt -u nullglob
+[[ ${#ort_libs[@]} -ge 1 && -s "${ort_libs[0]}" ]] \
+    || die "libonnxruntime.so.${ORT_VERSION} not found in $VENV (delete $PIN_MARKER and re-run)"
+ORT_LIB="${ort_libs[0]}"
+if [[ "$(readlink "$CACHE/lib/libonnxruntime.so" 2>/dev/null || true)" == "$ORT_LIB" ]]; then
+    note "ort lib:  skipped (link up to date) $CACHE/lib/libonnxruntime.so"
+else
+    ln -sfn "$ORT_LIB" "$CACHE/lib/libonnxruntime.so"
+    # Sibling some execution providers look up next to the library (harmless for CPU).
+    [[ -e "$(dirname "$ORT_LIB")/libonnxruntime_providers_shared.so" ]] \
+        && ln -sfn "$(dirname "$ORT_LIB")/libonnxruntime_providers_shared.so" "$CACHE/lib/libonnxruntime_providers_shared.so"
+    note "ort lib:  linked $CACHE/lib/libonnxruntime.so -> $ORT_LIB"
+fi
+
+# ---- 3. Models and images unpacked from registry wheels ---------------------
+ASSET_MARKER="$CACHE/.assets-ok"
+ASSETS_TEXT="$(printf '%s\n' "${ASSETS[@]}")"
+assets_present() {
+    local a dir name
+    for a in "${ASSETS[@]}"; do
+        IFS='|' read -r dir name _ <<<"$a"
+        [[ -s "$CACHE/$dir/$name" ]] || return 1
+    done
+}
+wheel_file() { # wheel_file <name==version> -> prints cached wheel path or nothing
+    local req="$1" name ver
+    name="${req%%==*}"; ver="${req##*==}"
+    name="${name//-/_}"
+    compgen -G "$CACHE/wheels/${name}-${ver}-*.whl" | head -n 1 || true
+}
+
+if [[ -f "$ASSET_MARKER" && "$(cat "$ASSET_MARKER")" == "$ASSETS_TEXT" ]] && assets_present; then
+    note "assets:   skipped (models/ and data/ present)"
+else
+    rm -f "$ASSET_MARKER"
+    declare -A seen=()
+    downloaded=()
+    for a in "${ASSETS[@]}"; do
+        IFS='|' read -r _ _ req _ _ <<<"$a"
+        [[ -n "${seen[$req]:-}" ]] && continue
+        seen[$req]=1
+        [[ -n "$(wheel_file "$req")" ]] && continue
+        extra=()
+        [[ "$req" == scikit-image==* ]] && extra=("${SKIMAGE_PLATFORM_ARGS[@]}")
+        run_logged "download-${req%%==*}" "pip download $req" \
+            "$VPY" -m pip download --disable-pip-version-check --no-deps --only-binary=:all: \
+            "${extra[@]}" -d "$CACHE/wheels" "$req"
+        [[ -n "$(wheel_file "$req")" ]] || die "pip download $req produced no wheel in $CACHE/wheels"
+        downloaded+=("$req")
+    done
+    # Extract with Python's zipfile (no unzip dependency); check sha256; atomic rename.
+    extract_args=()
+    for a in "${ASSETS[@]}"; do
+        IFS='|' read -r dir name req member sha <<<"$a"
+        extract_args+=("$(wheel_file "$req")" "$member" "$CACHE/$dir/$name" "$sha")
+    done
+    "$VPY" - "${extract_args[@]}" <<'PYEOF' || die "extracting models/images from wheels failed (see message above)"
+import hashlib, os, sys, zipfile
+args = sys.argv[1:]
+for i in range(0, len(args), 4):
+    whl, member, dest, sha = args[i:i + 4]
+    try:
+        data = zipfile.ZipFile(whl).read(member)
+    except (KeyError, zipfile.BadZipFile, OSError) as e:
+        sys.exit(f"provision.sh: ERROR: cannot read {member} from {whl}: {e}")
+    got = hashlib.sha256(data).hexdigest()
+    if got != sha:
+        sys.exit(f"provision.sh: ERROR: sha256 mismatch for {member} in {whl}: {got} != {sha}")
+    if os.path.isfile(dest) and os.path.getsize(dest) == len(data):
+        with open(dest, "rb") as f:
+            if f.read() == data:
+                continue
+    tmp = dest + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, dest)
+PYEOF
+    assets_present || die "asset verification failed after extraction"
+    printf '%s' "$ASSETS_TEXT" >"$ASSET_MARKER"
+    if [[ ${#downloaded[@]} -gt 0 ]]; then
+        note "assets:   downloaded ${downloaded[*]}; extracted ${#ASSETS[@]} files (sha256 verified)"
+    else
+        note "assets:   extracted ${#ASSETS[@]} files from cached wheels (sha256 verified)"
+    fi
+fi
+
+# Always verify (cheap): every expected file exists and is non-empty.
+for a in "${ASSETS[@]}"; do
+    IFS='|' read -r dir name _ <<<"$a"
+    [[ -s "$CACHE/$dir/$name" ]] || die "missing or empty: $CACHE/$dir/$name (delete $ASSET_MARKER and re-run)"
+done
+
+# ---- 4. Repository links and .gitignore -------------------------------------
+link_into_repo() { # link_into_repo <repo-relative link> <target>
+    local link="$REPO_ROOT/$1" target="$2"
+    if [[ -L "$link" ]]; then
+        if [[ "$(readlink "$link")" == "$target" ]]; then
+            note "link:     skipped $1 -> $target"
+            return
+        fi
+    elif [[ -e "$link" ]]; then
+        die "$link exists and is not a symlink; move it away and re-run"
+    fi
+    mkdir -p "$(dirname "$link")"
+    ln -sfn "$target" "$link"
+    note "link:     $1 -> $target"
+}
+link_into_repo models/fetched "$CACHE/models"
+link_into_repo models/data "$CACHE/data"
+
+GITIGNORE="$REPO_ROOT/.gitignore"
+added=()
+touch "$GITIGNORE"
+for entry in models/fetched models/data target/; do
+    if ! grep -qxF -- "$entry" "$GITIGNORE" && ! grep -qxF -- "/$entry" "$GITIGNORE"; then
+        # keep the file newline-terminated before appending
+        [[ -s "$GITIGNORE" && -n "$(tail -c 1 "$GITIGNORE")" ]] && echo >>"$GITIGNORE"
+        echo "$entry" >>"$GITIGNORE"
+        added+=("$entry")
+    fi
+done
+if [[ ${#added[@]} -gt 0 ]]; then note ".gitignore: added ${added[*]}"; else note ".gitignore: skipped (entries present)"; fi
+
+# ---- 5. env.sh ----------------------------------------------------------------
+ENV_TEXT="$(cat <<EOF
+# generated by reflexd scripts/provision.sh — source this file
+export ORT_DYLIB_PATH=$(printf '%q' "$CACHE/lib/libonnxruntime.so")
+export REFLEXD_PYTHON=$(printf '%q' "$VPY")
+export REFLEXD_CACHE_V=$(printf '%q' "$CACHE")
+EOF
+)"
+if [[ -f "$CACHE/env.sh" && "$(cat "$CACHE/env.sh")" == "$ENV_TEXT" ]]; then
+    note "env.sh:   skipped (unchanged) $CACHE/env.sh"
+else
+    printf '%s\n' "$ENV_TEXT" >"$CACHE/env.sh.tmp"
+    mv -f "$CACHE/env.sh.tmp" "$CACHE/env.sh"
+    note "env.sh:   wrote $CACHE/env.sh"
+fi
+
+# ---- summary ------------------------------------------------------------------
+echo "reflexd provisioning (cache $CACHE):"
+printf '  %s\n' "${SUMMARY[@]}"
+echo "  done in $(( $(now_ms) - T0 )) ms — use: source $CACHE/env.sh"

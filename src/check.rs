@@ -1,0 +1,73 @@
+//! `reflexd check`: everything start-up does short of opening zenoh. Loads
+//! ONNX Runtime and every model with its provider chain, warms each up, and
+//! describes each pipeline's interface, so a bad config or a missing model
+//! fails here (and in systemd's ExecStartPre) rather than on the robot.
+
+use std::fmt::Write;
+
+use crate::config::{Config, InputFormat, Overflow};
+use crate::ortlib;
+use crate::service::{self, StartError};
+
+/// Returns the human-readable report, or the first error.
+pub fn check(config: &Config) -> Result<String, StartError> {
+    let (env, lib) = ortlib::environment(config.runtime.onnxruntime.as_deref())?;
+    service::zenoh_config(&config.zenoh).map_err(StartError::Zenoh)?;
+    let mut out = String::new();
+    let _ = writeln!(out, "onnxruntime: {}", lib.display());
+    let _ = writeln!(out, "levels (highest first): {}", config.levels.join(", "));
+    for (i, w) in config.workers.iter().enumerate() {
+        let names: Vec<&str> = w.iter().map(|&l| config.levels[l].as_str()).collect();
+        let _ = writeln!(out, "worker {i}: serves {}", names.join(", "));
+    }
+    for p in &config.pipelines {
+        let loaded = service::load_and_warm(&env, config, p)?;
+        let spec = &loaded.spec;
+        let chain: Vec<&str> = p.providers.iter().map(|x| x.name()).collect();
+        let _ = writeln!(out, "\npipeline {} ({})", p.name, p.model.display());
+        let _ = writeln!(
+            out,
+            "  provider: {} (configured: {}, fallback: {:?})",
+            spec.provider,
+            chain.join(" → "),
+            p.fallback
+        );
+        let _ = writeln!(
+            out,
+            "  level: {}  deadline: {:?}  overflow: {}",
+            config.levels[p.level],
+            p.deadline,
+            match p.overflow {
+                Overflow::Latest => format!("latest (max_streams {})", p.max_streams),
+                Overflow::Reject => format!("reject (queue_capacity {})", p.queue_capacity),
+            }
+        );
+        let fmt = match &p.format {
+            InputFormat::Safetensors => "safetensors".to_string(),
+            InputFormat::Raw {
+                tensor,
+                dtype,
+                shape,
+            } => format!("raw {tensor}: {}{:?}", dtype.name(), shape),
+        };
+        let _ = writeln!(out, "  in:  {} [{fmt}]", p.input);
+        for port in &spec.client_inputs {
+            let _ = writeln!(out, "       {port}");
+        }
+        let _ = writeln!(out, "  out: {}/<stream>  errors: {}", p.output, p.error_key);
+        for port in spec
+            .model_outputs
+            .iter()
+            .filter(|o| spec.publish.contains(&o.name))
+        {
+            let _ = writeln!(out, "       {port}");
+        }
+        for s in &p.state {
+            let _ = writeln!(out, "  state: {} → {}", s.output, s.input);
+        }
+        for c in &p.context {
+            let _ = writeln!(out, "  context: last {} of {} carried", c.keep, c.input);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,93 @@
+//! Egress: the last stage. Workers publish predictions through their own
+//! [`Outbox`] (declared publishers cached per output key, so the hot path does
+//! no key resolution); ingress and workers publish error messages through
+//! [`publish_error`]. Every put uses `CongestionControl::Drop`: a slow or
+//! absent subscriber must never stall a worker or the zenoh callback, and a
+//! dropped reply is preferable to a late prediction on a robot.
+
+use std::collections::HashMap;
+
+use zenoh::Wait;
+use zenoh::qos::{CongestionControl, Priority};
+
+use crate::error::{ErrorMessage, Rejection};
+
+/// Bound on cached publishers per worker; the cache is cleared past it.
+const MAX_CACHED_PUBLISHERS: usize = 1024;
+
+/// The output key of a stream: `<output>/<stream>`, or `<output>` when the
+/// input key has no wildcard.
+pub fn output_key(output: &str, stream: &str) -> String {
+    if stream.is_empty() {
+        output.to_string()
+    } else {
+        format!("{output}/{stream}")
+    }
+}
+
+/// A worker's publishing side.
+pub struct Outbox {
+    session: zenoh::Session,
+    publishers: HashMap<String, zenoh::pubsub::Publisher<'static>>,
+}
+
+impl Outbox {
+    pub fn new(session: zenoh::Session) -> Outbox {
+        Outbox {
+            session,
+            publishers: HashMap::new(),
+        }
+    }
+
+    pub fn put(&mut self, key: &str, payload: Vec<u8>) -> Result<(), String> {
+        if !self.publishers.contains_key(key) {
+            if self.publishers.len() >= MAX_CACHED_PUBLISHERS {
+                self.publishers.clear();
+            }
+            let p = self
+                .session
+                .declare_publisher(key.to_string())
+                .congestion_control(CongestionControl::Drop)
+                .priority(Priority::DataHigh)
+                .express(true)
+                .wait()
+                .map_err(|e| e.to_string())?;
+            self.publishers.insert(key.to_string(), p);
+        }
+        self.publishers[key]
+            .put(payload)
+            .wait()
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Publishes a JSON error message on a pipeline's error key.
+pub fn publish_error(
+    session: &zenoh::Session,
+    error_key: &str,
+    pipeline: &str,
+    stream: &str,
+    id: Option<&str>,
+    seq: Option<u64>,
+    rej: &Rejection,
+) {
+    let body = ErrorMessage {
+        code: rej.code.code(),
+        message: &rej.message,
+        pipeline,
+        stream,
+        id,
+        seq,
+    };
+    let json = serde_json::to_vec(&body).expect("error message serializes");
+    tracing::debug!(pipeline, stream, code = rej.code.code(), message = %rej.message, "request failed");
+    if let Err(e) = session
+        .put(error_key, json)
+        .congestion_control(CongestionControl::Drop)
+        .priority(Priority::DataHigh)
+        .express(true)
+        .wait()
+    {
+        tracing::warn!(pipeline, error = %e, "cannot publish error message");
+    }
+}

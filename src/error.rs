@@ -1,0 +1,140 @@
+//! Error codes shared by every stage. Ingress, scheduler and workers report a
+//! failed request as an [`ErrorCode`] plus a message; egress turns that into the
+//! JSON error message documented in `docs/protocol.md`. The code strings are a
+//! stable interface: clients and metrics match on them, so never rename one.
+
+use serde::Serialize;
+
+/// Why a request did not produce a prediction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The payload had zero bytes.
+    EmptyPayload,
+    /// The payload exceeded `limits.max_payload_bytes`.
+    PayloadTooLarge,
+    /// The payload could not be parsed as the configured format.
+    BadPayload,
+    /// A tensor the model needs was not in the message.
+    MissingTensor,
+    /// The message carried a tensor the model does not take.
+    UnexpectedTensor,
+    /// A tensor had the wrong element type.
+    WrongDtype,
+    /// A tensor had the wrong shape.
+    WrongShape,
+    /// A tensor had more elements than `limits.max_elements`.
+    TooManyElements,
+    /// The stream id derived from the key is not acceptable.
+    BadStream,
+    /// The pipeline already tracks `max_streams` live streams.
+    TooManyStreams,
+    /// The pipeline's queue was full (`overflow = "reject"`).
+    Busy,
+    /// A newer frame of the same stream replaced this one before it ran
+    /// (`overflow = "latest"`).
+    Superseded,
+    /// The latency budget had passed before the job could start.
+    DeadlineExceeded,
+    /// ONNX Runtime returned an error while running the model.
+    InferenceFailed,
+    /// The daemon stopped before the job ran.
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 15] = [
+        ErrorCode::EmptyPayload,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::BadPayload,
+        ErrorCode::MissingTensor,
+        ErrorCode::UnexpectedTensor,
+        ErrorCode::WrongDtype,
+        ErrorCode::WrongShape,
+        ErrorCode::TooManyElements,
+        ErrorCode::BadStream,
+        ErrorCode::TooManyStreams,
+        ErrorCode::Busy,
+        ErrorCode::Superseded,
+        ErrorCode::DeadlineExceeded,
+        ErrorCode::InferenceFailed,
+        ErrorCode::ShuttingDown,
+    ];
+
+    /// The stable string used on the wire and in metrics.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorCode::EmptyPayload => "empty_payload",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::BadPayload => "bad_payload",
+            ErrorCode::MissingTensor => "missing_tensor",
+            ErrorCode::UnexpectedTensor => "unexpected_tensor",
+            ErrorCode::WrongDtype => "wrong_dtype",
+            ErrorCode::WrongShape => "wrong_shape",
+            ErrorCode::TooManyElements => "too_many_elements",
+            ErrorCode::BadStream => "bad_stream",
+            ErrorCode::TooManyStreams => "too_many_streams",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Superseded => "superseded",
+            ErrorCode::DeadlineExceeded => "deadline_exceeded",
+            ErrorCode::InferenceFailed => "inference_failed",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// Position in [`ErrorCode::ALL`], used to index counters.
+    pub fn index(self) -> usize {
+        ErrorCode::ALL
+            .iter()
+            .position(|c| *c == self)
+            .expect("every code is in ALL")
+    }
+}
+
+/// A request-level failure: the code and a human-readable reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Rejection {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.code(), self.message)
+    }
+}
+
+/// The JSON body published on a pipeline's error key.
+#[derive(Serialize, Debug)]
+pub struct ErrorMessage<'a> {
+    pub code: &'static str,
+    pub message: &'a str,
+    pub pipeline: &'a str,
+    pub stream: &'a str,
+    /// Request id from the message metadata; `null` when the message could not
+    /// be parsed far enough to read one.
+    pub id: Option<&'a str>,
+    pub seq: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_indexed() {
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in ErrorCode::ALL.iter().enumerate() {
+            assert!(seen.insert(c.code()), "duplicate code {}", c.code());
+            assert_eq!(c.index(), i);
+        }
+    }
+}

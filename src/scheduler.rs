@@ -1,0 +1,502 @@
+//! The fixed-priority scheduler between ingress and the workers. Each priority
+//! level is one bounded lock-free queue (`crossbeam::ArrayQueue`); a worker
+//! serves a configured subset of levels and always pops the highest non-empty
+//! one, so a worker reserved for the top level never sits behind a long
+//! lower-priority run. Idle workers park; submitters claim one idle worker
+//! with a CAS and unpark it (no lock on the wake-up path).
+//!
+//! Backpressure: `reject` pipelines count queued jobs per pipeline and answer
+//! `busy` beyond `queue_capacity`. `latest` pipelines keep one pending frame
+//! per stream in a one-slot queue; `force_push` replaces an older frame, which
+//! is handed back to the caller to report as `superseded`. A stream has at
+//! most one ticket in a level queue and runs on one worker at a time, so its
+//! frames stay in order and its carried state needs no lock contention. Level
+//! queues are sized so tickets always fit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crossbeam::queue::ArrayQueue;
+use crossbeam::sync::{Parker, Unparker};
+
+use crate::config::{Config, Overflow};
+use crate::error::{ErrorCode, Rejection};
+use crate::pipeline::StreamState;
+use crate::wire::{RequestMeta, Tensor};
+
+/// How long an idle worker sleeps before re-checking the shutdown flag.
+const PARK_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// One request on its way to a worker.
+#[derive(Debug)]
+pub struct Job {
+    pub pipeline: usize,
+    pub stream: Arc<str>,
+    pub meta: RequestMeta,
+    pub tensors: Vec<Tensor>,
+    /// When the subscriber callback got the message.
+    pub received: Instant,
+    /// `received` plus the pipeline's latency budget.
+    pub deadline: Instant,
+}
+
+/// A stream of a `latest` pipeline: one pending frame and the state carried
+/// between frames.
+pub struct StreamSlot {
+    pub pipeline: usize,
+    pub stream: Arc<str>,
+    pending: ArrayQueue<Box<Job>>,
+    /// True while a ticket for this stream is queued or its job is running.
+    scheduled: AtomicBool,
+    /// Only the worker holding the stream's ticket touches this, so the lock
+    /// is never contended.
+    pub state: Mutex<Option<StreamState>>,
+    last_seen: Mutex<Instant>,
+}
+
+enum Ticket {
+    Job(Box<Job>),
+    Stream(Arc<StreamSlot>),
+}
+
+/// What a worker gets to run.
+pub enum Work {
+    Job(Box<Job>),
+    /// A stream frame; call [`Scheduler::release`] with the slot when done.
+    Stream(Arc<StreamSlot>, Box<Job>),
+}
+
+/// Result of [`Scheduler::submit`].
+pub enum Submitted {
+    Queued,
+    /// Queued, and this older frame of the same stream was dropped.
+    Replaced(Box<Job>),
+    Rejected(Rejection, Box<Job>),
+}
+
+struct WorkerSlot {
+    levels: Vec<usize>,
+    idle: AtomicBool,
+    unparker: Unparker,
+}
+
+struct PipelineQueue {
+    overflow: Overflow,
+    level: usize,
+    capacity: usize,
+    max_streams: usize,
+    idle_reset: Duration,
+    queued: AtomicUsize,
+    streams: RwLock<HashMap<Arc<str>, Arc<StreamSlot>>>,
+}
+
+pub struct Scheduler {
+    levels: Vec<ArrayQueue<Ticket>>,
+    workers: Vec<WorkerSlot>,
+    pipelines: Vec<PipelineQueue>,
+    stopping: AtomicBool,
+    aborting: AtomicBool,
+}
+
+impl Scheduler {
+    /// Builds the queues and one parker per worker (moved to its thread).
+    pub fn new(cfg: &Config) -> (Arc<Scheduler>, Vec<Parker>) {
+        let mut level_cap = vec![0usize; cfg.levels.len()];
+        let pipelines: Vec<PipelineQueue> = cfg
+            .pipelines
+            .iter()
+            .map(|p| {
+                level_cap[p.level] += match p.overflow {
+                    Overflow::Reject => p.queue_capacity,
+                    Overflow::Latest => p.max_streams,
+                };
+                PipelineQueue {
+                    overflow: p.overflow,
+                    level: p.level,
+                    capacity: p.queue_capacity,
+                    max_streams: p.max_streams,
+                    idle_reset: p.idle_reset,
+                    queued: AtomicUsize::new(0),
+                    streams: RwLock::new(HashMap::new()),
+                }
+            })
+            .collect();
+        let mut parkers = Vec::new();
+        let workers = cfg
+            .workers
+            .iter()
+            .map(|levels| {
+                let parker = Parker::new();
+                let unparker = parker.unparker().clone();
+                parkers.push(parker);
+                WorkerSlot {
+                    levels: levels.clone(),
+                    idle: AtomicBool::new(false),
+                    unparker,
+                }
+            })
+            .collect();
+        let sched = Scheduler {
+            levels: level_cap
+                .into_iter()
+                .map(|c| ArrayQueue::new(c.max(1)))
+                .collect(),
+            workers,
+            pipelines,
+            stopping: AtomicBool::new(false),
+            aborting: AtomicBool::new(false),
+        };
+        (Arc::new(sched), parkers)
+    }
+
+    /// Queues a job without blocking. Called from the zenoh callback.
+    pub fn submit(&self, job: Box<Job>) -> Submitted {
+        let pq = &self.pipelines[job.pipeline];
+        if self.stopping.load(SeqCst) {
+            return Submitted::Rejected(
+                Rejection::new(ErrorCode::ShuttingDown, "the daemon is shutting down"),
+                job,
+            );
+        }
+        match pq.overflow {
+            Overflow::Reject => {
+                if pq.queued.fetch_add(1, SeqCst) >= pq.capacity {
+                    pq.queued.fetch_sub(1, SeqCst);
+                    let msg = format!("queue full ({} jobs waiting)", pq.capacity);
+                    return Submitted::Rejected(Rejection::new(ErrorCode::Busy, msg), job);
+                }
+                let level = pq.level;
+                if let Err(Ticket::Job(job)) = self.levels[level].push(Ticket::Job(job)) {
+                    // Level queues are sized to the sum of their pipelines'
+                    // capacities, so this is unreachable; answer busy anyway.
+                    pq.queued.fetch_sub(1, SeqCst);
+                    return Submitted::Rejected(
+                        Rejection::new(ErrorCode::Busy, "level queue full"),
+                        job,
+                    );
+                }
+                self.wake(level);
+                Submitted::Queued
+            }
+            Overflow::Latest => {
+                let slot = match self.stream_slot(job.pipeline, &job.stream) {
+                    Ok(s) => s,
+                    Err(r) => return Submitted::Rejected(r, job),
+                };
+                *slot.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = job.received;
+                let replaced = slot.pending.force_push(job);
+                self.schedule(&slot);
+                match replaced {
+                    Some(old) => Submitted::Replaced(old),
+                    None => Submitted::Queued,
+                }
+            }
+        }
+    }
+
+    fn stream_slot(
+        &self,
+        pipeline: usize,
+        stream: &Arc<str>,
+    ) -> Result<Arc<StreamSlot>, Rejection> {
+        let pq = &self.pipelines[pipeline];
+        if let Some(s) = pq
+            .streams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(stream)
+        {
+            return Ok(s.clone());
+        }
+        let mut map = pq.streams.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = map.get(stream) {
+            return Ok(s.clone());
+        }
+        if map.len() >= pq.max_streams {
+            // Forget one stream that has been quiet longer than its state
+            // would be kept anyway.
+            let now = Instant::now();
+            let victim = map
+                .iter()
+                .find(|(_, s)| {
+                    !s.scheduled.load(SeqCst)
+                        && s.pending.is_empty()
+                        && now
+                            .duration_since(*s.last_seen.lock().unwrap_or_else(|e| e.into_inner()))
+                            > pq.idle_reset
+                })
+                .map(|(k, _)| k.clone());
+            match victim {
+                Some(k) => {
+                    map.remove(&k);
+                }
+                None => {
+                    return Err(Rejection::new(
+                        ErrorCode::TooManyStreams,
+                        format!(
+                            "pipeline already tracks {} live streams (max_streams)",
+                            pq.max_streams
+                        ),
+                    ));
+                }
+            }
+        }
+        let slot = Arc::new(StreamSlot {
+            pipeline,
+            stream: stream.clone(),
+            pending: ArrayQueue::new(1),
+            scheduled: AtomicBool::new(false),
+            state: Mutex::new(None),
+            last_seen: Mutex::new(Instant::now()),
+        });
+        map.insert(stream.clone(), slot.clone());
+        Ok(slot)
+    }
+
+    /// Queues the stream's ticket unless one is already queued or running.
+    fn schedule(&self, slot: &Arc<StreamSlot>) {
+        if slot.pending.is_empty() || slot.scheduled.swap(true, SeqCst) {
+            return;
+        }
+        let level = self.pipelines[slot.pipeline].level;
+        if self.levels[level]
+            .push(Ticket::Stream(slot.clone()))
+            .is_err()
+        {
+            // Unreachable by sizing (one ticket per stream, streams bounded);
+            // the frame stays pending and is picked up by the next submit.
+            slot.scheduled.store(false, SeqCst);
+            tracing::error!(stream = %slot.stream, "level queue full; stream ticket not queued");
+            return;
+        }
+        self.wake(level);
+    }
+
+    /// A worker finished the stream's frame: reschedule if another arrived.
+    pub fn release(&self, slot: &Arc<StreamSlot>) {
+        slot.scheduled.store(false, SeqCst);
+        self.schedule(slot);
+    }
+
+    fn wake(&self, level: usize) {
+        for w in &self.workers {
+            if w.levels.contains(&level)
+                && w.idle.compare_exchange(true, false, SeqCst, SeqCst).is_ok()
+            {
+                w.unparker.unpark();
+                return;
+            }
+        }
+    }
+
+    fn pop(&self, worker: usize) -> Option<Work> {
+        for &level in &self.workers[worker].levels {
+            while let Some(t) = self.levels[level].pop() {
+                match t {
+                    Ticket::Job(job) => {
+                        self.pipelines[job.pipeline].queued.fetch_sub(1, SeqCst);
+                        return Some(Work::Job(job));
+                    }
+                    Ticket::Stream(slot) => match slot.pending.pop() {
+                        Some(job) => return Some(Work::Stream(slot, job)),
+                        None => slot.scheduled.store(false, SeqCst),
+                    },
+                }
+            }
+        }
+        None
+    }
+
+    /// Blocks the worker until there is work, or returns `None` once the
+    /// scheduler is stopping and the worker's levels are empty (drained).
+    pub fn next(&self, worker: usize, parker: &Parker) -> Option<Work> {
+        let w = &self.workers[worker];
+        loop {
+            if self.aborting.load(SeqCst) {
+                return None;
+            }
+            if let Some(work) = self.pop(worker) {
+                return Some(work);
+            }
+            if self.stopping.load(SeqCst) {
+                return None;
+            }
+            w.idle.store(true, SeqCst);
+            if let Some(work) = self.pop(worker) {
+                w.idle.store(false, SeqCst);
+                return Some(work);
+            }
+            parker.park_timeout(PARK_TIMEOUT);
+            w.idle.store(false, SeqCst);
+        }
+    }
+
+    /// Stops intake; workers drain their levels and then return `None`.
+    pub fn stop(&self) {
+        self.stopping.store(true, SeqCst);
+        for w in &self.workers {
+            w.unparker.unpark();
+        }
+    }
+
+    /// Stops workers after their current job, without draining.
+    pub fn abort(&self) {
+        self.aborting.store(true, SeqCst);
+        self.stop();
+    }
+
+    /// Removes every job still queued (after workers have stopped).
+    pub fn drain(&self) -> Vec<Box<Job>> {
+        let mut out = Vec::new();
+        for q in &self.levels {
+            while let Some(t) = q.pop() {
+                match t {
+                    Ticket::Job(j) => out.push(j),
+                    Ticket::Stream(s) => out.extend(s.pending.pop()),
+                }
+            }
+        }
+        for pq in &self.pipelines {
+            for s in pq
+                .streams
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+            {
+                out.extend(s.pending.pop());
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cfg(extra: &str) -> Config {
+        let text = format!(
+            r#"
+            [[level]]
+            name = "hi"
+            [[level]]
+            name = "lo"
+            [[worker]]
+            levels = ["hi", "lo"]
+            [[pipeline]]
+            name = "h"
+            model = "m.onnx"
+            input = "h/*"
+            output = "ho"
+            level = "hi"
+            overflow = "latest"
+            max_streams = 2
+            [[pipeline]]
+            name = "l"
+            model = "m.onnx"
+            input = "l"
+            output = "lo"
+            level = "lo"
+            queue_capacity = 3
+            {extra}
+            "#
+        );
+        Config::from_toml(&text, Path::new("/")).unwrap()
+    }
+
+    fn job(pipeline: usize, stream: &str, seq: u64) -> Box<Job> {
+        let now = Instant::now();
+        Box::new(Job {
+            pipeline,
+            stream: stream.into(),
+            meta: RequestMeta {
+                seq: Some(seq),
+                ..Default::default()
+            },
+            tensors: vec![],
+            received: now,
+            deadline: now + Duration::from_secs(1),
+        })
+    }
+
+    fn seq(w: &Work) -> (usize, u64) {
+        let j = match w {
+            Work::Job(j) | Work::Stream(_, j) => j,
+        };
+        (j.pipeline, j.meta.seq.unwrap())
+    }
+
+    #[test]
+    fn highest_level_is_served_first_and_reject_counts_capacity() {
+        let (s, parkers) = Scheduler::new(&cfg(""));
+        for i in 0..3 {
+            assert!(matches!(s.submit(job(1, "", i)), Submitted::Queued));
+        }
+        match s.submit(job(1, "", 3)) {
+            Submitted::Rejected(r, _) => assert_eq!(r.code, ErrorCode::Busy),
+            _ => panic!("fourth job must be rejected"),
+        }
+        assert!(matches!(s.submit(job(0, "a", 10)), Submitted::Queued));
+        let order: Vec<_> = (0..4)
+            .map(|_| seq(&s.next(0, &parkers[0]).unwrap()))
+            .collect();
+        assert_eq!(order, vec![(0, 10), (1, 0), (1, 1), (1, 2)]);
+    }
+
+    #[test]
+    fn latest_replaces_pending_frame_and_keeps_one_ticket() {
+        let (s, parkers) = Scheduler::new(&cfg(""));
+        assert!(matches!(s.submit(job(0, "a", 1)), Submitted::Queued));
+        match s.submit(job(0, "a", 2)) {
+            Submitted::Replaced(old) => assert_eq!(old.meta.seq, Some(1)),
+            _ => panic!("expected replacement"),
+        }
+        let w = s.next(0, &parkers[0]).unwrap();
+        assert_eq!(seq(&w), (0, 2));
+        // While the frame runs, a new one waits without a second ticket.
+        assert!(matches!(s.submit(job(0, "a", 3)), Submitted::Queued));
+        assert!(
+            s.pop(0).is_none(),
+            "stream must not run on two workers at once"
+        );
+        if let Work::Stream(slot, _) = w {
+            s.release(&slot);
+        }
+        assert_eq!(seq(&s.next(0, &parkers[0]).unwrap()), (0, 3));
+    }
+
+    #[test]
+    fn stream_count_is_bounded() {
+        let (s, _p) = Scheduler::new(&cfg(""));
+        assert!(matches!(s.submit(job(0, "a", 1)), Submitted::Queued));
+        assert!(matches!(s.submit(job(0, "b", 1)), Submitted::Queued));
+        match s.submit(job(0, "c", 1)) {
+            Submitted::Rejected(r, _) => assert_eq!(r.code, ErrorCode::TooManyStreams),
+            _ => panic!("third stream must be refused"),
+        }
+    }
+
+    #[test]
+    fn stop_drains_then_returns_none_and_refuses_new_work() {
+        let (s, parkers) = Scheduler::new(&cfg(""));
+        assert!(matches!(s.submit(job(1, "", 1)), Submitted::Queued));
+        s.stop();
+        assert!(s.next(0, &parkers[0]).is_some());
+        assert!(s.next(0, &parkers[0]).is_none());
+        assert!(matches!(s.submit(job(1, "", 2)), Submitted::Rejected(..)));
+    }
+
+    #[test]
+    fn parked_worker_is_woken_by_submit() {
+        let (s, mut parkers) = Scheduler::new(&cfg(""));
+        let p = parkers.remove(0);
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || s2.next(0, &p).map(|w| seq(&w)));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(matches!(s.submit(job(1, "", 5)), Submitted::Queued));
+        assert_eq!(t.join().unwrap(), Some((1, 5)));
+    }
+}

@@ -1,0 +1,280 @@
+//! The service: builds every stage from a validated [`Config`], reports ready,
+//! and tears down in a fixed order. Start-up order: load ONNX Runtime, build
+//! and warm up every session, open zenoh, start workers, declare subscribers
+//! (intake opens last, so nothing arrives before a model is warm). Teardown
+//! order: undeclare subscribers (stop intake), let workers drain their queues
+//! within the drain timeout, answer anything left with `shutting_down`, close
+//! the zenoh session, drop the ORT sessions.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::config::{Config, PipelineConfig, ZenohConfig, ZenohMode};
+use crate::engine::{self, EngineError, Model};
+use crate::error::{ErrorCode, Rejection};
+use crate::ingress;
+use crate::ortlib::{self, OrtLoadError};
+use crate::pipeline::{self, Spec, StreamState};
+use crate::scheduler::Scheduler;
+use crate::stats::{self, PipelineSnapshot, PipelineStats};
+use crate::worker::{self, Worker};
+
+/// How long teardown lets workers finish queued jobs.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(thiserror::Error, Debug)]
+pub enum StartError {
+    #[error(transparent)]
+    Ort(#[from] OrtLoadError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(
+        "pipeline {pipeline:?}: warm-up run failed: {reason} (set `warmup = {{ <input> = [shape] }}` for inputs with dynamic dimensions)"
+    )]
+    Warmup { pipeline: String, reason: String },
+    #[error("zenoh: {0}")]
+    Zenoh(String),
+}
+
+/// State every stage reads; built once, immutable afterwards except counters.
+pub struct Shared {
+    pub config: Config,
+    pub specs: Vec<Spec>,
+    pub model_names: Vec<String>,
+    pub stats: Vec<PipelineStats>,
+    pub session: zenoh::Session,
+    pub scheduler: Arc<Scheduler>,
+    /// Global order in which jobs started running (reported as `run_seq`).
+    pub run_seq: AtomicU64,
+}
+
+/// Builds the zenoh configuration; scouting off unless asked for.
+pub fn zenoh_config(z: &ZenohConfig) -> Result<zenoh::Config, String> {
+    match z {
+        ZenohConfig::File(path) => {
+            zenoh::Config::from_file(path).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        ZenohConfig::Inline {
+            mode,
+            listen,
+            connect,
+            scouting,
+        } => {
+            let mode = match mode {
+                ZenohMode::Peer => "peer",
+                ZenohMode::Client => "client",
+                ZenohMode::Router => "router",
+            };
+            let json = serde_json::json!({
+                "mode": mode,
+                "listen": { "endpoints": listen },
+                "connect": { "endpoints": connect },
+                "scouting": {
+                    "multicast": { "enabled": scouting },
+                    "gossip": { "enabled": scouting },
+                },
+            });
+            zenoh::Config::from_json5(&json.to_string()).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// A loaded, warmed-up session for one pipeline plus its interface.
+pub struct Loaded {
+    pub model: Model,
+    pub spec: Spec,
+}
+
+/// Builds one session for `p` and runs it once on zeros.
+pub fn load_and_warm(
+    env: &ort::environment::Environment,
+    config: &Config,
+    p: &PipelineConfig,
+) -> Result<Loaded, StartError> {
+    let mut model = engine::load(env, p, &config.runtime)?;
+    let spec = Spec::new(p, &model)?;
+    let mut st = p.is_stateful().then(|| StreamState::new(&spec));
+    pipeline::run(&mut model, p, &spec, &spec.warmup_inputs(p), st.as_mut()).map_err(|reason| {
+        StartError::Warmup {
+            pipeline: p.name.clone(),
+            reason,
+        }
+    })?;
+    Ok(Loaded { model, spec })
+}
+
+/// A running daemon. Dropping it without [`Daemon::shutdown`] aborts workers.
+pub struct Daemon {
+    shared: Arc<Shared>,
+    subscribers: Vec<zenoh::pubsub::Subscriber<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Starts every stage; returns once the daemon is serving.
+    pub async fn start(config: Config) -> Result<Daemon, StartError> {
+        let (env, _) = ortlib::environment(config.runtime.onnxruntime.as_deref())?;
+        let (scheduler, parkers) = Scheduler::new(&config);
+        let mut workers: Vec<Worker> = parkers
+            .into_iter()
+            .enumerate()
+            .map(|(id, parker)| Worker {
+                id,
+                models: Vec::new(),
+                parker,
+            })
+            .collect();
+        let mut specs = Vec::new();
+        for p in &config.pipelines {
+            let mut spec = None;
+            for (wi, w) in workers.iter_mut().enumerate() {
+                if config.workers[wi].contains(&p.level) {
+                    let loaded = load_and_warm(&env, &config, p)?;
+                    spec.get_or_insert(loaded.spec);
+                    w.models.push(Some(loaded.model));
+                } else {
+                    w.models.push(None);
+                }
+            }
+            let spec = spec.expect("config validation guarantees a worker per level");
+            tracing::info!(
+                pipeline = %p.name,
+                provider = spec.provider,
+                inputs = ?spec.client_inputs.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+                "pipeline ready"
+            );
+            specs.push(spec);
+        }
+        let zc = zenoh_config(&config.zenoh).map_err(StartError::Zenoh)?;
+        let session = zenoh::open(zc)
+            .await
+            .map_err(|e| StartError::Zenoh(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            model_names: config
+                .pipelines
+                .iter()
+                .map(|p| {
+                    p.model
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                })
+                .collect(),
+            stats: config
+                .pipelines
+                .iter()
+                .map(|_| PipelineStats::default())
+                .collect(),
+            specs,
+            session,
+            scheduler,
+            run_seq: AtomicU64::new(0),
+            config,
+        });
+        let threads = workers
+            .into_iter()
+            .map(|w| {
+                let sh = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("reflexd-w{}", w.id))
+                    .spawn(move || worker::run(w, sh))
+                    .expect("spawn worker thread")
+            })
+            .collect();
+        let mut subscribers = Vec::new();
+        for pi in 0..shared.config.pipelines.len() {
+            let sub =
+                ingress::subscribe(&shared, pi).map_err(|e| StartError::Zenoh(e.to_string()))?;
+            subscribers.push(sub);
+        }
+        tracing::info!(
+            pipelines = shared.config.pipelines.len(),
+            workers = shared.config.workers.len(),
+            zid = %shared.session.zid(),
+            "reflexd ready"
+        );
+        Ok(Daemon {
+            shared,
+            subscribers,
+            threads,
+        })
+    }
+
+    /// Counters per pipeline, in config order.
+    pub fn stats(&self) -> Vec<PipelineSnapshot> {
+        self.shared
+            .config
+            .pipelines
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                stats::snapshot(
+                    &p.name,
+                    self.shared.specs[i].provider,
+                    &self.shared.stats[i],
+                )
+            })
+            .collect()
+    }
+
+    pub fn zenoh_session(&self) -> &zenoh::Session {
+        &self.shared.session
+    }
+
+    /// Graceful teardown in the documented order.
+    pub async fn shutdown(mut self, drain_timeout: Duration) {
+        for sub in self.subscribers.drain(..) {
+            if let Err(e) = sub.undeclare().await {
+                tracing::warn!(error = %e, "undeclare subscriber failed");
+            }
+        }
+        self.shared.scheduler.stop();
+        let threads = std::mem::take(&mut self.threads);
+        let sched = self.shared.scheduler.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        if tokio::time::timeout(drain_timeout, joined).await.is_err() {
+            tracing::warn!(
+                ?drain_timeout,
+                "drain timeout: stopping workers after their current job"
+            );
+            sched.abort();
+        }
+        for job in self.shared.scheduler.drain() {
+            worker::fail(
+                &self.shared,
+                &job,
+                &Rejection::new(
+                    ErrorCode::ShuttingDown,
+                    "the daemon stopped before this job ran",
+                ),
+            );
+        }
+        if let Err(e) = self.shared.session.close().await {
+            tracing::warn!(error = %e, "closing zenoh session failed");
+        }
+        tracing::info!("reflexd stopped");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.shared.scheduler.abort();
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` completes, then tears down.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let daemon = Daemon::start(config).await?;
+    shutdown.await;
+    daemon.shutdown(DEFAULT_DRAIN_TIMEOUT).await;
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! Worker threads: the middle of the data flow. Each worker is a dedicated OS
+//! thread that owns its own ORT sessions (`Session::run` takes `&mut self`),
+//! takes the highest-priority job it serves from the scheduler, checks the
+//! deadline, runs the model and publishes the outcome itself, so no hand-off
+//! queue sits between inference and zenoh.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use crossbeam::sync::Parker;
+
+use crate::egress::{self, Outbox};
+use crate::engine::Model;
+use crate::error::{ErrorCode, Rejection};
+use crate::pipeline::{self, StreamState};
+use crate::scheduler::{Job, Work};
+use crate::service::Shared;
+use crate::wire;
+
+pub struct Worker {
+    pub id: usize,
+    /// Indexed by pipeline; `None` for pipelines whose level this worker
+    /// does not serve.
+    pub models: Vec<Option<Model>>,
+    pub parker: Parker,
+}
+
+fn micros(d: std::time::Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+/// Publishes the final error outcome of a job and counts it.
+pub fn fail(shared: &Shared, job: &Job, rej: &Rejection) {
+    let p = &shared.config.pipelines[job.pipeline];
+    shared.stats[job.pipeline].error(rej.code);
+    egress::publish_error(
+        &shared.session,
+        &p.error_key,
+        &p.name,
+        &job.stream,
+        job.meta.id.as_deref(),
+        job.meta.seq,
+        rej,
+    );
+}
+
+pub fn run(mut w: Worker, shared: Arc<Shared>) {
+    let mut outbox = Outbox::new(shared.session.clone());
+    while let Some(work) = shared.scheduler.next(w.id, &w.parker) {
+        let (job, slot) = match work {
+            Work::Job(j) => (j, None),
+            Work::Stream(s, j) => (j, Some(s)),
+        };
+        let started = Instant::now();
+        if started > job.deadline {
+            let late = micros(started - job.deadline);
+            fail(
+                &shared,
+                &job,
+                &Rejection::new(
+                    ErrorCode::DeadlineExceeded,
+                    format!(
+                        "waited {} µs in queue; budget passed {late} µs before it could start",
+                        micros(started - job.received)
+                    ),
+                ),
+            );
+        } else {
+            serve(&mut w, &shared, &mut outbox, &job, slot.as_deref(), started);
+        }
+        if let Some(s) = slot {
+            shared.scheduler.release(&s);
+        }
+    }
+    tracing::debug!(worker = w.id, "worker stopped");
+}
+
+fn serve(
+    w: &mut Worker,
+    shared: &Shared,
+    outbox: &mut Outbox,
+    job: &Job,
+    slot: Option<&crate::scheduler::StreamSlot>,
+    started: Instant,
+) {
+    let pi = job.pipeline;
+    let p = &shared.config.pipelines[pi];
+    let spec = &shared.specs[pi];
+    let Some(model) = w.models[pi].as_mut() else {
+        // The config validator guarantees a worker only serves levels it has
+        // sessions for; reaching this is a bug, reported not hidden.
+        fail(
+            shared,
+            job,
+            &Rejection::new(
+                ErrorCode::InferenceFailed,
+                "worker has no session for this pipeline",
+            ),
+        );
+        return;
+    };
+    let run_seq = shared.run_seq.fetch_add(1, Relaxed);
+    let result = match slot {
+        Some(slot) => {
+            let mut guard = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+            let st = guard.get_or_insert_with(|| StreamState::new(spec));
+            if started.duration_since(st.last_used) > p.idle_reset {
+                *st = StreamState::new(spec);
+            }
+            let r = pipeline::run(model, p, spec, &job.tensors, Some(st));
+            st.last_used = Instant::now();
+            r
+        }
+        None => pipeline::run(model, p, spec, &job.tensors, None),
+    };
+    let done = Instant::now();
+    match result {
+        Ok(outputs) => {
+            let mut meta = HashMap::with_capacity(12);
+            if let Some(id) = &job.meta.id {
+                meta.insert("id".to_string(), id.clone());
+            }
+            if let Some(seq) = job.meta.seq {
+                meta.insert("seq".to_string(), seq.to_string());
+            }
+            if let Some(ts) = job.meta.ts_us {
+                meta.insert("ts_us".to_string(), ts.to_string());
+            }
+            meta.insert("stream".to_string(), job.stream.to_string());
+            meta.insert("pipeline".to_string(), p.name.clone());
+            meta.insert("model".to_string(), shared.model_names[pi].clone());
+            meta.insert("provider".to_string(), spec.provider.to_string());
+            meta.insert("worker".to_string(), w.id.to_string());
+            meta.insert("run_seq".to_string(), run_seq.to_string());
+            meta.insert(
+                "queue_us".to_string(),
+                micros(started - job.received).to_string(),
+            );
+            meta.insert(
+                "inference_us".to_string(),
+                micros(done - started).to_string(),
+            );
+            let bytes = wire::encode_output(&outputs, {
+                // End-to-end is measured last, just before the put.
+                meta.insert(
+                    "e2e_us".to_string(),
+                    micros(job.received.elapsed()).to_string(),
+                );
+                meta
+            });
+            let key = egress::output_key(&p.output, &job.stream);
+            match outbox.put(&key, bytes) {
+                Ok(()) => {
+                    shared.stats[pi].ok.fetch_add(1, Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(pipeline = %p.name, error = %e, "cannot publish prediction");
+                    fail(
+                        shared,
+                        job,
+                        &Rejection::new(ErrorCode::InferenceFailed, format!("publish failed: {e}")),
+                    );
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(pipeline = %p.name, stream = %job.stream, error = %e, "model run failed");
+            fail(shared, job, &Rejection::new(ErrorCode::InferenceFailed, e));
+        }
+    }
+}
