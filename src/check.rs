@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use crate::config::{Config, InputFormat, Overflow};
+use crate::config::{Config, Fallback, InputFormat, Overflow};
 use crate::ortlib;
 use crate::service::{self, StartError};
 
@@ -27,10 +27,13 @@ pub fn check(config: &Config) -> Result<String, StartError> {
         let _ = writeln!(out, "\npipeline {} ({})", p.name, p.model.display());
         let _ = writeln!(
             out,
-            "  provider: {} (configured: {}, fallback: {:?})",
+            "  provider: {} (configured: {}, fallback: {})",
             spec.provider,
             chain.join(" → "),
-            p.fallback
+            match p.fallback {
+                Fallback::Next => "next",
+                Fallback::Error => "error",
+            }
         );
         let _ = writeln!(
             out,

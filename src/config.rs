@@ -512,11 +512,7 @@ fn runtime_config(r: &RawRuntime, base: &Path) -> Result<RuntimeConfig, ConfigEr
 }
 
 fn key_expr_ok(key: &str) -> bool {
-    !key.is_empty()
-        && !key.starts_with('/')
-        && !key.ends_with('/')
-        && !key.contains("//")
-        && !key.contains(['?', '#', '$'])
+    zenoh::key_expr::keyexpr::new(key).is_ok()
 }
 
 fn dtype(key: &str, s: &str) -> Result<Dtype, ConfigError> {
@@ -562,7 +558,7 @@ fn pipeline_config(
     for (k, v) in [("input", &p.input), ("output", &p.output)] {
         if !key_expr_ok(v) {
             return Err(invalid(format!(
-                "{} = {v:?}: not a valid zenoh key expression",
+                "{} = {v:?}: not a valid zenoh key expression (chunks separated by '/', wildcards `*` and `**` only as whole chunks, no leading or trailing '/')",
                 at(k)
             )));
         }
@@ -878,6 +874,17 @@ mod tests {
             "{MINIMAL}\n[pipeline.constants.sr]\ndtype = \"i64\"\nshape = [2]\ndata = [16000]\n"
         ));
         assert!(e.contains("constants.sr.data"), "{e}");
+    }
+
+    #[test]
+    fn invalid_key_expressions_are_rejected() {
+        for bad in ["a/*x", "/a", "a//b", "a/"] {
+            let e = err(&MINIMAL.replace("in/*", bad));
+            assert!(
+                e.contains("pipeline[0].input") && e.contains("key expression"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

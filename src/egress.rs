@@ -3,7 +3,11 @@
 //! no key resolution); ingress and workers publish error messages through
 //! [`publish_error`]. Every put uses `CongestionControl::Drop`: a slow or
 //! absent subscriber must never stall a worker or the zenoh callback, and a
-//! dropped reply is preferable to a late prediction on a robot.
+//! dropped reply is preferable to a late prediction on a robot. Messages are
+//! not `express`: an express message takes a whole transmission batch, so a
+//! burst of replies (say, a flood answered `busy`) overflows zenoh's small
+//! per-priority queues and is dropped; without it zenoh batches only under
+//! back-pressure and sends at once otherwise.
 
 use std::collections::HashMap;
 
@@ -49,7 +53,6 @@ impl Outbox {
                 .declare_publisher(key.to_string())
                 .congestion_control(CongestionControl::Drop)
                 .priority(Priority::DataHigh)
-                .express(true)
                 .wait()
                 .map_err(|e| e.to_string())?;
             self.publishers.insert(key.to_string(), p);
@@ -85,7 +88,6 @@ pub fn publish_error(
         .put(error_key, json)
         .congestion_control(CongestionControl::Drop)
         .priority(Priority::DataHigh)
-        .express(true)
         .wait()
     {
         tracing::warn!(pipeline, error = %e, "cannot publish error message");

@@ -70,6 +70,7 @@ fn on_sample(shared: &Shared, pi: usize, sample: &Sample) {
                 meta,
                 tensors,
                 received,
+                recv_order: shared.order.fetch_add(1, Relaxed),
                 deadline: received + p.deadline,
             });
             match shared.scheduler.submit(job) {

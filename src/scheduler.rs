@@ -38,6 +38,8 @@ pub struct Job {
     pub tensors: Vec<Tensor>,
     /// When the subscriber callback got the message.
     pub received: Instant,
+    /// Position of the receipt in the daemon's event order.
+    pub recv_order: u64,
     /// `received` plus the pipeline's latency budget.
     pub deadline: Instant,
 }
@@ -418,6 +420,7 @@ mod tests {
             },
             tensors: vec![],
             received: now,
+            recv_order: 0,
             deadline: now + Duration::from_secs(1),
         })
     }

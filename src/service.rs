@@ -47,8 +47,10 @@ pub struct Shared {
     pub stats: Vec<PipelineStats>,
     pub session: zenoh::Session,
     pub scheduler: Arc<Scheduler>,
-    /// Global order in which jobs started running (reported as `run_seq`).
-    pub run_seq: AtomicU64,
+    /// One counter for two events, message receipt and run start, so a
+    /// prediction's `recv_order`/`run_order` show exactly which jobs started
+    /// between its arrival and its run.
+    pub order: AtomicU64,
 }
 
 /// Builds the zenoh configuration; scouting off unless asked for.
@@ -171,7 +173,7 @@ impl Daemon {
             specs,
             session,
             scheduler,
-            run_seq: AtomicU64::new(0),
+            order: AtomicU64::new(0),
             config,
         });
         let threads = workers

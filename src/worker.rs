@@ -101,7 +101,7 @@ fn serve(
         );
         return;
     };
-    let run_seq = shared.run_seq.fetch_add(1, Relaxed);
+    let run_order = shared.order.fetch_add(1, Relaxed);
     let result = match slot {
         Some(slot) => {
             let mut guard = slot.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -133,7 +133,8 @@ fn serve(
             meta.insert("model".to_string(), shared.model_names[pi].clone());
             meta.insert("provider".to_string(), spec.provider.to_string());
             meta.insert("worker".to_string(), w.id.to_string());
-            meta.insert("run_seq".to_string(), run_seq.to_string());
+            meta.insert("recv_order".to_string(), job.recv_order.to_string());
+            meta.insert("run_order".to_string(), run_order.to_string());
             meta.insert(
                 "queue_us".to_string(),
                 micros(started - job.received).to_string(),
@@ -151,11 +152,13 @@ fn serve(
                 meta
             });
             let key = egress::output_key(&p.output, &job.stream);
+            // Counted before the put, so a client that has seen the
+            // prediction also sees it counted.
+            shared.stats[pi].ok.fetch_add(1, Relaxed);
             match outbox.put(&key, bytes) {
-                Ok(()) => {
-                    shared.stats[pi].ok.fetch_add(1, Relaxed);
-                }
+                Ok(()) => {}
                 Err(e) => {
+                    shared.stats[pi].ok.fetch_sub(1, Relaxed);
                     tracing::warn!(pipeline = %p.name, error = %e, "cannot publish prediction");
                     fail(
                         shared,

@@ -1,0 +1,24 @@
+# The two commands of the README: `make demo` and `make test`. Both provision
+# what they need first (idempotent; cached in ~/.cache/reflexd).
+SHELL := /bin/bash
+CARGO ?= cargo
+JOBS ?= 2
+
+.PHONY: setup demo test bench check-config
+
+setup:
+	@bash scripts/provision.sh
+
+demo: setup
+	@bash scripts/demo.sh
+
+test: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy -j$(JOBS) --all-targets -- -D warnings
+	$(CARGO) test -j$(JOBS) --all-targets -- --test-threads=1
+
+bench: setup
+	$(CARGO) bench -j$(JOBS) --bench latency
+
+check-config: setup
+	$(CARGO) run -q -- check -c config/demo.toml

@@ -1,0 +1,187 @@
+//! The `reflexd` binary as an operator meets it: `check` on good and bad
+//! configs, missing models and a missing ONNX Runtime, and execution-provider
+//! selection on this CPU-only machine. Errors are one clear line on stderr
+//! and a non-zero exit; never a panic.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn reflexd(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_reflexd"));
+    cmd.args(args).env("REFLEXD_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run reflexd")
+}
+
+fn write_config(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+fn tmpdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("reflexd-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn pipeline(model: &str, extra: &str) -> String {
+    format!(
+        "[zenoh]\nlisten = [\"tcp/127.0.0.1:0\"]\n[[pipeline]]\nname = \"p\"\nmodel = \"{model}\"\ninput = \"a/*\"\noutput = \"b\"\n{extra}\n"
+    )
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_clean_failure(o: &Output, must_contain: &[&str]) {
+    let err = stderr(o);
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert_eq!(o.status.code(), Some(1), "exit code; stderr: {err}");
+    assert!(!err.contains("panicked"), "must not panic: {err}");
+    for s in must_contain {
+        assert!(err.contains(s), "stderr should mention {s:?}: {err}");
+    }
+}
+
+#[test]
+fn check_describes_a_good_config() {
+    let d = tmpdir("good");
+    let cfg = write_config(
+        &d,
+        "ok.toml",
+        &pipeline(&common::test_model("affine.onnx"), ""),
+    );
+    let o = reflexd(&["check", "-c", &cfg], &[]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    assert!(
+        out.contains("x: f32[?,4]") && out.contains("y: f32[?,4]"),
+        "{out}"
+    );
+    assert!(out.contains("provider: cpu"), "{out}");
+}
+
+#[test]
+fn unknown_key_fails_with_its_name() {
+    let d = tmpdir("unknown");
+    let cfg = write_config(
+        &d,
+        "bad.toml",
+        &pipeline(&common::test_model("affine.onnx"), "priority = 3"),
+    );
+    assert_clean_failure(
+        &reflexd(&["check", "-c", &cfg], &[]),
+        &["unknown field `priority`"],
+    );
+}
+
+#[test]
+fn bad_value_fails_naming_key_value_and_choices() {
+    let d = tmpdir("badvalue");
+    let cfg = write_config(
+        &d,
+        "bad.toml",
+        &pipeline(&common::test_model("affine.onnx"), "overflow = \"oldest\""),
+    );
+    assert_clean_failure(
+        &reflexd(&["check", "-c", &cfg], &[]),
+        &["pipeline[0].overflow", "oldest", "latest", "reject"],
+    );
+}
+
+#[test]
+fn missing_model_fails_for_check_and_run() {
+    let d = tmpdir("missing");
+    let cfg = write_config(&d, "m.toml", &pipeline("/nonexistent/model.onnx", ""));
+    for cmd in ["check", "run"] {
+        assert_clean_failure(
+            &reflexd(&[cmd, "-c", &cfg], &[]),
+            &["/nonexistent/model.onnx", "not found"],
+        );
+    }
+}
+
+#[test]
+fn missing_config_file_fails_cleanly() {
+    assert_clean_failure(
+        &reflexd(&["check", "-c", "/nonexistent/reflexd.toml"], &[]),
+        &["cannot read config file"],
+    );
+}
+
+#[test]
+fn missing_or_wrong_onnxruntime_is_one_clear_line() {
+    let d = tmpdir("ort");
+    let cfg = write_config(
+        &d,
+        "ok.toml",
+        &pipeline(&common::test_model("affine.onnx"), ""),
+    );
+    let o = reflexd(
+        &["check", "-c", &cfg],
+        &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")],
+    );
+    assert_clean_failure(&o, &["ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so"]);
+    // A file that is not ONNX Runtime at all.
+    let bogus = d.join("libonnxruntime.so");
+    std::fs::write(&bogus, b"not a library").unwrap();
+    let o = reflexd(
+        &["check", "-c", &cfg],
+        &[("ORT_DYLIB_PATH", bogus.to_str().unwrap())],
+    );
+    assert_clean_failure(&o, &["cannot load ONNX Runtime"]);
+    // From the config key, which wins over the environment.
+    let cfg2 = write_config(
+        &d,
+        "rt.toml",
+        &format!(
+            "[runtime]\nonnxruntime = \"/opt/none/libonnxruntime.so\"\n{}",
+            pipeline(&common::test_model("affine.onnx"), "")
+        ),
+    );
+    assert_clean_failure(
+        &reflexd(&["check", "-c", &cfg2], &[]),
+        &["runtime.onnxruntime", "/opt/none"],
+    );
+}
+
+#[test]
+fn gpu_providers_fall_back_to_cpu_only_when_allowed() {
+    let d = tmpdir("providers");
+    let model = common::test_model("affine.onnx");
+    let chain = "[[pipeline.provider]]\nkind = \"tensorrt\"\nfp16 = true\nengine_cache = \"/tmp/trt\"\n[[pipeline.provider]]\nkind = \"cuda\"\n[[pipeline.provider]]\nkind = \"cpu\"\n";
+    let next = write_config(
+        &d,
+        "next.toml",
+        &pipeline(&model, &format!("fallback = \"next\"\n{chain}")),
+    );
+    let o = reflexd(&["check", "-c", &next], &[]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        out.contains("provider: cpu (configured: tensorrt → cuda → cpu"),
+        "{out}"
+    );
+
+    let strict = write_config(
+        &d,
+        "strict.toml",
+        &pipeline(&model, &format!("fallback = \"error\"\n{chain}")),
+    );
+    assert_clean_failure(
+        &reflexd(&["check", "-c", &strict], &[]),
+        &[
+            "execution provider tensorrt unusable",
+            "fallback = \"error\"",
+        ],
+    );
+}

@@ -1,0 +1,195 @@
+//! Shared helpers for the integration tests: start a daemon in-process on a
+//! loopback port, connect a zenoh client to it, send requests and collect
+//! predictions and error messages. Loopback only; scouting off.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reflexd::wire::{self, RequestMeta, Tensor};
+use reflexd::{Config, Daemon};
+use zenoh::handlers::FifoChannelHandler;
+use zenoh::pubsub::Subscriber;
+use zenoh::sample::Sample;
+
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn test_model(name: &str) -> String {
+    repo().join("models/test").join(name).display().to_string()
+}
+
+pub fn fetched_model(name: &str) -> String {
+    let p = repo().join("models/fetched").join(name);
+    assert!(
+        p.exists(),
+        "{} missing: run `make setup` (scripts/provision.sh) first",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts a daemon from TOML text; `{port}` is replaced by a free loopback
+/// port, which is returned.
+pub async fn start(toml_text: &str) -> (Daemon, u16) {
+    let port = free_port();
+    let text = format!(
+        "[zenoh]\nlisten = [\"tcp/127.0.0.1:{port}\"]\nscouting = false\n{}",
+        toml_text
+    );
+    let cfg = Config::from_toml(&text, &repo()).unwrap_or_else(|e| panic!("test config: {e}"));
+    let d = Daemon::start(cfg)
+        .await
+        .unwrap_or_else(|e| panic!("daemon start: {e}"));
+    (d, port)
+}
+
+pub async fn client(port: u16) -> zenoh::Session {
+    let json = format!(
+        r#"{{ mode: "peer", listen: {{ endpoints: [] }}, connect: {{ endpoints: ["tcp/127.0.0.1:{port}"] }},
+             scouting: {{ multicast: {{ enabled: false }}, gossip: {{ enabled: false }} }} }}"#
+    );
+    let s = zenoh::open(zenoh::Config::from_json5(&json).unwrap())
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        if s.info().peers_zid().await.next().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s
+}
+
+pub type Sub = Subscriber<FifoChannelHandler<Sample>>;
+
+pub async fn subscribe(s: &zenoh::Session, key: &str) -> Sub {
+    s.declare_subscriber(key.to_string()).await.unwrap()
+}
+
+/// What came back for one request.
+#[derive(Debug)]
+pub enum Reply {
+    Prediction {
+        key: String,
+        tensors: Vec<Tensor>,
+        meta: HashMap<String, String>,
+    },
+    Error {
+        key: String,
+        json: serde_json::Value,
+    },
+}
+
+impl Reply {
+    pub fn meta(&self, k: &str) -> Option<&str> {
+        match self {
+            Reply::Prediction { meta, .. } => meta.get(k).map(|s| s.as_str()),
+            Reply::Error { .. } => None,
+        }
+    }
+    pub fn id(&self) -> Option<String> {
+        match self {
+            Reply::Prediction { meta, .. } => meta.get("id").cloned(),
+            Reply::Error { json, .. } => json["id"].as_str().map(str::to_string),
+        }
+    }
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Reply::Error { json, .. } => json["code"].as_str(),
+            _ => None,
+        }
+    }
+    pub fn tensor(&self, name: &str) -> &Tensor {
+        match self {
+            Reply::Prediction { tensors, .. } => tensors
+                .iter()
+                .find(|t| t.name == name)
+                .expect("tensor in prediction"),
+            Reply::Error { json, .. } => panic!("expected a prediction, got error {json}"),
+        }
+    }
+}
+
+/// Receives the next message on a subscriber covering outputs and errors.
+pub async fn recv(sub: &Sub) -> Reply {
+    try_recv(sub, WAIT)
+        .await
+        .expect("timed out waiting for a reply")
+}
+
+/// Like [`recv`], but `None` after `wait`.
+pub async fn try_recv(sub: &Sub, wait: Duration) -> Option<Reply> {
+    let sample = tokio::time::timeout(wait, sub.recv_async())
+        .await
+        .ok()?
+        .unwrap();
+    let key = sample.key_expr().as_str().to_string();
+    let bytes = sample.payload().to_bytes();
+    if key.ends_with("/error") {
+        Some(Reply::Error {
+            key,
+            json: serde_json::from_slice(&bytes).expect("error body is JSON"),
+        })
+    } else {
+        let (tensors, meta) = wire::decode_output(&bytes).expect("prediction is safetensors");
+        Some(Reply::Prediction { key, tensors, meta })
+    }
+}
+
+/// Publishes with `Block`, so a test's own burst is never dropped by the
+/// client's transmission queue.
+pub async fn put(s: &zenoh::Session, key: &str, payload: Vec<u8>) {
+    s.put(key.to_string(), payload)
+        .congestion_control(zenoh::qos::CongestionControl::Block)
+        .await
+        .unwrap();
+}
+
+pub fn request(tensors: &[Tensor], id: &str, seq: u64) -> Vec<u8> {
+    wire::encode_request(
+        tensors,
+        &RequestMeta {
+            id: Some(id.to_string()),
+            seq: Some(seq),
+            ts_us: None,
+        },
+    )
+}
+
+/// Sends probe requests until the daemon answers one, so later sends are not
+/// lost to subscription propagation. Returns how many probes were sent.
+pub async fn until_served(s: &zenoh::Session, key: &str, payload: &[u8], sub: &Sub) -> usize {
+    for i in 1..=100 {
+        put(s, key, payload.to_vec()).await;
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), sub.recv_async()).await
+        {
+            // Drain any answers to earlier probes.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while sub.try_recv().ok().flatten().is_some() {}
+            return i;
+        }
+    }
+    panic!("daemon never answered on {key}");
+}
+
+/// Reads a 16-bit mono WAV as f32 samples in [-1, 1].
+pub fn wav(path: &str) -> Vec<f32> {
+    let mut r = hound::WavReader::open(repo().join(path)).unwrap();
+    assert_eq!(r.spec().sample_rate, 16000);
+    r.samples::<i16>()
+        .map(|s| s.unwrap() as f32 / 32768.0)
+        .collect()
+}
