@@ -49,7 +49,9 @@ async fn every_bad_message_gets_a_coded_error_and_service_continues() {
         shape: vec![1, 4],
         data: vec![0; 32],
     };
-    let cases: Vec<(&str, &str, Vec<u8>, ErrorCode, Option<&str>)> = vec![
+    // (case, key, payload, expected code, request id echoed back)
+    type Case<'a> = (&'a str, &'a str, Vec<u8>, ErrorCode, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             "garbage",
             "t/affine/a",
