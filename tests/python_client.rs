@@ -13,7 +13,11 @@ fn venv_python() -> std::path::PathBuf {
     }
     let cache = reflexd::ortlib::cache_dir().expect("HOME or REFLEXD_CACHE is set");
     let p = cache.join("venv/bin/python");
-    assert!(p.exists(), "{} missing: run `make setup` (scripts/provision.sh)", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run `make setup` (scripts/provision.sh)",
+        p.display()
+    );
     p
 }
 
@@ -57,7 +61,10 @@ async fn python_client_gets_predictions_matching_python_onnxruntime() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
-    assert!(out.status.success(), "Python client failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "Python client failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains(" 0 failed"), "{stdout}");
     daemon.shutdown(std::time::Duration::from_secs(5)).await;
 }
