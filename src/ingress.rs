@@ -61,7 +61,7 @@ fn on_sample(shared: &Shared, pi: usize, sample: &Sample) {
     let received = Instant::now();
     let p = &shared.config.pipelines[pi];
     shared.stats[pi].received.fetch_add(1, Relaxed);
-    let stream = stream_id(&p.input, sample.key_expr().as_str());
+    let mut stream = stream_id(&p.input, sample.key_expr().as_str());
     match decode(shared, pi, &stream, sample) {
         Ok((tensors, meta)) => {
             let job = Box::new(Job {
@@ -87,6 +87,10 @@ fn on_sample(shared: &Shared, pi: usize, sample: &Sample) {
             }
         }
         Err((rej, meta)) => {
+            if rej.code == ErrorCode::BadStream {
+                // Never echo an over-long id back in full.
+                stream.truncate(truncate(&stream).len());
+            }
             shared.stats[pi].error(rej.code);
             egress::publish_error(
                 &shared.session,
@@ -140,16 +144,14 @@ fn decode(
     }
     let bytes = payload.to_bytes();
     let (tensors, meta) = match &p.format {
-        InputFormat::Safetensors => {
-            wire::decode_safetensors(&bytes, limits.max_elements).map_err(no_meta)?
-        }
+        InputFormat::Safetensors => wire::decode_safetensors(&bytes, limits.max_elements)?,
         InputFormat::Raw {
             tensor,
             dtype,
             shape,
         } => {
             let meta = match sample.attachment() {
-                Some(a) => wire::decode_attachment(&a.to_bytes()).map_err(no_meta)?,
+                Some(a) => wire::decode_attachment(&a.to_bytes())?,
                 None => RequestMeta::default(),
             };
             match wire::decode_raw(&bytes, tensor, *dtype, shape) {

@@ -292,35 +292,42 @@ impl StreamState {
     }
 }
 
-/// Prepends the carried context to `t` along its last axis and stores the new
-/// tail. Rows are all leading dimensions flattened.
-fn apply_context(t: &Tensor, keep: usize, carried: &mut Vec<u8>) -> Tensor {
+/// Prepends the carried context to `t` along its last axis; returns the
+/// model input and the tail to carry next. Rows are all leading dimensions
+/// flattened. A missing or differently-shaped carry starts from zeros.
+fn apply_context(t: &Tensor, keep: usize, carried: Option<&Vec<u8>>) -> (Tensor, Vec<u8>) {
     let es = t.dtype.size();
     let last = *t.shape.last().unwrap_or(&1);
     let rows = t.elements() / last.max(1);
-    if carried.len() != rows * keep * es {
-        *carried = vec![0; rows * keep * es];
-    }
+    let zeros;
+    let carried = match carried {
+        Some(c) if c.len() == rows * keep * es => c,
+        _ => {
+            zeros = vec![0; rows * keep * es];
+            &zeros
+        }
+    };
     let width = keep + last;
     let mut data = Vec::with_capacity(rows * width * es);
     for r in 0..rows {
         data.extend_from_slice(&carried[r * keep * es..(r + 1) * keep * es]);
         data.extend_from_slice(&t.data[r * last * es..(r + 1) * last * es]);
     }
+    let mut tail = Vec::with_capacity(rows * keep * es);
     for r in 0..rows {
-        let row = &data[r * width * es..(r + 1) * width * es];
-        carried[r * keep * es..(r + 1) * keep * es].copy_from_slice(&row[(width - keep) * es..]);
+        tail.extend_from_slice(&data[(r * width + width - keep) * es..(r + 1) * width * es]);
     }
     let mut shape = t.shape.clone();
     if let Some(l) = shape.last_mut() {
         *l = width;
     }
-    Tensor {
+    let input = Tensor {
         name: t.name.clone(),
         dtype: t.dtype,
         shape,
         data,
-    }
+    };
+    (input, tail)
 }
 
 /// Runs one job: assemble inputs (message tensors, constants, carried state
@@ -331,18 +338,22 @@ pub fn run(
     p: &PipelineConfig,
     spec: &Spec,
     tensors: &[Tensor],
-    mut state: Option<&mut StreamState>,
+    state: Option<&mut StreamState>,
 ) -> Result<Vec<Tensor>, String> {
     let mut values: Vec<(String, ort::value::DynTensor)> =
         Vec::with_capacity(spec.model_inputs.len());
+    // New context tails are committed only if the run succeeds, so a failed
+    // frame leaves the stream exactly as it was.
+    let mut tails = Vec::new();
     for t in tensors {
         let v = match (
             p.context.iter().find(|c| c.input == t.name),
-            state.as_deref_mut(),
+            state.as_deref(),
         ) {
             (Some(c), Some(st)) => {
-                let carried = st.context.entry(c.input.clone()).or_default();
-                engine::to_ort(&apply_context(t, c.keep, carried))?
+                let (input, tail) = apply_context(t, c.keep, st.context.get(&c.input));
+                tails.push((c.input.clone(), tail));
+                engine::to_ort(&input)?
             }
             _ => engine::to_ort(t)?,
         };
@@ -372,6 +383,7 @@ pub fn run(
         )
         .map_err(|e| e.to_string())?;
     if let Some(st) = state {
+        st.context.extend(tails);
         for b in &p.state {
             let v = outputs
                 .get(&b.output)
@@ -408,13 +420,16 @@ mod tests {
 
     #[test]
     fn context_is_prepended_and_tail_carried() {
-        let mut carried = Vec::new();
-        let a = apply_context(&f32_tensor("x", &[1, 3], &[1.0, 2.0, 3.0]), 2, &mut carried);
+        let (a, carried) = apply_context(&f32_tensor("x", &[1, 3], &[1.0, 2.0, 3.0]), 2, None);
         assert_eq!(
             crate::wire::f32_values(&a).unwrap(),
             vec![0.0, 0.0, 1.0, 2.0, 3.0]
         );
-        let b = apply_context(&f32_tensor("x", &[1, 3], &[4.0, 5.0, 6.0]), 2, &mut carried);
+        let (b, _) = apply_context(
+            &f32_tensor("x", &[1, 3], &[4.0, 5.0, 6.0]),
+            2,
+            Some(&carried),
+        );
         assert_eq!(
             crate::wire::f32_values(&b).unwrap(),
             vec![2.0, 3.0, 4.0, 5.0, 6.0]

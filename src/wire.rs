@@ -148,64 +148,87 @@ fn bad(msg: impl Into<String>) -> Rejection {
     Rejection::new(ErrorCode::BadPayload, msg)
 }
 
-fn meta_from_map(map: Option<&HashMap<String, String>>) -> Result<RequestMeta, Rejection> {
-    let Some(map) = map else {
-        return Ok(RequestMeta::default());
-    };
+/// A rejection plus whatever request metadata was read before it, so the
+/// error reply can still name the request.
+pub type Failed = (Rejection, RequestMeta);
+
+fn meta_from_map(map: Option<&HashMap<String, String>>) -> Result<RequestMeta, Failed> {
     let mut meta = RequestMeta::default();
+    let Some(map) = map else {
+        return Ok(meta);
+    };
     if let Some(id) = map.get(META_ID) {
         if id.len() > MAX_ID_LEN {
-            return Err(bad(format!(
-                "metadata `id` is longer than {MAX_ID_LEN} bytes"
-            )));
+            return Err((
+                bad(format!("metadata `id` is longer than {MAX_ID_LEN} bytes")),
+                meta,
+            ));
         }
         meta.id = Some(id.clone());
     }
-    let num = |k: &str| -> Result<Option<u64>, Rejection> {
-        map.get(k)
-            .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| bad(format!("metadata `{k}` = {v:?} is not an unsigned integer")))
-            })
-            .transpose()
-    };
-    meta.seq = num(META_SEQ)?;
-    meta.ts_us = num(META_TS)?;
+    for (k, slot) in [(META_SEQ, &mut meta.seq), (META_TS, &mut meta.ts_us)] {
+        if let Some(v) = map.get(k) {
+            match v.parse::<u64>() {
+                Ok(n) => *slot = Some(n),
+                Err(_) => {
+                    let r = bad(format!("metadata `{k}` = {v:?} is not an unsigned integer"));
+                    // `meta` is borrowed by the loop; rebuild the id-only part.
+                    let id = map.get(META_ID).cloned();
+                    return Err((
+                        r,
+                        RequestMeta {
+                            id,
+                            ..Default::default()
+                        },
+                    ));
+                }
+            }
+        }
+    }
     Ok(meta)
 }
 
-/// Parses a safetensors message. Bounds: the caller has checked the payload
-/// size; here each tensor's element count is checked against `max_elements`.
+/// Parses a safetensors message, reading the header once. Bounds: the caller
+/// has checked the payload size; here each tensor's element count is checked
+/// against `max_elements`. Errors found after the metadata was read carry it.
 pub fn decode_safetensors(
     bytes: &[u8],
     max_elements: usize,
-) -> Result<(Vec<Tensor>, RequestMeta), Rejection> {
-    let (_, header) = SafeTensors::read_metadata(bytes)
-        .map_err(|e| bad(format!("not a safetensors message: {e}")))?;
+) -> Result<(Vec<Tensor>, RequestMeta), Failed> {
+    let (n, header) = SafeTensors::read_metadata(bytes).map_err(|e| {
+        (
+            bad(format!("not a safetensors message: {e}")),
+            RequestMeta::default(),
+        )
+    })?;
     let meta = meta_from_map(header.metadata().as_ref())?;
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| bad(format!("not a safetensors message: {e}")))?;
-    let mut tensors = Vec::with_capacity(st.len());
-    for (name, view) in st.tensors() {
-        let dtype = Dtype::from_safetensors(view.dtype()).ok_or_else(|| {
-            Rejection::new(
+    let data = &bytes[8 + n..];
+    let names = header.offset_keys();
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in names {
+        let info = header
+            .info(&name)
+            .expect("offset_keys come from the header");
+        let fail = |code, msg: String| (Rejection::new(code, msg), meta.clone());
+        let dtype = Dtype::from_safetensors(info.dtype).ok_or_else(|| {
+            fail(
                 ErrorCode::WrongDtype,
-                format!("tensor `{name}` has unsupported dtype {:?}", view.dtype()),
+                format!("tensor `{name}` has unsupported dtype {:?}", info.dtype),
             )
         })?;
-        let shape = view.shape().to_vec();
-        let n: usize = shape.iter().product();
-        if n > max_elements {
-            return Err(Rejection::new(
+        let elements: usize = info.shape.iter().product();
+        if elements > max_elements {
+            return Err(fail(
                 ErrorCode::TooManyElements,
-                format!("tensor `{name}` has {n} elements; the limit is {max_elements}"),
+                format!("tensor `{name}` has {elements} elements; the limit is {max_elements}"),
             ));
         }
+        let (start, end) = info.data_offsets;
         tensors.push(Tensor {
+            shape: info.shape.clone(),
+            data: data[start..end].to_vec(),
             name,
             dtype,
-            shape,
-            data: view.data().to_vec(),
         });
     }
     Ok((tensors, meta))
@@ -241,13 +264,14 @@ pub fn decode_raw(
 
 /// Parses a `raw` message's attachment: `key=value` pairs separated by `;`
 /// (`id=cam0-17;seq=17;ts_us=…`), or a bare string taken as the id.
-pub fn decode_attachment(att: &[u8]) -> Result<RequestMeta, Rejection> {
-    let s = std::str::from_utf8(att).map_err(|_| bad("attachment is not UTF-8"))?;
+pub fn decode_attachment(att: &[u8]) -> Result<RequestMeta, Failed> {
+    let none = |r| (r, RequestMeta::default());
+    let s = std::str::from_utf8(att).map_err(|_| none(bad("attachment is not UTF-8")))?;
     if !s.contains('=') {
         if s.len() > MAX_ID_LEN {
-            return Err(bad(format!(
+            return Err(none(bad(format!(
                 "attachment id is longer than {MAX_ID_LEN} bytes"
-            )));
+            ))));
         }
         return Ok(RequestMeta {
             id: Some(s.to_string()),
@@ -260,7 +284,7 @@ pub fn decode_attachment(att: &[u8]) -> Result<RequestMeta, Rejection> {
         .map(|kv| {
             kv.split_once('=')
                 .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                .ok_or_else(|| bad(format!("attachment entry {kv:?} is not key=value")))
+                .ok_or_else(|| none(bad(format!("attachment entry {kv:?} is not key=value"))))
         })
         .collect::<Result<_, _>>()?;
     meta_from_map(Some(&map))
@@ -307,7 +331,7 @@ pub fn decode_output(bytes: &[u8]) -> Result<(Vec<Tensor>, HashMap<String, Strin
     let (_, header) = SafeTensors::read_metadata(bytes)
         .map_err(|e| bad(format!("not a safetensors message: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
-    let (tensors, _) = decode_safetensors(bytes, usize::MAX)?;
+    let (tensors, _) = decode_safetensors(bytes, usize::MAX).map_err(|(r, _)| r)?;
     Ok((tensors, meta))
 }
 
@@ -357,7 +381,7 @@ mod tests {
             &bytes[..bytes.len() - 3],
             &[0xff; 8][..],
         ] {
-            let e = decode_safetensors(b, 100).unwrap_err();
+            let (e, _) = decode_safetensors(b, 100).unwrap_err();
             assert_eq!(e.code, ErrorCode::BadPayload, "{e}");
         }
     }
@@ -366,7 +390,7 @@ mod tests {
     fn element_limit_is_enforced() {
         let bytes = encode_request(&[f32_tensor("x", &[8], &[0.0; 8])], &RequestMeta::default());
         assert_eq!(
-            decode_safetensors(&bytes, 7).unwrap_err().code,
+            decode_safetensors(&bytes, 7).unwrap_err().0.code,
             ErrorCode::TooManyElements
         );
     }
@@ -394,8 +418,10 @@ mod tests {
             (Some("a"), Some(3), Some(9))
         );
         assert_eq!(
-            decode_attachment(b"seq=x").unwrap_err().code,
+            decode_attachment(b"seq=x").unwrap_err().0.code,
             ErrorCode::BadPayload
         );
+        let (_, m) = decode_attachment(b"id=k;seq=x").unwrap_err();
+        assert_eq!(m.id.as_deref(), Some("k"), "the id survives a later error");
     }
 }

@@ -120,7 +120,7 @@ async fn every_bad_message_gets_a_coded_error_and_service_continues() {
             "t/affine/a",
             request(&[f32_tensor("x", &[80, 4], &[0.0; 320])], "te", 1),
             ErrorCode::TooManyElements,
-            None,
+            Some("te"),
         ),
         (
             "bad-meta",
