@@ -17,8 +17,13 @@ pub fn check(config: &Config) -> Result<String, StartError> {
     let _ = writeln!(out, "onnxruntime: {}", lib.display());
     let _ = writeln!(out, "levels (highest first): {}", config.levels.join(", "));
     for (i, w) in config.workers.iter().enumerate() {
-        let names: Vec<&str> = w.iter().map(|&l| config.levels[l].as_str()).collect();
-        let _ = writeln!(out, "worker {i}: serves {}", names.join(", "));
+        let names: Vec<&str> = w
+            .levels
+            .iter()
+            .map(|&l| config.levels[l].as_str())
+            .collect();
+        let nice = w.nice.map(|n| format!(" (nice {n})")).unwrap_or_default();
+        let _ = writeln!(out, "worker {i}: serves {}{nice}", names.join(", "));
     }
     for p in &config.pipelines {
         let loaded = service::load_and_warm(&env, config, p)?;

@@ -77,6 +77,7 @@ pub struct RawRuntime {
     pub workers: Option<usize>,
     pub intra_op_threads: Option<usize>,
     pub intra_op_spinning: Option<bool>,
+    pub idle_spin_us: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -96,6 +97,7 @@ pub struct RawLevel {
 #[serde(deny_unknown_fields)]
 pub struct RawWorker {
     pub levels: Vec<String>,
+    pub nice: Option<i32>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -176,10 +178,17 @@ pub struct Config {
     pub limits: Limits,
     /// Priority level names, highest first.
     pub levels: Vec<String>,
-    /// Which levels each worker serves (indices into `levels`, ascending =
-    /// highest priority first).
-    pub workers: Vec<Vec<usize>>,
+    pub workers: Vec<WorkerConfig>,
     pub pipelines: Vec<PipelineConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerConfig {
+    /// Levels served (indices into `levels`, ascending = highest first).
+    pub levels: Vec<usize>,
+    /// OS nice value for the thread: a worker that serves only lower levels
+    /// can be made to yield the CPU to the reserved ones.
+    pub nice: Option<i32>,
 }
 
 #[derive(Clone, Debug)]
@@ -205,6 +214,8 @@ pub struct RuntimeConfig {
     pub onnxruntime: Option<PathBuf>,
     pub intra_op_threads: usize,
     pub intra_op_spinning: bool,
+    /// How long an idle worker polls its queues before parking.
+    pub idle_spin: Duration,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -378,7 +389,13 @@ impl Config {
 
         let workers = if raw.worker.is_empty() {
             let n = positive("runtime.workers", raw.runtime.workers, 1)?;
-            vec![(0..levels.len()).collect::<Vec<_>>(); n]
+            vec![
+                WorkerConfig {
+                    levels: (0..levels.len()).collect(),
+                    nice: None,
+                };
+                n
+            ]
         } else {
             if raw.runtime.workers.is_some() {
                 return Err(invalid(
@@ -399,7 +416,17 @@ impl Config {
                     .collect::<Result<Vec<_>, _>>()?;
                 idx.sort_unstable();
                 idx.dedup();
-                workers.push(idx);
+                if let Some(n) = w.nice
+                    && !(-20..=19).contains(&n)
+                {
+                    return Err(invalid(format!(
+                        "worker[{i}].nice = {n}: expected -20 (highest) to 19 (lowest)"
+                    )));
+                }
+                workers.push(WorkerConfig {
+                    levels: idx,
+                    nice: w.nice,
+                });
             }
             workers
         };
@@ -419,7 +446,7 @@ impl Config {
                     pc.name
                 )));
             }
-            if !workers.iter().any(|w| w.contains(&pc.level)) {
+            if !workers.iter().any(|w| w.levels.contains(&pc.level)) {
                 return Err(invalid(format!(
                     "pipeline[{i}].level = {:?}: no worker serves this level",
                     levels[pc.level]
@@ -508,6 +535,14 @@ fn runtime_config(r: &RawRuntime, base: &Path) -> Result<RuntimeConfig, ConfigEr
         onnxruntime: r.onnxruntime.as_deref().map(|p| resolve(base, p)),
         intra_op_threads: positive("runtime.intra_op_threads", r.intra_op_threads, 1)?,
         intra_op_spinning: r.intra_op_spinning.unwrap_or(false),
+        idle_spin: match r.idle_spin_us {
+            Some(us) if us > 100_000 => {
+                return Err(invalid(format!(
+                    "runtime.idle_spin_us = {us}: at most 100000 (0.1 s); spinning longer only burns CPU"
+                )));
+            }
+            us => Duration::from_micros(us.unwrap_or(0)),
+        },
     })
 }
 
@@ -819,7 +854,7 @@ mod tests {
     fn minimal_config_gets_defaults() {
         let c = Config::from_toml(MINIMAL, Path::new("/base")).unwrap();
         assert_eq!(c.levels, vec!["default"]);
-        assert_eq!(c.workers, vec![vec![0]]);
+        assert_eq!(c.workers[0].levels, vec![0]);
         let p = &c.pipelines[0];
         assert_eq!(p.model, PathBuf::from("/base/m.onnx"));
         assert_eq!(p.error_key, "out/error");
@@ -896,7 +931,8 @@ mod tests {
             Path::new("/"),
         )
         .unwrap();
-        assert_eq!(c.workers, vec![vec![0], vec![0, 1]]);
+        let levels: Vec<_> = c.workers.iter().map(|w| w.levels.clone()).collect();
+        assert_eq!(levels, vec![vec![0], vec![0, 1]]);
         assert_eq!(c.pipelines[0].level, 1, "default level is the lowest");
     }
 }

@@ -100,6 +100,7 @@ pub struct Scheduler {
     pipelines: Vec<PipelineQueue>,
     stopping: AtomicBool,
     aborting: AtomicBool,
+    idle_spin: Duration,
 }
 
 impl Scheduler {
@@ -134,7 +135,7 @@ impl Scheduler {
                 let unparker = parker.unparker().clone();
                 parkers.push(parker);
                 WorkerSlot {
-                    levels: levels.clone(),
+                    levels: levels.levels.clone(),
                     idle: AtomicBool::new(false),
                     unparker,
                 }
@@ -149,6 +150,7 @@ impl Scheduler {
             pipelines,
             stopping: AtomicBool::new(false),
             aborting: AtomicBool::new(false),
+            idle_spin: cfg.runtime.idle_spin,
         };
         (Arc::new(sched), parkers)
     }
@@ -324,6 +326,18 @@ impl Scheduler {
             }
             if self.stopping.load(SeqCst) {
                 return None;
+            }
+            // Optional busy-poll before parking: a futex wake-up costs tens
+            // of microseconds and a parked thread resumes on cold caches;
+            // polling briefly keeps a stream's next frame on a hot core.
+            if !self.idle_spin.is_zero() {
+                let until = Instant::now() + self.idle_spin;
+                while Instant::now() < until {
+                    if let Some(work) = self.pop(worker) {
+                        return Some(work);
+                    }
+                    std::hint::spin_loop();
+                }
             }
             w.idle.store(true, SeqCst);
             if let Some(work) = self.pop(worker) {

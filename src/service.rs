@@ -37,6 +37,8 @@ pub enum StartError {
     Warmup { pipeline: String, reason: String },
     #[error("zenoh: {0}")]
     Zenoh(String),
+    #[error("{0}")]
+    Worker(String),
 }
 
 /// State every stage reads; built once, immutable afterwards except counters.
@@ -127,13 +129,14 @@ impl Daemon {
                 id,
                 models: Vec::new(),
                 parker,
+                nice: config.workers[id].nice,
             })
             .collect();
         let mut specs = Vec::new();
         for p in &config.pipelines {
             let mut spec = None;
             for (wi, w) in workers.iter_mut().enumerate() {
-                if config.workers[wi].contains(&p.level) {
+                if config.workers[wi].levels.contains(&p.level) {
                     let loaded = load_and_warm(&env, &config, p)?;
                     spec.get_or_insert(loaded.spec);
                     w.models.push(Some(loaded.model));
@@ -176,16 +179,31 @@ impl Daemon {
             order: AtomicU64::new(0),
             config,
         });
-        let threads = workers
-            .into_iter()
-            .map(|w| {
-                let sh = shared.clone();
-                std::thread::Builder::new()
-                    .name(format!("reflexd-w{}", w.id))
-                    .spawn(move || worker::run(w, sh))
-                    .expect("spawn worker thread")
-            })
-            .collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut threads = Vec::new();
+        for w in workers {
+            let sh = shared.clone();
+            let tx = tx.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("reflexd-w{}", w.id))
+                .spawn(move || {
+                    let setup = w.nice.map_or(Ok(()), worker::set_thread_nice);
+                    let ok = setup.is_ok();
+                    let _ = tx.send((w.id, setup));
+                    if ok {
+                        worker::run(w, sh);
+                    }
+                })
+                .map_err(|e| StartError::Worker(format!("cannot spawn worker thread: {e}")))?;
+            threads.push(t);
+        }
+        for _ in 0..threads.len() {
+            let (id, r) = rx.recv().expect("every worker reports its setup");
+            if let Err(e) = r {
+                shared.scheduler.abort();
+                return Err(StartError::Worker(format!("worker {id}: {e}")));
+            }
+        }
         let mut subscribers = Vec::new();
         for pi in 0..shared.config.pipelines.len() {
             let sub =

@@ -25,6 +25,24 @@ pub struct Worker {
     /// does not serve.
     pub models: Vec<Option<Model>>,
     pub parker: Parker,
+    pub nice: Option<i32>,
+}
+
+/// Sets the calling thread's nice value (Linux: per thread).
+pub fn set_thread_nice(nice: i32) -> Result<(), String> {
+    // SAFETY: plain syscalls on the calling thread's own id.
+    let rc = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        let e = std::io::Error::last_os_error();
+        Err(format!(
+            "cannot set nice {nice}: {e} (negative values need CAP_SYS_NICE, e.g. AmbientCapabilities=CAP_SYS_NICE in the unit)"
+        ))
+    }
 }
 
 fn micros(d: std::time::Duration) -> u64 {

@@ -338,3 +338,52 @@ async fn full_queue_answers_busy() {
     assert_eq!(daemon.stats()[0].error(ErrorCode::Busy), busy as u64);
     daemon.shutdown(Duration::from_secs(10)).await;
 }
+
+/// Nice value of this process's thread with the given name.
+fn thread_nice(name: &str) -> Option<i64> {
+    for entry in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = entry.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+        if comm.trim() == name {
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // Fields after the parenthesised command; nice is field 19.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            return rest.split(' ').nth(16)?.parse().ok();
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_nice_is_applied_to_its_thread_only() {
+    let fast = test_model("affine.onnx");
+    let (daemon, _port) = start(&format!(
+        r#"
+        [[level]]
+        name = "high"
+        [[level]]
+        name = "low"
+        [[worker]]
+        levels = ["high"]
+        [[worker]]
+        levels = ["low"]
+        nice = 7
+        [[pipeline]]
+        name = "a"
+        model = "{fast}"
+        input = "t/a"
+        output = "t/out/a"
+        level = "low"
+        [[pipeline]]
+        name = "b"
+        model = "{fast}"
+        input = "t/b"
+        output = "t/out/b"
+        level = "high"
+        "#
+    ))
+    .await;
+    assert_eq!(thread_nice("reflexd-w1"), Some(7));
+    assert_eq!(thread_nice("reflexd-w0"), Some(0));
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
