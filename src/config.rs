@@ -104,6 +104,13 @@ pub struct RawWorker {
 #[serde(deny_unknown_fields)]
 pub struct RawPipeline {
     pub name: String,
+    pub kind: Option<String>,
+    pub cancel: Option<String>,
+    pub query: Option<String>,
+    pub max_generations: Option<usize>,
+    pub max_tokens: Option<u32>,
+    pub default_max_tokens: Option<u32>,
+    pub max_prompt_chars: Option<usize>,
     pub model: PathBuf,
     pub input: String,
     pub output: String,
@@ -179,7 +186,34 @@ pub struct Config {
     /// Priority level names, highest first.
     pub levels: Vec<String>,
     pub workers: Vec<WorkerConfig>,
+    /// Tensor pipelines (`kind = "tensor"`, the default).
     pub pipelines: Vec<PipelineConfig>,
+    /// Generation pipelines (`kind = "generate"`).
+    pub generators: Vec<GeneratorConfig>,
+}
+
+/// A generation pipeline: an LLM answering commands with streamed tokens.
+#[derive(Clone, Debug)]
+pub struct GeneratorConfig {
+    pub name: String,
+    /// Directory with model.onnx, tokenizer.json and generation.json.
+    pub model: PathBuf,
+    /// Command topic (JSON commands).
+    pub input: String,
+    /// Token topics are `<output>/<id>`.
+    pub output: String,
+    pub error_key: String,
+    pub cancel_key: String,
+    pub query_key: String,
+    pub level: usize,
+    /// Default deadline of a generation (a command may set its own).
+    pub deadline: Duration,
+    pub providers: Vec<Provider>,
+    pub fallback: Fallback,
+    pub max_generations: usize,
+    pub max_tokens: u32,
+    pub default_max_tokens: u32,
+    pub max_prompt_chars: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -437,8 +471,34 @@ impl Config {
             ));
         }
         let mut pipelines = Vec::new();
+        let mut generators = Vec::new();
         let mut names = HashSet::new();
         for (i, p) in raw.pipeline.into_iter().enumerate() {
+            match p.kind.as_deref().unwrap_or("tensor") {
+                "tensor" => {}
+                "generate" => {
+                    let g = generator_config(i, p, base, &level_index, &levels)?;
+                    if !names.insert(g.name.clone()) {
+                        return Err(invalid(format!(
+                            "pipeline[{i}].name = {:?}: pipeline names must be unique",
+                            g.name
+                        )));
+                    }
+                    if !workers.iter().any(|w| w.levels.contains(&g.level)) {
+                        return Err(invalid(format!(
+                            "pipeline[{i}].level = {:?}: no worker serves this level",
+                            levels[g.level]
+                        )));
+                    }
+                    generators.push(g);
+                    continue;
+                }
+                other => {
+                    return Err(invalid(format!(
+                        "pipeline[{i}].kind = {other:?}: expected \"tensor\" or \"generate\""
+                    )));
+                }
+            }
             let pc = pipeline_config(i, p, base, &level_index, &levels)?;
             if !names.insert(pc.name.clone()) {
                 return Err(invalid(format!(
@@ -462,6 +522,7 @@ impl Config {
             levels,
             workers,
             pipelines,
+            generators,
         })
     }
 }
@@ -578,6 +639,21 @@ fn pipeline_config(
     levels: &[String],
 ) -> Result<PipelineConfig, ConfigError> {
     let at = |k: &str| format!("pipeline[{i}].{k}");
+    for (k, set) in [
+        ("cancel", p.cancel.is_some()),
+        ("query", p.query.is_some()),
+        ("max_generations", p.max_generations.is_some()),
+        ("max_tokens", p.max_tokens.is_some()),
+        ("default_max_tokens", p.default_max_tokens.is_some()),
+        ("max_prompt_chars", p.max_prompt_chars.is_some()),
+    ] {
+        if set {
+            return Err(invalid(format!(
+                "{}: only valid with kind = \"generate\"",
+                at(k)
+            )));
+        }
+    }
     if p.name.is_empty()
         || !p
             .name
@@ -832,6 +908,113 @@ fn pipeline_config(
     })
 }
 
+fn generator_config(
+    i: usize,
+    p: RawPipeline,
+    base: &Path,
+    level_index: &dyn Fn(&str, &str) -> Result<usize, ConfigError>,
+    levels: &[String],
+) -> Result<GeneratorConfig, ConfigError> {
+    let at = |k: &str| format!("pipeline[{i}].{k}");
+    for (k, set) in [
+        ("overflow", p.overflow.is_some()),
+        ("queue_capacity", p.queue_capacity.is_some()),
+        ("max_streams", p.max_streams.is_some()),
+        ("format", p.format.is_some()),
+        ("raw", p.raw.is_some()),
+        ("publish", p.publish.is_some()),
+        ("idle_reset_ms", p.idle_reset_ms.is_some()),
+        ("warmup", !p.warmup.is_empty()),
+        ("constants", !p.constants.is_empty()),
+        ("state", !p.state.is_empty()),
+        ("context", !p.context.is_empty()),
+    ] {
+        if set {
+            return Err(invalid(format!(
+                "{}: only valid for tensor pipelines, not kind = \"generate\"",
+                at(k)
+            )));
+        }
+    }
+    // Reuse the tensor validator for the shared keys (name, keys, level,
+    // deadline, providers, fallback) on a copy stripped of generate keys.
+    let (cancel, query) = (p.cancel.clone(), p.query.clone());
+    let (max_generations, max_tokens, default_max_tokens, max_prompt_chars) = (
+        p.max_generations,
+        p.max_tokens,
+        p.default_max_tokens,
+        p.max_prompt_chars,
+    );
+    let common = pipeline_config(
+        i,
+        RawPipeline {
+            kind: None,
+            cancel: None,
+            query: None,
+            max_generations: None,
+            max_tokens: None,
+            default_max_tokens: None,
+            max_prompt_chars: None,
+            deadline_ms: Some(p.deadline_ms.unwrap_or(60_000.0)),
+            ..p
+        },
+        base,
+        level_index,
+        levels,
+    )?;
+    if common.input.contains('*') {
+        return Err(invalid(format!(
+            "{} = {:?}: a command topic cannot contain wildcards",
+            at("input"),
+            common.input
+        )));
+    }
+    let key = |k: &str, v: Option<String>, default: String| -> Result<String, ConfigError> {
+        let v = v.unwrap_or(default);
+        if !key_expr_ok(&v) || v.contains('*') {
+            return Err(invalid(format!(
+                "{} = {v:?}: not a valid zenoh key without wildcards",
+                at(k)
+            )));
+        }
+        Ok(v)
+    };
+    let max_tokens = match max_tokens {
+        Some(0) => {
+            return Err(invalid(format!(
+                "{} = 0: must be at least 1",
+                at("max_tokens")
+            )));
+        }
+        Some(n) => n,
+        None => 1024,
+    };
+    let default_max_tokens = default_max_tokens.unwrap_or(max_tokens.min(256));
+    if default_max_tokens == 0 || default_max_tokens > max_tokens {
+        return Err(invalid(format!(
+            "{} = {default_max_tokens}: expected 1..={max_tokens} (max_tokens)",
+            at("default_max_tokens")
+        )));
+    }
+    Ok(GeneratorConfig {
+        cancel_key: key("cancel", cancel, format!("{}/cancel", common.input))?,
+        query_key: key("query", query, format!("{}/query", common.input))?,
+        name: common.name,
+        model: common.model,
+        input: common.input,
+        output: common.output,
+        error_key: common.error_key,
+        level: common.level,
+        deadline: common.deadline,
+        providers: common.providers,
+        fallback: common.fallback,
+        max_generations: positive(&at("max_generations"), max_generations, 4)?,
+        max_tokens,
+        default_max_tokens,
+        max_prompt_chars: positive(&at("max_prompt_chars"), max_prompt_chars, 16_384)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -920,6 +1103,37 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn generate_pipelines_are_split_out_and_checked() {
+        let text = r#"
+            [[pipeline]]
+            name = "chat"
+            kind = "generate"
+            model = "llm"
+            input = "llm/cmd"
+            output = "llm/out"
+            max_tokens = 64
+        "#;
+        let c = Config::from_toml(text, Path::new("/m")).unwrap();
+        assert!(c.pipelines.is_empty());
+        let g = &c.generators[0];
+        assert_eq!(
+            (g.cancel_key.as_str(), g.query_key.as_str()),
+            ("llm/cmd/cancel", "llm/cmd/query")
+        );
+        assert_eq!((g.max_tokens, g.default_max_tokens), (64, 64));
+        let e = err(&format!("{text}\noverflow = \"latest\"\n"));
+        assert!(
+            e.contains("pipeline[0].overflow") && e.contains("tensor pipelines"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}\nmax_tokens = 3\n"));
+        assert!(
+            e.contains("pipeline[0].max_tokens") && e.contains("generate"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -172,24 +172,43 @@ fn base_builder(env: &Environment, rt: &RuntimeConfig) -> Result<SessionBuilder,
         .map_err(|e| e.to_string())
 }
 
+/// What [`load`] needs of a pipeline of either kind.
+pub struct SessionSpec<'a> {
+    pub name: &'a str,
+    pub model: &'a Path,
+    pub providers: &'a [Provider],
+    pub fallback: Fallback,
+}
+
+impl<'a> From<&'a PipelineConfig> for SessionSpec<'a> {
+    fn from(p: &'a PipelineConfig) -> Self {
+        SessionSpec {
+            name: &p.name,
+            model: &p.model,
+            providers: &p.providers,
+            fallback: p.fallback,
+        }
+    }
+}
+
 /// Builds a session for `pipeline`, walking its provider list in order. With
 /// `fallback = "next"` an unusable provider is logged and skipped; with
 /// `"error"` it fails start-up. Providers after the chosen one stay
 /// registered, so ORT can place nodes the first one rejects.
 pub fn load(
     env: &Environment,
-    pipeline: &PipelineConfig,
+    pipeline: &SessionSpec,
     rt: &RuntimeConfig,
 ) -> Result<Model, EngineError> {
-    let path = &pipeline.model;
+    let path = pipeline.model;
     if !Path::new(path).is_file() {
         return Err(EngineError::ModelMissing {
-            pipeline: pipeline.name.clone(),
+            pipeline: pipeline.name.to_string(),
             path: path.display().to_string(),
         });
     }
     let load_err = |reason: String| EngineError::Load {
-        pipeline: pipeline.name.clone(),
+        pipeline: pipeline.name.to_string(),
         path: path.display().to_string(),
         reason,
     };
@@ -237,7 +256,7 @@ pub fn load(
                 }
                 if pipeline.fallback == Fallback::Error {
                     return Err(EngineError::ProviderUnusable {
-                        pipeline: pipeline.name.clone(),
+                        pipeline: pipeline.name.to_string(),
                         provider: provider.name(),
                         reason,
                     });
@@ -248,7 +267,7 @@ pub fn load(
         }
     }
     Err(EngineError::Load {
-        pipeline: pipeline.name.clone(),
+        pipeline: pipeline.name.to_string(),
         path: path.display().to_string(),
         reason: format!(
             "no configured execution provider could be used; last error: {last_reason}"

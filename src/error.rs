@@ -39,10 +39,21 @@ pub enum ErrorCode {
     InferenceFailed,
     /// The daemon stopped before the job ran.
     ShuttingDown,
+    /// A generation command that is not valid JSON or has unknown fields or
+    /// a malformed id.
+    BadCommand,
+    /// A generation command without prompt text.
+    EmptyPrompt,
+    /// The prompt exceeds the pipeline's prompt limit or the model context.
+    PromptTooLong,
+    /// A sampling or length parameter is out of range.
+    BadParameter,
+    /// The pipeline already runs `max_generations` generations.
+    TooManyGenerations,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::EmptyPayload,
         ErrorCode::PayloadTooLarge,
         ErrorCode::BadPayload,
@@ -58,6 +69,11 @@ impl ErrorCode {
         ErrorCode::DeadlineExceeded,
         ErrorCode::InferenceFailed,
         ErrorCode::ShuttingDown,
+        ErrorCode::BadCommand,
+        ErrorCode::EmptyPrompt,
+        ErrorCode::PromptTooLong,
+        ErrorCode::BadParameter,
+        ErrorCode::TooManyGenerations,
     ];
 
     /// The stable string used on the wire and in metrics.
@@ -78,6 +94,11 @@ impl ErrorCode {
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
             ErrorCode::InferenceFailed => "inference_failed",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::BadCommand => "bad_command",
+            ErrorCode::EmptyPrompt => "empty_prompt",
+            ErrorCode::PromptTooLong => "prompt_too_long",
+            ErrorCode::BadParameter => "bad_parameter",
+            ErrorCode::TooManyGenerations => "too_many_generations",
         }
     }
 

@@ -11,6 +11,7 @@ pub mod egress;
 pub mod engine;
 pub mod error;
 pub mod ingress;
+pub mod llm;
 pub mod ortlib;
 pub mod pipeline;
 pub mod scheduler;

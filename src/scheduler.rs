@@ -23,6 +23,7 @@ use crossbeam::sync::{Parker, Unparker};
 
 use crate::config::{Config, Overflow};
 use crate::error::{ErrorCode, Rejection};
+use crate::llm::Generation;
 use crate::pipeline::StreamState;
 use crate::wire::{RequestMeta, Tensor};
 
@@ -61,6 +62,7 @@ pub struct StreamSlot {
 enum Ticket {
     Job(Box<Job>),
     Stream(Arc<StreamSlot>),
+    Gen(Box<Generation>),
 }
 
 /// What a worker gets to run.
@@ -68,6 +70,15 @@ pub enum Work {
     Job(Box<Job>),
     /// A stream frame; call [`Scheduler::release`] with the slot when done.
     Stream(Arc<StreamSlot>, Box<Job>),
+    /// One step of a generation; [`Scheduler::requeue_gen`] it unless done.
+    Gen(Box<Generation>),
+}
+
+/// Everything still queued when the scheduler is drained.
+#[derive(Default)]
+pub struct Drained {
+    pub jobs: Vec<Box<Job>>,
+    pub gens: Vec<Box<Generation>>,
 }
 
 /// Result of [`Scheduler::submit`].
@@ -126,6 +137,10 @@ impl Scheduler {
                 }
             })
             .collect();
+        // Each live generation holds at most one ticket.
+        for g in &cfg.generators {
+            level_cap[g.level] += g.max_generations;
+        }
         let mut parkers = Vec::new();
         let workers = cfg
             .workers
@@ -278,6 +293,30 @@ impl Scheduler {
         self.wake(level);
     }
 
+    /// Queues a new generation (its first step is the prefill).
+    pub fn submit_gen(&self, g: Box<Generation>) -> Result<(), (Rejection, Box<Generation>)> {
+        if self.stopping.load(SeqCst) {
+            let r = Rejection::new(ErrorCode::ShuttingDown, "the daemon is shutting down");
+            return Err((r, g));
+        }
+        self.requeue_gen(g)
+    }
+
+    /// Puts a generation back after a step, behind its level's other work,
+    /// so generations at one level take turns.
+    pub fn requeue_gen(&self, g: Box<Generation>) -> Result<(), (Rejection, Box<Generation>)> {
+        let level = g.level;
+        match self.levels[level].push(Ticket::Gen(g)) {
+            Ok(()) => {
+                self.wake(level);
+                Ok(())
+            }
+            // Unreachable by sizing: level capacity includes max_generations.
+            Err(Ticket::Gen(g)) => Err((Rejection::new(ErrorCode::Busy, "level queue full"), g)),
+            Err(_) => unreachable!("push returns the ticket it was given"),
+        }
+    }
+
     /// A worker finished the stream's frame: reschedule if another arrived.
     pub fn release(&self, slot: &Arc<StreamSlot>) {
         slot.scheduled.store(false, SeqCst);
@@ -307,6 +346,7 @@ impl Scheduler {
                         Some(job) => return Some(Work::Stream(slot, job)),
                         None => slot.scheduled.store(false, SeqCst),
                     },
+                    Ticket::Gen(g) => return Some(Work::Gen(g)),
                 }
             }
         }
@@ -363,25 +403,22 @@ impl Scheduler {
         self.stop();
     }
 
-    /// Removes every job still queued (after workers have stopped).
-    pub fn drain(&self) -> Vec<Box<Job>> {
-        let mut out = Vec::new();
+    /// Removes everything still queued (after workers have stopped).
+    pub fn drain(&self) -> Drained {
+        let mut out = Drained::default();
         for q in &self.levels {
             while let Some(t) = q.pop() {
                 match t {
-                    Ticket::Job(j) => out.push(j),
-                    Ticket::Stream(s) => out.extend(s.pending.pop()),
+                    Ticket::Job(j) => out.jobs.push(j),
+                    Ticket::Stream(s) => out.jobs.extend(s.pending.pop()),
+                    Ticket::Gen(g) => out.gens.push(g),
                 }
             }
         }
         for pq in &self.pipelines {
-            for s in pq
-                .streams
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-            {
-                out.extend(s.pending.pop());
+            let streams = pq.streams.read().unwrap_or_else(|e| e.into_inner());
+            for s in streams.values() {
+                out.jobs.extend(s.pending.pop());
             }
         }
         out
@@ -442,6 +479,7 @@ mod tests {
     fn seq(w: &Work) -> (usize, u64) {
         let j = match w {
             Work::Job(j) | Work::Stream(_, j) => j,
+            Work::Gen(_) => panic!("no generations in these tests"),
         };
         (j.pipeline, j.meta.seq.unwrap())
     }

@@ -16,6 +16,8 @@ use crate::config::{Config, PipelineConfig, ZenohConfig, ZenohMode};
 use crate::engine::{self, EngineError, Model};
 use crate::error::{ErrorCode, Rejection};
 use crate::ingress;
+use crate::llm::serve::{self as llm_serve, GenPipeline};
+use crate::llm::{self, Finish, LlmShared, ModelFiles};
 use crate::ortlib::{self, OrtLoadError};
 use crate::pipeline::{self, Spec, StreamState};
 use crate::scheduler::Scheduler;
@@ -47,6 +49,10 @@ pub struct Shared {
     pub specs: Vec<Spec>,
     pub model_names: Vec<String>,
     pub stats: Vec<PipelineStats>,
+    /// Generation pipelines, in `config.generators` order.
+    pub gens: Vec<GenPipeline>,
+    pub gen_stats: Vec<PipelineStats>,
+    pub gen_providers: Vec<&'static str>,
     pub session: zenoh::Session,
     pub scheduler: Arc<Scheduler>,
     /// One counter for two events, message receipt and run start, so a
@@ -98,7 +104,7 @@ pub fn load_and_warm(
     config: &Config,
     p: &PipelineConfig,
 ) -> Result<Loaded, StartError> {
-    let mut model = engine::load(env, p, &config.runtime)?;
+    let mut model = engine::load(env, &p.into(), &config.runtime)?;
     let spec = Spec::new(p, &model)?;
     let mut st = p.is_stateful().then(|| StreamState::new(&spec));
     pipeline::run(&mut model, p, &spec, &spec.warmup_inputs(p), st.as_mut()).map_err(|reason| {
@@ -114,6 +120,7 @@ pub fn load_and_warm(
 pub struct Daemon {
     shared: Arc<Shared>,
     subscribers: Vec<zenoh::pubsub::Subscriber<()>>,
+    gen_entities: Vec<llm_serve::Entities>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -128,6 +135,7 @@ impl Daemon {
             .map(|(id, parker)| Worker {
                 id,
                 models: Vec::new(),
+                gen_models: Vec::new(),
                 parker,
                 nice: config.workers[id].nice,
             })
@@ -153,6 +161,32 @@ impl Daemon {
             );
             specs.push(spec);
         }
+        let mut gens = Vec::new();
+        let mut gen_providers = Vec::new();
+        for g in &config.generators {
+            let files = ModelFiles::open(&g.model).map_err(|reason| EngineError::ModelMissing {
+                pipeline: g.name.clone(),
+                path: reason,
+            })?;
+            let shared = Arc::new(LlmShared::new(&files).map_err(|reason| EngineError::Load {
+                pipeline: g.name.clone(),
+                path: files.tokenizer.display().to_string(),
+                reason,
+            })?);
+            let mut provider = "";
+            for (wi, w) in workers.iter_mut().enumerate() {
+                if config.workers[wi].levels.contains(&g.level) {
+                    let (m, p) = llm::load(&env, g, &config.runtime, &shared, &files.onnx)?;
+                    provider = p;
+                    w.gen_models.push(Some(m));
+                } else {
+                    w.gen_models.push(None);
+                }
+            }
+            tracing::info!(pipeline = %g.name, provider, model = %shared.generation.model_name, "generation pipeline ready");
+            gen_providers.push(provider);
+            gens.push(GenPipeline::new(g, shared));
+        }
         let zc = zenoh_config(&config.zenoh).map_err(StartError::Zenoh)?;
         let session = zenoh::open(zc)
             .await
@@ -173,6 +207,13 @@ impl Daemon {
                 .iter()
                 .map(|_| PipelineStats::default())
                 .collect(),
+            gen_stats: config
+                .generators
+                .iter()
+                .map(|_| PipelineStats::default())
+                .collect(),
+            gens,
+            gen_providers,
             specs,
             session,
             scheduler,
@@ -210,6 +251,12 @@ impl Daemon {
                 ingress::subscribe(&shared, pi).map_err(|e| StartError::Zenoh(e.to_string()))?;
             subscribers.push(sub);
         }
+        let mut gen_entities = Vec::new();
+        for gi in 0..shared.config.generators.len() {
+            let e =
+                llm_serve::declare(&shared, gi).map_err(|e| StartError::Zenoh(e.to_string()))?;
+            gen_entities.push(e);
+        }
         tracing::info!(
             pipelines = shared.config.pipelines.len(),
             workers = shared.config.workers.len(),
@@ -219,6 +266,7 @@ impl Daemon {
         Ok(Daemon {
             shared,
             subscribers,
+            gen_entities,
             threads,
         })
     }
@@ -240,12 +288,29 @@ impl Daemon {
             .collect()
     }
 
+    /// Counters per generation pipeline, in config order.
+    pub fn generation_stats(&self) -> Vec<PipelineSnapshot> {
+        let sh = &self.shared;
+        sh.config
+            .generators
+            .iter()
+            .enumerate()
+            .map(|(i, g)| stats::snapshot(&g.name, sh.gen_providers[i], &sh.gen_stats[i]))
+            .collect()
+    }
+
+    /// Generations currently registered per generation pipeline.
+    pub fn live_generations(&self) -> Vec<usize> {
+        self.shared.gens.iter().map(|g| g.live_count()).collect()
+    }
+
     pub fn zenoh_session(&self) -> &zenoh::Session {
         &self.shared.session
     }
 
     /// Graceful teardown in the documented order.
     pub async fn shutdown(mut self, drain_timeout: Duration) {
+        self.gen_entities.clear();
         for sub in self.subscribers.drain(..) {
             if let Err(e) = sub.undeclare().await {
                 tracing::warn!(error = %e, "undeclare subscriber failed");
@@ -266,16 +331,18 @@ impl Daemon {
             );
             sched.abort();
         }
-        for job in self.shared.scheduler.drain() {
-            worker::fail(
-                &self.shared,
-                &job,
-                &Rejection::new(
-                    ErrorCode::ShuttingDown,
-                    "the daemon stopped before this job ran",
-                ),
+        let drained = self.shared.scheduler.drain();
+        for job in drained.jobs {
+            let rej = Rejection::new(
+                ErrorCode::ShuttingDown,
+                "the daemon stopped before this job ran",
             );
+            worker::fail(&self.shared, &job, &rej);
         }
+        for g in drained.gens {
+            llm_serve::finish(&self.shared, g, Finish::Cancelled);
+        }
+        self.gen_entities.clear();
         if let Err(e) = self.shared.session.close().await {
             tracing::warn!(error = %e, "closing zenoh session failed");
         }

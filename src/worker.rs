@@ -14,6 +14,8 @@ use crossbeam::sync::Parker;
 use crate::egress::{self, Outbox};
 use crate::engine::Model;
 use crate::error::{ErrorCode, Rejection};
+use crate::llm::serve as llm_serve;
+use crate::llm::{Finish, Generation, LlmModel};
 use crate::pipeline::{self, StreamState};
 use crate::scheduler::{Job, Work};
 use crate::service::Shared;
@@ -24,6 +26,8 @@ pub struct Worker {
     /// Indexed by pipeline; `None` for pipelines whose level this worker
     /// does not serve.
     pub models: Vec<Option<Model>>,
+    /// Indexed by generation pipeline, like `models`.
+    pub gen_models: Vec<Option<LlmModel>>,
     pub parker: Parker,
     pub nice: Option<i32>,
 }
@@ -70,6 +74,10 @@ pub fn run(mut w: Worker, shared: Arc<Shared>) {
         let (job, slot) = match work {
             Work::Job(j) => (j, None),
             Work::Stream(s, j) => (j, Some(s)),
+            Work::Gen(g) => {
+                step_generation(&mut w, &shared, g);
+                continue;
+            }
         };
         let started = Instant::now();
         if started > job.deadline {
@@ -93,6 +101,49 @@ pub fn run(mut w: Worker, shared: Arc<Shared>) {
         }
     }
     tracing::debug!(worker = w.id, "worker stopped");
+}
+
+/// Advances a generation by one model run and puts it back in its queue,
+/// or ends it (cancelled, deadline, stop, length, error).
+fn step_generation(w: &mut Worker, shared: &Shared, mut g: Box<Generation>) {
+    if g.is_cancelled() {
+        return llm_serve::finish(shared, g, Finish::Cancelled);
+    }
+    if Instant::now() > g.deadline {
+        return llm_serve::finish(shared, g, Finish::Deadline);
+    }
+    let Some(model) = w.gen_models[g.pipeline].as_mut() else {
+        g.error = Some(Rejection::new(
+            ErrorCode::InferenceFailed,
+            "worker has no session for this pipeline",
+        ));
+        return llm_serve::finish(shared, g, Finish::Error);
+    };
+    g.run_order = shared.order.fetch_add(1, Relaxed);
+    match model.step(&mut g) {
+        Ok(out) => {
+            if let Some((token_id, text)) = out.token {
+                llm_serve::publish_token(shared, &g, token_id, &text);
+                if g.first_token.is_none() {
+                    g.first_token = Some(Instant::now());
+                }
+            }
+            match g.finished {
+                Some(reason) => llm_serve::finish(shared, g, reason),
+                None => {
+                    if let Err((rej, mut g)) = shared.scheduler.requeue_gen(g) {
+                        g.error = Some(rej);
+                        llm_serve::finish(shared, g, Finish::Error);
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(id = %g.cmd.id, error = %e, "generation step failed");
+            g.error = Some(Rejection::new(ErrorCode::InferenceFailed, e));
+            llm_serve::finish(shared, g, Finish::Error);
+        }
+    }
 }
 
 fn serve(

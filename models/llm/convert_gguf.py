@@ -1,0 +1,857 @@
+#!/usr/bin/env python3
+"""convert_gguf.py - convert a llama-architecture GGUF file into an ONNX decoder.
+
+    python convert_gguf.py MODEL.gguf OUTDIR [--max-positions N] [--genai-config] [--accuracy-level N]
+
+Writes into OUTDIR (created if needed, files replaced atomically):
+  model.onnx        decoder with KV cache, HF export names:
+                      input_ids i64 [B,S], attention_mask i64 [B,P+S], position_ids i64 [B,S],
+                      past_key_values.{i}.key/.value f32 [B,kv_heads,P,head_dim]
+                    -> logits f32 [B,S,vocab], present.{i}.key/.value f32 [B,kv_heads,P+S,head_dim]
+                    (model.onnx.data next to it only if the weights exceed 2 GB)
+  tokenizer.json    Hugging Face `tokenizers` file (byte-level BPE) built from the GGUF vocab/merges
+  generation.json   bos/eos/stop ids, chat template (simple prefix/suffix form + raw jinja),
+                    context length, vocab size, layer/head geometry, model name
+  (with --genai-config also genai_config.json + tokenizer_config.json for onnxruntime-genai)
+
+Needs only numpy, onnx and gguf (PyPI). No torch, nothing downloaded. The output is
+deterministic (same input and converter -> byte-identical files).
+
+Weights are kept exactly as stored in the GGUF (no re-quantization):
+  Q4_0, Q4_1, Q4_K      -> com.microsoft.MatMulNBits bits=4, block 32
+  Q8_0, Q5_0, Q5_1, Q5_K -> MatMulNBits bits=8, block 32 (the 5-bit codes fit in 8 bits)
+  Q6_K                  -> MatMulNBits bits=8, block 16
+  F32, F16, BF16        -> float32 MatMul
+  anything else         -> dequantized to float32 MatMul (exact, but large; a warning is printed)
+onnxruntime's CPU MatMulNBits has no fast float32-activation kernel for bits=8 (it dequantizes
+the whole matrix on every call), so with the default accuracy level an 8-bit matrix is split
+exactly into its two nibbles and run as one 4-bit MatMulNBits over [x, x] (K doubled).
+GGUF block formats with a per-block minimum (w = d*q + m: Q4_1, Q4_K, Q5_1, Q5_K) use zero
+point 0 plus the exact correction term blocksum(A) @ M^T (M = per-block minimums), computed as
+MatMul(x, E) with a 0/1 block-indicator E and one Gemm that adds it to the MatMulNBits output;
+the residual stream is kept 2-D [tokens, hidden] for that (GroupQueryAttention sees 3-D).
+Unpacked float zero points (zp = -m/d) would avoid the correction but hit the same slow
+dequantize-every-call path in onnxruntime 1.31.
+The token embedding is gathered with com.microsoft.GatherBlockQuantized when its format has no
+minimums (e.g. Q8_0), else from a float32 table; a missing output.weight means tied embeddings.
+
+Math (llama): RMSNorm, RoPE (theta, optional rope_freqs / linear scaling from the GGUF), grouped
+query attention (com.microsoft.GroupQueryAttention, rotary applied inside from position_ids),
+SiLU-gated MLP. GGUF stores the Q/K projection rows permuted for llama.cpp's interleaved rotary;
+they are permuted back to the Hugging Face order here, so the rotation is the usual rotate-half
+and present.* tensors have the same layout as an HF export.
+
+Tokenizer: only GGUF `tokenizer.ggml.model == "gpt2"` (byte-level BPE) is supported, with the
+pre-tokenizers smollm/starcoder-style (single digits + GPT-2 regex), gpt-2/default, and llama3
+(`--pre-tokenizer` overrides the choice). SentencePiece ("llama") vocabularies are refused.
+
+--accuracy-level 4 lets MatMulNBits quantize activations to int8: about 2-3x faster prefill,
+but measurably lossy here (see models/llm/README.md); the default 0 keeps float32 activations.
+
+The graph uses com.microsoft contrib ops (MatMulNBits, GroupQueryAttention with position_ids,
+SkipSimplifiedLayerNormalization, GatherBlockQuantized, QuickGelu): tested with onnxruntime
+1.31.1 and 1.32.0 (CPU), opset 17, IR 8.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+try:
+    import gguf
+    from gguf import GGMLQuantizationType as QT
+    from gguf import GGUFReader
+except ImportError:  # pragma: no cover - message for users
+    sys.exit("convert_gguf.py: the `gguf` package is missing: pip install gguf")
+
+OPSET = 17
+IR_VERSION = 8
+MS = "com.microsoft"
+SUPPORTED_ARCHS = ("llama",)
+
+# ---------------------------------------------------------------------------------------------
+# Weight representations
+# ---------------------------------------------------------------------------------------------
+
+
+class QWeight:
+    """Block-quantized matrix: w[n, k] = (u[n, k] - zp) * scale[n, k // bs] + mins[n, k // bs].
+
+    u holds the unpacked integer codes (uint8, one per weight), bits is 4 or 8, zp is an int
+    shared by all blocks; mins is None when the format has no per-block minimum.
+    """
+
+    def __init__(self, u, bits, bs, zp, scale, mins, src):
+        self.u, self.bits, self.bs, self.zp = u, bits, bs, zp
+        self.scale = scale.astype(np.float32)
+        self.mins = None if mins is None else mins.astype(np.float32)
+        self.src = src  # GGUF type name, for the summary
+
+    @property
+    def shape(self):
+        return self.u.shape
+
+    def rows(self, idx):
+        return QWeight(self.u[idx], self.bits, self.bs, self.zp, self.scale[idx],
+                       None if self.mins is None else self.mins[idx], self.src)
+
+    def dequantize(self):
+        n, k = self.u.shape
+        nb = k // self.bs
+        q = (self.u.astype(np.float32) - np.float32(self.zp)).reshape(n, nb, self.bs)
+        w = q * self.scale[:, :, None]
+        if self.mins is not None:
+            w = w + self.mins[:, :, None]
+        return w.reshape(n, k)
+
+
+class DWeight:
+    """Dense float32 matrix [N, K]."""
+
+    def __init__(self, w, src):
+        self.w = np.ascontiguousarray(w, dtype=np.float32)
+        self.src = src
+
+    @property
+    def shape(self):
+        return self.w.shape
+
+    def rows(self, idx):
+        return DWeight(self.w[idx], self.src)
+
+    def dequantize(self):
+        return self.w
+
+
+def _f16(b):
+    """bytes [..., 2] (uint8) -> float32 [...]"""
+    return np.ascontiguousarray(b).view(np.float16)[..., 0].astype(np.float32)
+
+
+def _k_scale_min(scales):
+    """Q4_K/Q5_K 6-bit scales and mins: [n, 12] uint8 -> ([n, 8], [n, 8])"""
+    s = scales.reshape(-1, 3, 4)
+    d, m, md = s[:, 0], s[:, 1], s[:, 2]
+    sc = np.concatenate([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], axis=-1)
+    mn = np.concatenate([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)], axis=-1)
+    return sc, mn
+
+
+def decode_blocks(qtype, raw, n, k):
+    """Decode GGUF block-quantized rows. raw: uint8 [n, row_bytes]. Returns a QWeight or None
+    when the type has no exact MatMulNBits mapping here."""
+    name = QT(qtype).name
+    if qtype in (QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q8_0):
+        nb = k // 32
+        if qtype == QT.Q8_0:
+            b = raw.reshape(n, nb, 34)
+            d = _f16(b[..., 0:2])
+            q = b[..., 2:].view(np.int8).astype(np.int16) + 128
+            return QWeight(q.astype(np.uint8).reshape(n, k), 8, 32, 128, d, None, name)
+        has_min = qtype in (QT.Q4_1, QT.Q5_1)
+        five = qtype in (QT.Q5_0, QT.Q5_1)
+        size = 2 + (2 if has_min else 0) + (4 if five else 0) + 16
+        b = raw.reshape(n, nb, size)
+        d = _f16(b[..., 0:2])
+        off = 2
+        m = None
+        if has_min:
+            m = _f16(b[..., 2:4])
+            off = 4
+        qh = None
+        if five:
+            qh = np.ascontiguousarray(b[..., off:off + 4]).view(np.uint32)[..., 0]  # [n, nb]
+            off += 4
+        qs = b[..., off:off + 16]
+        lo = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # [n, nb, 32]: elements 0..15, 16..31
+        if not five:
+            if has_min:  # Q4_1: w = d*q + m
+                return QWeight(lo.reshape(n, k), 4, 32, 0, d, m, name)
+            return QWeight(lo.reshape(n, k), 4, 32, 8, d, None, name)  # Q4_0: w = d*(q-8)
+        hi = ((qh[..., None] >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)
+        q5 = lo | (hi << 4)  # 0..31
+        if has_min:  # Q5_1: w = d*q + m  -> 8 bit, u = q + 128, zp 128
+            return QWeight((q5 + 128).reshape(n, k), 8, 32, 128, d, m, name)
+        return QWeight((q5 + 112).reshape(n, k), 8, 32, 128, d, None, name)  # Q5_0: d*(q-16)
+    if qtype in (QT.Q4_K, QT.Q5_K):
+        nsb = k // 256
+        size = 144 if qtype == QT.Q4_K else 176
+        b = raw.reshape(n * nsb, size)
+        d = _f16(b[:, 0:2])[:, None]
+        dmin = _f16(b[:, 2:4])[:, None]
+        sc, mn = _k_scale_min(b[:, 4:16])
+        scale = d * sc.astype(np.float32)  # exact: f16 * 6-bit integer
+        mins = -(dmin * mn.astype(np.float32))
+        if qtype == QT.Q4_K:
+            qs = b[:, 16:144].reshape(-1, 4, 1, 32)
+            q = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(-1, 256)
+            return QWeight(q.reshape(n, k), 4, 32, 0, scale.reshape(n, -1), mins.reshape(n, -1), name)
+        qh = b[:, 16:48].reshape(-1, 1, 32)
+        qs = b[:, 48:176].reshape(-1, 4, 1, 32)
+        ql = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(-1, 8, 32)
+        hb = (qh >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)) & 1
+        q = (ql | (hb << 4)).reshape(-1, 256)
+        return QWeight((q + 128).reshape(n, k), 8, 32, 128, scale.reshape(n, -1), mins.reshape(n, -1), name)
+    if qtype == QT.Q6_K:
+        nsb = k // 256
+        b = raw.reshape(n * nsb, 210)
+        ql = b[:, 0:128].reshape(-1, 2, 1, 64)
+        qh = b[:, 128:192].reshape(-1, 2, 1, 32)
+        sc = b[:, 192:208].view(np.int8).astype(np.float32)
+        d = _f16(b[:, 208:210])[:, None]
+        lo = np.concatenate([ql & 0x0F, ql >> 4], axis=2).reshape(-1, 2, 4, 32)
+        hi = ((qh >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & 3)
+        q6 = (lo | (hi << 4)).reshape(-1, 256)  # 0..63, w = d*sc*(q6-32)
+        return QWeight((q6 + 96).reshape(n, k), 8, 16, 128, (d * sc).reshape(n, -1), None, name)
+    return None
+
+
+def load_matrix(t):
+    """ReaderTensor (GGUF shape [K, N]) -> QWeight or DWeight with shape [N, K]."""
+    k = int(t.shape[0])
+    n = int(np.prod(t.shape[1:]))
+    qt = t.tensor_type
+    if qt == QT.F32:
+        return DWeight(np.asarray(t.data, dtype=np.float32).reshape(n, k), "F32")
+    if qt == QT.F16:
+        return DWeight(np.asarray(t.data).view(np.float16).reshape(n, k), "F16")
+    raw = np.asarray(t.data).view(np.uint8).reshape(n, -1)
+    if qt == QT.BF16:
+        return DWeight(gguf.quants.dequantize(raw, qt).reshape(n, k), "BF16")
+    w = decode_blocks(qt, raw, n, k)
+    if w is not None:
+        return w
+    print(f"  warning: {t.name}: {qt.name} has no exact 4/8-bit mapping here; "
+          f"storing it dequantized as float32", file=sys.stderr)
+    return DWeight(gguf.quants.dequantize(raw, qt).reshape(n, k), qt.name + "->F32")
+
+
+def load_vector(t):
+    if t.tensor_type == QT.F32:
+        return np.asarray(t.data, dtype=np.float32).reshape(-1)
+    raw = np.asarray(t.data)
+    if t.tensor_type == QT.F16:
+        return raw.view(np.float16).astype(np.float32).reshape(-1)
+    return gguf.quants.dequantize(raw.view(np.uint8), t.tensor_type).astype(np.float32).reshape(-1)
+
+
+def unpermute_rope_rows(w, n_head):
+    """GGUF (llama.cpp) Q/K row order -> Hugging Face order (inverse of convert_hf_to_gguf's permute)."""
+    n = w.shape[0]
+    hd = n // n_head
+    idx = np.arange(n).reshape(n_head, hd // 2, 2).swapaxes(1, 2).reshape(-1)
+    return w.rows(idx)
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF metadata
+# ---------------------------------------------------------------------------------------------
+
+
+class Meta:
+    def __init__(self, reader):
+        self.fields = {}
+        for key, f in reader.fields.items():
+            try:
+                self.fields[key] = f.contents()
+            except Exception:  # noqa: BLE001 - skip fields gguf cannot decode
+                pass
+
+    def get(self, key, default=None):
+        return self.fields.get(key, default)
+
+    def req(self, key):
+        if key not in self.fields:
+            sys.exit(f"convert_gguf.py: GGUF lacks required metadata '{key}'")
+        return self.fields[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX graph construction
+# ---------------------------------------------------------------------------------------------
+
+
+class Graph:
+    def __init__(self, accuracy_level):
+        self.nodes, self.inits = [], []
+        self.acc = accuracy_level
+        self._n = 0
+        self._consts = {}
+        self.counts = {}
+
+    def uniq(self, base):
+        self._n += 1
+        return f"{base}_{self._n}"
+
+    def init(self, name, arr):
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        return name
+
+    def const_i64(self, values):
+        key = ("i64", tuple(values))
+        if key not in self._consts:
+            self._consts[key] = self.init(f"const_i64_{len(self._consts)}", np.array(values, dtype=np.int64))
+        return self._consts[key]
+
+    def node(self, op, inputs, outputs=None, name=None, domain="", **attrs):
+        name = name or self.uniq(op)
+        if outputs is None:
+            outputs = [name + "_out"]
+        elif isinstance(outputs, int):
+            outputs = [f"{name}_out{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs))
+        self.counts[op] = self.counts.get(op, 0) + 1
+        return outputs if len(outputs) > 1 else outputs[0]
+
+    # --- linear layers -----------------------------------------------------------------------
+
+    def linear(self, x, weights, prefix):
+        """y = x @ concat(weights)^T. Fuses the list into one matmul when the formats agree,
+        else returns one output per weight (list). Returns a list of output names."""
+        groups = []
+        for w in weights:
+            if groups and _fusable(groups[-1][-1], w):
+                groups[-1].append(w)
+            else:
+                groups.append([w])
+        outs = []
+        for gi, grp in enumerate(groups):
+            name = prefix if len(groups) == 1 else f"{prefix}_{gi}"
+            y = self._linear_one(x, _concat_rows(grp), name)
+            if len(grp) == 1:
+                outs.append(y)
+            else:
+                sizes = [w.shape[0] for w in grp]
+                outs.extend(self.node("Split", [y, self.const_i64(sizes)], len(sizes),
+                                      name=f"{name}_split", axis=-1))
+        return outs
+
+    def concat_self(self, x):
+        """[x, x] along the last axis (one node per distinct x)."""
+        key = ("concat_self", x)
+        if key not in self._consts:
+            self._consts[key] = self.node("Concat", [x, x], name=f"{x}_x2", axis=-1)
+        return self._consts[key]
+
+    def _linear_one(self, x, w, name):
+        n, k = w.shape
+        mins, bs = w.mins, w.bs
+        if isinstance(w, DWeight):
+            return self.node("MatMul", [x, self.init(f"{name}.weight_t", w.w.T)], name=name)
+        nb = k // w.bs
+        a, kk = x, k
+        if w.bits == 8 and self.acc != 4:
+            # onnxruntime's CPU MatMulNBits has no fast float32-activation kernel for 8 bits. Split
+            # each 8-bit code exactly into two nibbles, u = 16*hi + lo, and run one 4-bit matmul on
+            # [x, x] (K doubled): (u - 128)*s = (hi - 8)*(16 s) + (lo - 0)*s.
+            assert w.zp == 128
+            u = w.u.reshape(n, nb, w.bs)
+            q4 = np.concatenate([u >> 4, u & 0x0F], axis=1).reshape(n, 2 * k)
+            scale = np.concatenate([w.scale * np.float32(16), w.scale], axis=1)
+            zps = np.concatenate([np.full((n, nb), 8, np.uint8), np.zeros((n, nb), np.uint8)], axis=1)
+            w4 = QWeight(q4, 4, w.bs, None, scale, None, w.src)
+            w4.zps = zps
+            a = self.concat_self(x)
+            w, kk = w4, 2 * k
+        nbq = kk // w.bs
+        if w.bits == 4:
+            u = w.u.reshape(n, nbq, w.bs // 2, 2)
+            packed = (u[..., 0] | (u[..., 1] << 4)).astype(np.uint8)
+        else:
+            packed = w.u.reshape(n, nbq, w.bs).astype(np.uint8)
+        ins = [a, self.init(f"{name}.qweight", packed), self.init(f"{name}.scales", w.scale)]
+        default_zp = 1 << (w.bits - 1)
+        zps = getattr(w, "zps", None)
+        if zps is None and w.zp != default_zp:
+            zps = np.full((n, nbq), w.zp, np.uint8)
+        if zps is not None:
+            if w.bits == 4:
+                if nbq % 2:
+                    zps = np.concatenate([zps, np.zeros((n, 1), np.uint8)], axis=1)
+                zps = (zps[:, 0::2] | (zps[:, 1::2] << 4)).astype(np.uint8)
+            ins.append(self.init(f"{name}.qzeros", zps))
+        y = self.node("MatMulNBits", ins, name=name if mins is None else name + "_q", domain=MS,
+                      K=kk, N=n, bits=w.bits, block_size=w.bs, accuracy_level=self.acc)
+        if mins is None:
+            return y
+        # exact min term, sum_b blocksum_b(x) * mins[n, b]: blocksums as x @ E (E[k, b] = 1 when
+        # k // bs == b), then one Gemm adds blocksums @ mins^T to the MatMulNBits output.
+        bsum = self.node("MatMul", [x, self.block_indicator(k, bs)], name=name + "_blocksum")
+        return self.node("Gemm", [bsum, self.init(f"{name}.mins_t", mins.T), y], name=name, alpha=1.0, beta=1.0)
+
+    def block_indicator(self, k, bs):
+        key = ("E", k, bs)
+        if key not in self._consts:
+            e = (np.arange(k)[:, None] // bs == np.arange(k // bs)[None, :]).astype(np.float32)
+            self._consts[key] = self.init(f"block_indicator_{k}_{bs}", e)
+        return self._consts[key]
+
+
+def _fusable(a, b):
+    if isinstance(a, DWeight) or isinstance(b, DWeight):
+        return isinstance(a, DWeight) and isinstance(b, DWeight) and a.shape[1] == b.shape[1]
+    return (a.bits, a.bs, a.zp, a.shape[1]) == (b.bits, b.bs, b.zp, b.shape[1])
+
+
+def _concat_rows(ws):
+    if len(ws) == 1:
+        return ws[0]
+    if isinstance(ws[0], DWeight):
+        return DWeight(np.concatenate([w.w for w in ws]), ws[0].src)
+    mins = None
+    if any(w.mins is not None for w in ws):
+        mins = np.concatenate([w.mins if w.mins is not None else np.zeros_like(w.scale) for w in ws])
+    a = ws[0]
+    return QWeight(np.concatenate([w.u for w in ws]), a.bits, a.bs, a.zp,
+                   np.concatenate([w.scale for w in ws]), mins, "+".join(sorted({w.src for w in ws})))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer
+# ---------------------------------------------------------------------------------------------
+
+LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# llama.cpp's pre-tokenizer names (tokenizer.ggml.pre) -> our three families
+PRE_FAMILIES = {
+    "digits+gpt2": {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"},
+    "gpt2": {"gpt-2", "default", "gpt2"},
+    "llama3": {"llama3", "llama-bpe", "llama-v3", "smaug-bpe"},
+}
+
+
+def build_tokenizer(meta, pre_override):
+    model = meta.get("tokenizer.ggml.model")
+    if model != "gpt2":
+        sys.exit(f"convert_gguf.py: tokenizer.ggml.model = {model!r}: only byte-level BPE ('gpt2') "
+                 "vocabularies are supported (SentencePiece 'llama' vocabularies are not)")
+    tokens = meta.req("tokenizer.ggml.tokens")
+    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    merges = meta.req("tokenizer.ggml.merges")
+    pre = meta.get("tokenizer.ggml.pre", "default")
+    if pre_override and pre_override != "auto":
+        family = pre_override
+    else:
+        family = next((f for f, names in PRE_FAMILIES.items() if pre in names), None)
+        if family is None:
+            sys.exit(f"convert_gguf.py: unknown pre-tokenizer tokenizer.ggml.pre = {pre!r}; pass "
+                     "--pre-tokenizer digits+gpt2|gpt2|llama3 if you know which one it is")
+    if family == "digits+gpt2":
+        pre_tok = {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": True},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]}
+    elif family == "gpt2":
+        pre_tok = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    else:
+        pre_tok = {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+
+    added = []
+    for i, (tok, ty) in enumerate(zip(tokens, types)):
+        if ty in (3, 4):  # CONTROL, USER_DEFINED
+            added.append({"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": ty == 3})
+    pairs = [m.split(" ", 1) for m in merges]
+    if any(len(p) != 2 for p in pairs):
+        sys.exit("convert_gguf.py: malformed merges in the GGUF")
+    merges_out = merges if all(" " not in a and " " not in b for a, b in pairs) else pairs
+    unk_id = meta.get("tokenizer.ggml.unknown_token_id")
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
+    bos_id = meta.get("tokenizer.ggml.bos_token_id")
+    if add_bos and bos_id is not None:
+        bos = tokens[bos_id]
+        post = {"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                         {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}}}
+    else:
+        post = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True}
+    tok_json = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": None,
+        "pre_tokenizer": pre_tok,
+        "post_processor": post,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {
+            "type": "BPE", "dropout": None,
+            "unk_token": tokens[unk_id] if unk_id is not None and family != "llama3" else None,
+            "continuing_subword_prefix": None, "end_of_word_suffix": None,
+            "fuse_unk": False, "byte_fallback": False, "ignore_merges": family == "llama3",
+            "vocab": {t: i for i, t in enumerate(tokens)},
+            "merges": merges_out,
+        },
+    }
+    return tok_json, family, pre
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation config / chat template
+# ---------------------------------------------------------------------------------------------
+
+EOG_TEXTS = {"<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>",
+             "<|end_of_text|>", "<EOT>", "</s>"}
+
+
+def simple_chat_template(tmpl, tokens, bos_text, add_bos):
+    """Recognise the common template families and express them as prefixes/suffixes."""
+    if not tmpl:
+        return None
+    if "<|im_start|>" in tmpl:
+        m = re.search(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", tmpl, re.S)
+        default_system = m.group(1) if m and "messages[0]['role'] != 'system'" in tmpl.replace('"', "'") else None
+        return {
+            "format": "chatml",
+            "bos": bos_text if add_bos else "",
+            "default_system": default_system,
+            "system_prefix": "<|im_start|>system\n", "system_suffix": "<|im_end|>\n",
+            "user_prefix": "<|im_start|>user\n", "user_suffix": "<|im_end|>\n",
+            "assistant_prefix": "<|im_start|>assistant\n", "assistant_suffix": "<|im_end|>\n",
+            "generation_prompt": "<|im_start|>assistant\n",
+        }
+    if "<|start_header_id|>" in tmpl:
+        h = "<|start_header_id|>{}<|end_header_id|>\n\n"
+        return {
+            "format": "llama3",
+            "bos": bos_text if add_bos else "",
+            "default_system": None,
+            "system_prefix": h.format("system"), "system_suffix": "<|eot_id|>",
+            "user_prefix": h.format("user"), "user_suffix": "<|eot_id|>",
+            "assistant_prefix": h.format("assistant"), "assistant_suffix": "<|eot_id|>",
+            "generation_prompt": h.format("assistant"),
+        }
+    return None
+
+
+def build_generation(meta, tokens, dims, model_name, gguf_name, gguf_sha):
+    eos = meta.get("tokenizer.ggml.eos_token_id")
+    bos = meta.get("tokenizer.ggml.bos_token_id")
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
+    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    stop = set()
+    for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
+        if meta.get(key) is not None:
+            stop.add(int(meta.get(key)))
+    stop |= {i for i, (t, ty) in enumerate(zip(tokens, types)) if ty == 3 and t in EOG_TEXTS}
+    tmpl = meta.get("tokenizer.chat_template")
+    bos_text = tokens[bos] if bos is not None else ""
+    return {
+        "model_name": model_name,
+        "architecture": "llama",
+        "bos_token_id": bos,
+        "add_bos_token": add_bos,
+        "eos_token_id": eos,
+        "stop_token_ids": sorted(stop),
+        "pad_token_id": meta.get("tokenizer.ggml.padding_token_id"),
+        "unk_token_id": meta.get("tokenizer.ggml.unknown_token_id"),
+        "chat_template": simple_chat_template(tmpl, tokens, bos_text, add_bos),
+        "chat_template_jinja": tmpl,
+        **dims,
+        "onnx": {
+            "file": "model.onnx",
+            "inputs": ["input_ids", "attention_mask", "position_ids",
+                       "past_key_values.{i}.key", "past_key_values.{i}.value"],
+            "outputs": ["logits", "present.{i}.key", "present.{i}.value"],
+            "kv_layout": "[batch, num_key_value_heads, seq, head_dim] float32",
+        },
+        "source": {"gguf_file": gguf_name, "gguf_sha256": gguf_sha, "converter": "models/llm/convert_gguf.py"},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# main conversion
+# ---------------------------------------------------------------------------------------------
+
+
+def genai_files(gen, threads=2):
+    """genai_config.json + tokenizer_config.json for onnxruntime-genai (tested with 0.18.0)."""
+    cfg = {
+        "model": {
+            "bos_token_id": gen["bos_token_id"],
+            "context_length": gen["context_length"],
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "intra_op_num_threads": threads,
+                                    "provider_options": []},
+                "filename": "model.onnx",
+                "head_size": gen["head_dim"],
+                "hidden_size": gen["hidden_size"],
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                           "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
+                           "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},
+                "num_attention_heads": gen["num_attention_heads"],
+                "num_hidden_layers": gen["num_layers"],
+                "num_key_value_heads": gen["num_key_value_heads"],
+            },
+            "eos_token_id": gen["stop_token_ids"],
+            "pad_token_id": gen["pad_token_id"] if gen["pad_token_id"] is not None else gen["eos_token_id"],
+            "type": "llama",
+            "vocab_size": gen["vocab_size"],
+        },
+        "search": {"do_sample": False, "max_length": gen["context_length"], "min_length": 0, "num_beams": 1,
+                   "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+                   "temperature": 1.0, "top_k": 1, "top_p": 1.0, "early_stopping": True, "length_penalty": 1.0,
+                   "no_repeat_ngram_size": 0, "diversity_penalty": 0.0},
+    }
+    return cfg
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def convert(gguf_path, outdir, accuracy_level=0, max_positions=None, pre_override="auto", quiet=False,
+            genai=False):
+    t0 = time.time()
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    reader = GGUFReader(gguf_path)
+    meta = Meta(reader)
+    arch = meta.req("general.architecture")
+    if arch not in SUPPORTED_ARCHS:
+        sys.exit(f"convert_gguf.py: architecture {arch!r} is not supported (only {', '.join(SUPPORTED_ARCHS)})")
+    A = arch
+    n_layer = int(meta.req(f"{A}.block_count"))
+    n_embd = int(meta.req(f"{A}.embedding_length"))
+    n_head = int(meta.req(f"{A}.attention.head_count"))
+    n_kv = int(meta.get(f"{A}.attention.head_count_kv", n_head))
+    head_dim = int(meta.get(f"{A}.attention.key_length", n_embd // n_head))
+    rot_dim = int(meta.get(f"{A}.rope.dimension_count", head_dim))
+    theta = float(meta.get(f"{A}.rope.freq_base", 10000.0))
+    eps = float(meta.get(f"{A}.attention.layer_norm_rms_epsilon", 1e-5))
+    ctx = int(meta.get(f"{A}.context_length", 2048))
+    if rot_dim != head_dim:
+        sys.exit(f"convert_gguf.py: partial rotary (rope.dimension_count {rot_dim} != head_dim {head_dim}) "
+                 "is not supported")
+    scaling = meta.get(f"{A}.rope.scaling.type", "none")
+    scale_factor = float(meta.get(f"{A}.rope.scaling.factor", 1.0) or 1.0)
+    if scaling not in ("none", "linear"):
+        sys.exit(f"convert_gguf.py: rope scaling {scaling!r} is not supported (none/linear only)")
+    if meta.get(f"{A}.expert_count"):
+        sys.exit("convert_gguf.py: mixture-of-experts llama files are not supported")
+
+    tensors = {t.name: t for t in reader.tensors}
+    tokens = meta.req("tokenizer.ggml.tokens")
+    vocab = len(tokens)
+    model_name = meta.get("general.name") or os.path.splitext(os.path.basename(gguf_path))[0]
+    max_pos = int(max_positions or ctx)
+    log(f"convert_gguf: {os.path.basename(gguf_path)}: {model_name!r}, {arch}, {n_layer} layers, hidden {n_embd}, "
+        f"heads {n_head}/{n_kv} x {head_dim}, vocab {vocab}, ctx {ctx}, rope theta {theta:g}, eps {eps:g}")
+
+    def T(name):
+        if name not in tensors:
+            sys.exit(f"convert_gguf.py: tensor {name!r} missing from the GGUF")
+        return tensors[name]
+
+    g = Graph(accuracy_level)
+    types_seen = {}
+
+    def note(w, what):
+        types_seen.setdefault(w.src, []).append(what)
+        return w
+
+    # ---- inputs / outputs
+    B, S, P, TS = "batch_size", "sequence_length", "past_sequence_length", "total_sequence_length"
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [B, S]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [B, TS]),
+              helper.make_tensor_value_info("position_ids", TensorProto.INT64, [B, S])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [B, S, vocab])]
+    for i in range(n_layer):
+        for kv in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kv}", TensorProto.FLOAT,
+                                                        [B, n_kv, P, head_dim]))
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kv}", TensorProto.FLOAT,
+                                                         [B, n_kv, TS, head_dim]))
+
+    # ---- embedding
+    emb_t = T("token_embd.weight")
+    emb = note(load_matrix(emb_t), "token_embd")
+    if isinstance(emb, QWeight) and emb.mins is None:
+        if emb.bits == 4:
+            u = emb.u.reshape(vocab, -1, 2)
+            data = (u[..., 0] | (u[..., 1] << 4)).astype(np.uint8)
+        else:
+            data = emb.u
+        # every format without minimums decodes to the operator's default zero point (2^(bits-1))
+        assert emb.zp == 1 << (emb.bits - 1)
+        gin = [g.init("embed.qweight", data), "input_ids", g.init("embed.scales", emb.scale)]
+        h = g.node("GatherBlockQuantized", gin, name="embed", domain=MS, bits=emb.bits,
+                   block_size=emb.bs, gather_axis=0, quantize_axis=1)
+    else:
+        h = g.node("Gather", [g.init("embed.weight", emb.dequantize()), "input_ids"], name="embed", axis=0)
+    # The residual stream is kept 2-D [tokens, hidden] so that the minimum corrections can use Gemm;
+    # only GroupQueryAttention sees [batch, seq, hidden].
+    h = g.node("Reshape", [h, g.const_i64([-1, n_embd])], name="embed_2d")
+    ids_shape = g.node("Shape", ["input_ids"], name="ids_shape")
+    shape_bsx = g.node("Concat", [ids_shape, g.const_i64([-1])], name="shape_bs_x", axis=0)
+    shape_bsv = g.node("Concat", [ids_shape, g.const_i64([vocab])], name="shape_bs_vocab", axis=0)
+
+    # ---- attention helpers shared by all layers
+    mask_sum = g.node("ReduceSum", ["attention_mask", g.const_i64([1])], name="mask_sum", keepdims=0)
+    seqlens_k = g.node("Cast", [g.node("Sub", [mask_sum, g.init("one_i64", np.array(1, np.int64))], name="seqlens_m1")],
+                       name="seqlens_k", to=TensorProto.INT32)
+    total_len = g.node("Cast", [g.node("Gather", [g.node("Shape", ["attention_mask"], name="mask_shape"),
+                                                  g.init("idx1", np.array(1, np.int64))], name="mask_len", axis=0)],
+                       name="total_len", to=TensorProto.INT32)
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    if "rope_freqs.weight" in tensors:
+        inv_freq = inv_freq / load_vector(tensors["rope_freqs.weight"]).astype(np.float64)
+    pos = np.arange(max_pos, dtype=np.float64) / scale_factor
+    ang = np.outer(pos, inv_freq)
+    cos_cache = g.init("cos_cache", np.cos(ang).astype(np.float32))
+    sin_cache = g.init("sin_cache", np.sin(ang).astype(np.float32))
+
+    # ---- layers
+    resid = None
+    prev = h
+    for i in range(n_layer):
+        p = f"blk.{i}"
+        attn_norm = g.init(f"{p}.attn_norm", load_vector(T(f"{p}.attn_norm.weight")))
+        if resid is None:
+            x = g.node("SimplifiedLayerNormalization", [prev, attn_norm], name=f"{p}.attn_norm",
+                       axis=-1, epsilon=eps, stash_type=1)
+            resid = prev
+        else:
+            x, _, _, resid = g.node("SkipSimplifiedLayerNormalization", [prev, resid, attn_norm],
+                                    [f"{p}.attn_norm_out", "", "", f"{p}.resid_attn"],
+                                    name=f"{p}.attn_norm", domain=MS, epsilon=eps)
+        wq = note(unpermute_rope_rows(load_matrix(T(f"{p}.attn_q.weight")), n_head), "attn_q")
+        wk = note(unpermute_rope_rows(load_matrix(T(f"{p}.attn_k.weight")), n_kv), "attn_k")
+        wv = note(load_matrix(T(f"{p}.attn_v.weight")), "attn_v")
+        qkv = g.linear(x, [wq, wk, wv], f"{p}.attn_qkv")
+        qkv = [g.node("Reshape", [t, shape_bsx], name=f"{t}_3d") for t in qkv]
+        gqa_in = qkv + ["", ""] if len(qkv) == 1 else qkv  # packed or separate q/k/v
+        gqa_in = gqa_in + [f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens_k, total_len,
+                           cos_cache, sin_cache, "position_ids"]
+        attn, _, _ = g.node("GroupQueryAttention", gqa_in,
+                      [f"{p}.attn_out", f"present.{i}.key", f"present.{i}.value"], name=f"{p}.attn",
+                      domain=MS, num_heads=n_head, kv_num_heads=n_kv, do_rotary=1, rotary_interleaved=0,
+                      scale=float(1.0 / np.sqrt(head_dim)))
+        wo = note(load_matrix(T(f"{p}.attn_output.weight")), "attn_output")
+        attn = g.node("Reshape", [attn, g.const_i64([-1, n_head * head_dim])], name=f"{p}.attn_out_2d")
+        (o,) = g.linear(attn, [wo], f"{p}.attn_output")
+        ffn_norm = g.init(f"{p}.ffn_norm", load_vector(T(f"{p}.ffn_norm.weight")))
+        x2, _, _, resid = g.node("SkipSimplifiedLayerNormalization", [o, resid, ffn_norm],
+                                 [f"{p}.ffn_norm_out", "", "", f"{p}.resid_ffn"],
+                                 name=f"{p}.ffn_norm", domain=MS, epsilon=eps)
+        wg = note(load_matrix(T(f"{p}.ffn_gate.weight")), "ffn_gate")
+        wu = note(load_matrix(T(f"{p}.ffn_up.weight")), "ffn_up")
+        gate, up = g.linear(x2, [wg, wu], f"{p}.ffn_gate_up")
+        act = g.node("Mul", [g.node("QuickGelu", [gate], name=f"{p}.ffn_silu", domain=MS, alpha=1.0), up],
+                     name=f"{p}.ffn_act")
+        wd = note(load_matrix(T(f"{p}.ffn_down.weight")), "ffn_down")
+        (prev,) = g.linear(act, [wd], f"{p}.ffn_down")
+        if not quiet and (i + 1) % 10 == 0:
+            log(f"  layers 0..{i} built ({time.time() - t0:.1f} s)")
+
+    out_norm = g.init("output_norm", load_vector(T("output_norm.weight")))
+    xf, _, _, _ = g.node("SkipSimplifiedLayerNormalization", [prev, resid, out_norm],
+                         ["final_norm_out", "", "", ""], name="output_norm", domain=MS, epsilon=eps)
+    if "output.weight" in tensors:
+        head = note(load_matrix(tensors["output.weight"]), "output")
+        tied = False
+    else:
+        head = emb
+        tied = True
+    (logits,) = g.linear(xf, [head], "lm_head")
+    g.node("Reshape", [logits, shape_bsv], ["logits"], name="logits")
+
+    graph = helper.make_graph(g.nodes, "llama_decoder", inputs, outputs, g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
+                              ir_version=IR_VERSION, producer_name="reflexd convert_gguf.py")
+    gguf_sha = sha256_file(gguf_path)
+    dims = {"context_length": ctx, "max_position_embeddings": max_pos, "vocab_size": vocab,
+            "num_layers": n_layer, "hidden_size": n_embd, "intermediate_size": int(meta.get(f"{A}.feed_forward_length", 0)),
+            "num_attention_heads": n_head, "num_key_value_heads": n_kv, "head_dim": head_dim,
+            "rope_theta": theta, "rms_norm_eps": float(str(np.float32(eps))), "tie_word_embeddings": tied}
+    onnx.helper.set_model_props(model, {"model_name": str(model_name), "source_gguf_sha256": gguf_sha,
+                                        "converter": "reflexd models/llm/convert_gguf.py"})
+
+    tok_json, family, pre = build_tokenizer(meta, pre_override)
+    gen = build_generation(meta, tokens, dims, model_name, os.path.basename(gguf_path), gguf_sha)
+    gen["tokenizer"] = {"file": "tokenizer.json", "gguf_pre": pre, "pre_tokenizer": family}
+    gen["weights"] = {k: len(v) for k, v in sorted(types_seen.items())}
+    gen["accuracy_level"] = accuracy_level
+
+    os.makedirs(outdir, exist_ok=True)
+    size = sum(len(t.raw_data) for t in g.inits)
+    onnx_path = os.path.join(outdir, "model.onnx")
+    tmp = onnx_path + ".tmp"
+    if size > 1_800_000_000:
+        data_name = "model.onnx.data"
+        onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name + ".tmp", size_threshold=1024)
+        os.replace(os.path.join(outdir, data_name + ".tmp"), os.path.join(outdir, data_name))
+        # the .onnx file references data_name + ".tmp": rewrite the location
+        m2 = onnx.load_model(tmp, load_external_data=False)
+        for t in m2.graph.initializer:
+            for e in t.external_data:
+                if e.key == "location":
+                    e.value = data_name
+        onnx.save_model(m2, tmp)
+    else:
+        onnx.save_model(model, tmp)
+    os.replace(tmp, onnx_path)
+    files = [("tokenizer.json", tok_json), ("generation.json", gen)]
+    if genai:
+        def tname(key):
+            i = meta.get(key)
+            return tokens[i] if i is not None else None
+        files += [("genai_config.json", genai_files(gen)),
+                  ("tokenizer_config.json", {
+                      "add_bos_token": gen["add_bos_token"], "add_prefix_space": False,
+                      "bos_token": tname("tokenizer.ggml.bos_token_id"), "eos_token": tname("tokenizer.ggml.eos_token_id"),
+                      "pad_token": tname("tokenizer.ggml.padding_token_id"), "unk_token": tname("tokenizer.ggml.unknown_token_id"),
+                      "clean_up_tokenization_spaces": False, "model_max_length": gen["context_length"],
+                      "tokenizer_class": "GPT2Tokenizer"})]
+    for fname, obj in files:
+        path = os.path.join(outdir, fname)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(obj, f, ensure_ascii=False, indent=None if fname == "tokenizer.json" else 2)
+            f.write("\n")
+        os.replace(path + ".tmp", path)
+    log(f"convert_gguf: weights {', '.join(f'{k}: {len(v)}' for k, v in sorted(types_seen.items()))}; "
+        f"tied embeddings: {tied}; tokenizer pre {pre!r} -> {family}")
+    log(f"convert_gguf: {len(g.nodes)} nodes ({', '.join(f'{k} {v}' for k, v in sorted(g.counts.items()))})")
+    log(f"convert_gguf: wrote {onnx_path} ({os.path.getsize(onnx_path) / 1e6:.1f} MB), tokenizer.json, "
+        f"generation.json in {time.time() - t0:.1f} s")
+    return gen
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Convert a llama-architecture GGUF into ONNX (+ tokenizer.json, generation.json)")
+    ap.add_argument("gguf", help="input .gguf file")
+    ap.add_argument("outdir", help="output directory")
+    ap.add_argument("--accuracy-level", type=int, default=0, choices=[0, 1, 4],
+                    help="MatMulNBits accuracy_level: 0/1 = float32 activations (exact, default), "
+                         "4 = int8 activations (faster on some CPUs, like llama.cpp's own Q8 activations)")
+    ap.add_argument("--max-positions", type=int, default=None,
+                    help="rotary cache length (default: the GGUF context length)")
+    ap.add_argument("--pre-tokenizer", default="auto", choices=["auto", "digits+gpt2", "gpt2", "llama3"],
+                    help="override the pre-tokenizer chosen from tokenizer.ggml.pre")
+    ap.add_argument("--genai-config", action="store_true",
+                    help="also write genai_config.json and tokenizer_config.json for onnxruntime-genai")
+    ap.add_argument("-q", "--quiet", action="store_true")
+    a = ap.parse_args(argv)
+    convert(a.gguf, a.outdir, a.accuracy_level, a.max_positions, a.pre_tokenizer, a.quiet, a.genai_config)
+
+
+if __name__ == "__main__":
+    main()
