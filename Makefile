@@ -15,7 +15,7 @@ demo: setup
 test: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy -j$(JOBS) --all-targets -- -D warnings
-	$(CARGO) test -j$(JOBS) --all-targets -- --test-threads=1
+	$(CARGO) test -j$(JOBS) -- --test-threads=1
 
 bench: setup
 	$(CARGO) bench -j$(JOBS) --bench latency
