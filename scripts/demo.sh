@@ -3,18 +3,26 @@
 # first). It exercises the whole data flow on loopback: reflexd-sim publishes a
 # real microphone stream and a real camera image → the daemon (config/demo.toml)
 # schedules, runs Silero VAD and the PP-OCR text detector → predictions come
-# back on reflexd/** and the simulator prints them with their latencies.
+# back on reflexd/** and the simulator prints them with their latencies. While
+# the sensors stream, `reflexd prompt` asks the `chat` pipeline (SmolLM2-135M)
+# a question: its tokens, one line each, appear between the VAD and text
+# detector lines, decoded on the same worker as the camera without delaying
+# either sensor. After the simulator, a second question streams as running
+# text, the way a person uses `reflexd prompt`.
 #
 #   scripts/demo.sh                  # 15 s of traffic
 #   DEMO_SECONDS=60 scripts/demo.sh  # longer run
 #
-# Environment: DEMO_SECONDS (default 15), DEMO_READY_TIMEOUT seconds to wait for
-# the daemon's "reflexd ready" (default 120: covers a slow first warm-up),
-# REFLEXD_LOG (daemon log filter). The daemon's log goes to a temporary file that
-# is printed when anything fails and removed after a clean run.
+# Environment: DEMO_SECONDS (default 15), DEMO_PROMPT_AFTER seconds into the
+# simulator run before the first question (default 4), DEMO_READY_TIMEOUT
+# seconds to wait for the daemon's "reflexd ready" (default 120: covers a slow
+# first warm-up), REFLEXD_LOG (daemon log filter). The daemon's log goes to a
+# temporary file that is printed when anything fails and removed after a clean
+# run.
 #
 # Idempotent: it only builds what changed, starts its own daemon, and stops
-# exactly that process (by pid) on exit, Ctrl-C included. It refuses to start if
+# exactly those processes (daemon and simulator, by pid) on exit, Ctrl-C
+# included. It refuses to start if
 # the demo port is already taken rather than touch someone else's process.
 set -euo pipefail
 
@@ -25,12 +33,15 @@ CONFIG=config/demo.toml
 ENDPOINT_PORT=7447 # must match [zenoh] listen in $CONFIG
 SECONDS_TO_RUN="${DEMO_SECONDS:-15}"
 READY_TIMEOUT="${DEMO_READY_TIMEOUT:-120}"
+PROMPT_AFTER="${DEMO_PROMPT_AFTER:-4}"
 DAEMON_BIN=target/release/reflexd
 SIM_BIN=target/release/reflexd-sim
 
 LOGDIR="$(mktemp -d "${TMPDIR:-/tmp}/reflexd-demo.XXXXXX")"
 DAEMON_LOG="$LOGDIR/reflexd.log"
 DAEMON_PID=""
+SIM_PID=""
+FILTER_PID=""
 KEEP_LOG=0
 INTERRUPTED=0
 
@@ -71,9 +82,23 @@ stop_daemon() {
     return "$rc"
 }
 
+# The simulator runs in the background while the first question is asked. A
+# background job of a script ignores the terminal's Ctrl-C, so an interrupted
+# demo stops it here, by pid.
+stop_sim() {
+    if [[ -n "$SIM_PID" ]] && kill -0 "$SIM_PID" 2>/dev/null; then
+        kill -TERM "$SIM_PID" 2>/dev/null || true
+    fi
+    [[ -z "$SIM_PID" ]] || wait "$SIM_PID" 2>/dev/null || true
+    [[ -z "$FILTER_PID" ]] || wait "$FILTER_PID" 2>/dev/null || true
+    SIM_PID=""
+    FILTER_PID=""
+}
+
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
+    stop_sim
     stop_daemon || true
     if [[ ($status -ne 0 || $KEEP_LOG -eq 1) && -s "$DAEMON_LOG" ]]; then
         [[ $INTERRUPTED -eq 1 ]] || show_daemon_log
@@ -92,6 +117,7 @@ cargo build --release -j2 --bins
 
 # ---- preflight --------------------------------------------------------------
 [[ -e models/fetched/silero_vad.onnx ]] || fail "models/fetched is missing: run scripts/provision.sh (or make demo)"
+[[ -e models/llm/fetched/model.onnx ]] || fail "models/llm/fetched is missing: run scripts/provision.sh (or make demo)"
 if command -v ss >/dev/null 2>&1 && ss -ltnH "sport = :$ENDPOINT_PORT" 2>/dev/null | grep -q .; then
     fail "port $ENDPOINT_PORT is already in use (another reflexd or zenoh peer?); stop it first — this script only stops the daemon it starts"
 fi
@@ -115,16 +141,38 @@ done
 echo "reflexd is ready (pid $DAEMON_PID):"
 sed -n 's/^[^ ]* *//p' "$DAEMON_LOG" | grep -E "execution provider|pipeline ready|reflexd ready" | sed 's/^/    /'
 
-# ---- sensors → predictions --------------------------------------------------
-say "running $SIM_BIN --seconds $SECONDS_TO_RUN"
-sim_status=0
-"$SIM_BIN" --seconds "$SECONDS_TO_RUN" || sim_status=$?
+# ---- sensors → predictions, and a streamed answer next to them --------------
+say "running $SIM_BIN --seconds $SECONDS_TO_RUN; after ${PROMPT_AFTER}s, $DAEMON_BIN prompt asks the chat pipeline"
+# The simulator prints everything published under reflexd/**, which includes
+# the chat pipeline's JSON commands and token messages (reflexd/llm/...): it
+# would report each as an "undecodable prediction". Those lines are dropped
+# here; the answer is printed by `reflexd prompt` itself. A FIFO, not a pipe,
+# so $SIM_PID is the simulator's own pid (its exit status, and the process
+# cleanup stops).
+mkfifo "$LOGDIR/sim.out"
+grep --line-buffered -v -E '^reflexd/llm/[^ ]*: undecodable prediction' <"$LOGDIR/sim.out" &
+FILTER_PID=$!
+"$SIM_BIN" --seconds "$SECONDS_TO_RUN" >"$LOGDIR/sim.out" &
+SIM_PID=$!
 
-# ---- streamed LLM answer (issue 3) ------------------------------------------
-# Placeholder: once the generation pipeline lands, ask the daemon a question here
-# (e.g. a command-level `llm` pipeline in config/demo.toml and a client that
-# prints tokens as they stream back), after the sensor run so both share the
-# same daemon, and fold its exit status into sim_status.
+# Asked while the microphone and camera stream: one line per token
+# ([llm <id> +<s since the command>] #<seq> "<text>") interleaves readably
+# with the simulator's lines; the TTFT/TPOT summary goes to stderr.
+sleep "$PROMPT_AFTER"
+prompt_status=0
+"$DAEMON_BIN" prompt --lines --id demo-1 --max-tokens 64 "What is the capital of France?" || prompt_status=$?
+
+sim_status=0
+wait "$SIM_PID" || sim_status=$?
+SIM_PID=""
+wait "$FILTER_PID" || true # grep exits 1 when it printed nothing
+FILTER_PID=""
+
+# ---- a second question, as running text ------------------------------------
+if [[ $prompt_status -eq 0 ]]; then
+    say "$DAEMON_BIN prompt \"In one sentence, what does a voice activity detector do?\""
+    "$DAEMON_BIN" prompt --id demo-2 --max-tokens 96 "In one sentence, what does a voice activity detector do?" || prompt_status=$?
+fi
 
 # ---- stop -------------------------------------------------------------------
 # A daemon that died mid-run can still leave the simulator with one answer per
@@ -142,6 +190,9 @@ grep -E "shutting down|drain|stopped" "$DAEMON_LOG" | sed -n 's/^[^ ]* *//p' | s
 
 if [[ $sim_status -ne 0 ]]; then
     fail "reflexd-sim exited with status $sim_status"
+fi
+if [[ $prompt_status -ne 0 ]]; then
+    fail "reflexd prompt exited with status $prompt_status (its error is printed above)"
 fi
 if [[ $daemon_status -ne 0 ]]; then
     fail "reflexd exited with status $daemon_status after SIGTERM"

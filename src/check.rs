@@ -1,11 +1,15 @@
 //! `reflexd check`: everything start-up does short of opening zenoh. Loads
 //! ONNX Runtime and every model with its provider chain, warms each up, and
-//! describes each pipeline's interface, so a bad config or a missing model
+//! describes each pipeline's interface (generation pipelines included: model
+//! directory, tokenizer, one warm-up step), so a bad config or a missing model
 //! fails here (and in systemd's ExecStartPre) rather than on the robot.
 
 use std::fmt::Write;
+use std::sync::Arc;
 
 use crate::config::{Config, Fallback, InputFormat, Overflow};
+use crate::engine::EngineError;
+use crate::llm::{self, LlmShared, ModelFiles};
 use crate::ortlib;
 use crate::service::{self, StartError};
 
@@ -35,10 +39,7 @@ pub fn check(config: &Config) -> Result<String, StartError> {
             "  provider: {} (configured: {}, fallback: {})",
             spec.provider,
             chain.join(" → "),
-            match p.fallback {
-                Fallback::Next => "next",
-                Fallback::Error => "error",
-            }
+            fallback_name(p.fallback)
         );
         let _ = writeln!(
             out,
@@ -77,5 +78,62 @@ pub fn check(config: &Config) -> Result<String, StartError> {
             let _ = writeln!(out, "  context: last {} of {} carried", c.keep, c.input);
         }
     }
+    for g in &config.generators {
+        // The same load and one-step warm-up as start-up, once (start-up
+        // builds one session per worker serving the level).
+        let err = |reason: String| EngineError::Interface {
+            pipeline: g.name.clone(),
+            reason,
+        };
+        let files = ModelFiles::open(&g.model).map_err(err)?;
+        let shared = Arc::new(LlmShared::new(&files).map_err(err)?);
+        let (_model, provider) = llm::load(&env, g, &config.runtime, &shared, &files.onnx)?;
+        let m = &shared.generation;
+        let chain: Vec<&str> = g.providers.iter().map(|x| x.name()).collect();
+        let _ = writeln!(
+            out,
+            "\ngeneration pipeline {} ({})",
+            g.name,
+            g.model.display()
+        );
+        let _ = writeln!(
+            out,
+            "  model: {} ({} layers, context {} tokens, vocabulary {})",
+            m.model_name, m.num_layers, m.context_length, m.vocab_size
+        );
+        let _ = writeln!(
+            out,
+            "  provider: {provider} (configured: {}, fallback: {})",
+            chain.join(" → "),
+            fallback_name(g.fallback)
+        );
+        let _ = writeln!(
+            out,
+            "  level: {}  deadline: {:?}  max_generations: {}",
+            config.levels[g.level], g.deadline, g.max_generations
+        );
+        let _ = writeln!(
+            out,
+            "  in:  {} [JSON command]  cancel: {}  query: {}",
+            g.input, g.cancel_key, g.query_key
+        );
+        let _ = writeln!(
+            out,
+            "       max_tokens {} (default {}), max_prompt_chars {}",
+            g.max_tokens, g.default_max_tokens, g.max_prompt_chars
+        );
+        let _ = writeln!(
+            out,
+            "  out: {}/<id> [JSON tokens, then the final message]  errors: {}",
+            g.output, g.error_key
+        );
+    }
     Ok(out)
+}
+
+fn fallback_name(f: Fallback) -> &'static str {
+    match f {
+        Fallback::Next => "next",
+        Fallback::Error => "error",
+    }
 }

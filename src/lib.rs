@@ -6,6 +6,7 @@
 //! start-up and teardown; [`wire`] defines the message formats.
 
 pub mod check;
+pub mod client;
 pub mod config;
 pub mod egress;
 pub mod engine;

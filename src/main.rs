@@ -1,6 +1,7 @@
 //! The `reflexd` binary: parse the command line, set up logging, load the
-//! config and hand over to the library. Every error ends here, printed once
-//! with its causes, with a non-zero exit code.
+//! config and hand over to the library (`run`, `check`), or run the prompt
+//! client ([`reflexd::client`]) against a running daemon. Every error ends
+//! here, printed once with its causes, with a non-zero exit code.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,12 +32,15 @@ enum Command {
         #[arg(short, long, default_value = "/etc/reflexd/reflexd.toml")]
         config: PathBuf,
     },
+    /// Ask a running daemon's generation pipeline; stream the answer to
+    /// stdout and print TTFT/TPOT on stderr. Exit status: 0 answered (stop or
+    /// length), 1 error, deadline or timeout, 130 cancelled with Ctrl-C.
+    Prompt(Box<reflexd::client::PromptArgs>),
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("REFLEXD_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,zenoh=warn,ort=warn"));
+    let filter = EnvFilter::try_from_env("REFLEXD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -53,7 +57,29 @@ async fn shutdown_signal() {
     }
 }
 
-async fn real_main(cli: Cli) -> anyhow::Result<()> {
+/// Runs the prompt client; Ctrl-C presses become messages it can react to
+/// (the first cancels the generation, the second stops waiting).
+async fn prompt(args: reflexd::client::PromptArgs) -> ExitCode {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            if tx.send(()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let r =
+        reflexd::client::prompt(&args, &mut std::io::stdout(), &mut std::io::stderr(), rx).await;
+    match r {
+        Ok(summary) => ExitCode::from(summary.exit_code()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config } => {
             let cfg = reflexd::Config::load(&config)?;
@@ -68,16 +94,23 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             print!("{report}");
             println!(
                 "\nOK: {} pipeline(s) loaded and warmed up",
-                cfg.pipelines.len()
+                cfg.pipelines.len() + cfg.generators.len()
             );
         }
+        Command::Prompt(args) => return Ok(prompt(*args).await),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The prompt client's stderr is for the answer's summary: only problems
+    // are logged there (zenoh's connection retries are reported as one
+    // error by the client itself).
+    init_tracing(match &cli.command {
+        Command::Prompt(_) => "warn,zenoh=error",
+        _ => "info,zenoh=warn,ort=warn",
+    });
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -89,7 +122,7 @@ fn main() -> ExitCode {
         }
     };
     match rt.block_on(real_main(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
