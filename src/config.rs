@@ -111,6 +111,7 @@ pub struct RawPipeline {
     pub max_tokens: Option<u32>,
     pub default_max_tokens: Option<u32>,
     pub max_prompt_chars: Option<usize>,
+    pub prefill_chunk: Option<usize>,
     pub model: PathBuf,
     pub input: String,
     pub output: String,
@@ -214,6 +215,11 @@ pub struct GeneratorConfig {
     pub max_tokens: u32,
     pub default_max_tokens: u32,
     pub max_prompt_chars: usize,
+    /// Most prompt tokens prefilled per scheduler turn.
+    pub prefill_chunk: usize,
+    /// Levels a command may ask for with `priority`: the pipeline's own and
+    /// lower ones whose every worker also holds this model's session.
+    pub allowed_levels: Vec<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -490,6 +496,16 @@ impl Config {
                             levels[g.level]
                         )));
                     }
+                    let mut g = g;
+                    // A worker serving a lowered level must hold this
+                    // model's session too.
+                    g.allowed_levels = (g.level..levels.len())
+                        .filter(|&l| {
+                            let mut serving =
+                                workers.iter().filter(|w| w.levels.contains(&l)).peekable();
+                            serving.peek().is_some() && serving.all(|w| w.levels.contains(&g.level))
+                        })
+                        .collect();
                     generators.push(g);
                     continue;
                 }
@@ -646,6 +662,7 @@ fn pipeline_config(
         ("max_tokens", p.max_tokens.is_some()),
         ("default_max_tokens", p.default_max_tokens.is_some()),
         ("max_prompt_chars", p.max_prompt_chars.is_some()),
+        ("prefill_chunk", p.prefill_chunk.is_some()),
     ] {
         if set {
             return Err(invalid(format!(
@@ -939,6 +956,7 @@ fn generator_config(
     // Reuse the tensor validator for the shared keys (name, keys, level,
     // deadline, providers, fallback) on a copy stripped of generate keys.
     let (cancel, query) = (p.cancel.clone(), p.query.clone());
+    let prefill_chunk = p.prefill_chunk;
     let (max_generations, max_tokens, default_max_tokens, max_prompt_chars) = (
         p.max_generations,
         p.max_tokens,
@@ -955,6 +973,7 @@ fn generator_config(
             max_tokens: None,
             default_max_tokens: None,
             max_prompt_chars: None,
+            prefill_chunk: None,
             deadline_ms: Some(p.deadline_ms.unwrap_or(60_000.0)),
             ..p
         },
@@ -1012,6 +1031,8 @@ fn generator_config(
         max_tokens,
         default_max_tokens,
         max_prompt_chars: positive(&at("max_prompt_chars"), max_prompt_chars, 16_384)?,
+        prefill_chunk: positive(&at("prefill_chunk"), prefill_chunk, 64)?,
+        allowed_levels: Vec::new(),
     })
 }
 

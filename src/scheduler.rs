@@ -139,7 +139,9 @@ impl Scheduler {
             .collect();
         // Each live generation holds at most one ticket.
         for g in &cfg.generators {
-            level_cap[g.level] += g.max_generations;
+            for &l in &g.allowed_levels {
+                level_cap[l] += g.max_generations;
+            }
         }
         let mut parkers = Vec::new();
         let workers = cfg

@@ -164,9 +164,9 @@ impl Daemon {
         let mut gens = Vec::new();
         let mut gen_providers = Vec::new();
         for g in &config.generators {
-            let files = ModelFiles::open(&g.model).map_err(|reason| EngineError::ModelMissing {
+            let files = ModelFiles::open(&g.model).map_err(|reason| EngineError::Interface {
                 pipeline: g.name.clone(),
-                path: reason,
+                reason: format!("cannot open the converted model directory: {reason}"),
             })?;
             let shared = Arc::new(LlmShared::new(&files).map_err(|reason| EngineError::Load {
                 pipeline: g.name.clone(),
@@ -259,6 +259,7 @@ impl Daemon {
         }
         tracing::info!(
             pipelines = shared.config.pipelines.len(),
+            generators = shared.config.generators.len(),
             workers = shared.config.workers.len(),
             zid = %shared.session.zid(),
             "reflexd ready"

@@ -422,3 +422,33 @@ async fn sensor_frames_wait_at_most_one_decode_step() {
     );
     daemon.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_prefill_gives_the_same_tokens() {
+    let mut answers = Vec::new();
+    for chunk in [4, 64] {
+        let (daemon, port) = start(&config(&format!("prefill_chunk = {chunk}"))).await;
+        let c = client(port).await;
+        ready(&c).await;
+        let (tokens, fin) = generate(
+            &c,
+            json!({"id": "pc", "prompt": "What is the capital of France?", "max_tokens": 12}),
+        )
+        .await;
+        assert!(
+            fin["usage"]["prompt_tokens"].as_u64().unwrap() > 4 * 3,
+            "the prompt spans several chunks"
+        );
+        answers.push(
+            tokens
+                .iter()
+                .map(|t| t["token_id"].as_u64())
+                .collect::<Vec<_>>(),
+        );
+        daemon.shutdown(Duration::from_secs(5)).await;
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "prefill in chunks of 4 and of 64 give the same greedy tokens"
+    );
+}

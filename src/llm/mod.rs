@@ -189,6 +189,10 @@ pub struct Generation {
     past: Vec<DynValue>,
     past_len: usize,
     next_input: Option<u32>,
+    /// Prompt ids and how many of them the KV cache already holds: the
+    /// prefill runs in chunks so one turn never takes the whole prompt.
+    prompt: Vec<u32>,
+    prefilled: usize,
     rng: Rng,
     detok: Detokenizer,
     pub started: Option<Instant>,
@@ -230,6 +234,8 @@ impl Generation {
             past: Vec::new(),
             past_len: 0,
             next_input: None,
+            prompt: Vec::new(),
+            prefilled: 0,
             rng: Rng::new(seed),
             detok: Detokenizer::new(stops),
             started: None,
@@ -262,6 +268,8 @@ impl Generation {
 pub struct LlmModel {
     pub session: Session,
     pub shared: Arc<LlmShared>,
+    /// Most prompt tokens per prefill turn.
+    pub prefill_chunk: usize,
 }
 
 fn i64_tensor(shape: [usize; 2], data: Vec<i64>) -> Result<DynValue, String> {
@@ -271,46 +279,60 @@ fn i64_tensor(shape: [usize; 2], data: Vec<i64>) -> Result<DynValue, String> {
 }
 
 impl LlmModel {
+    /// Tokenizes the prompt and sets up an empty KV cache (first turn).
+    fn start(&self, g: &mut Generation) -> Result<(), String> {
+        let sh = &self.shared;
+        let gen_cfg = &sh.generation;
+        g.started = Some(Instant::now());
+        let text = gen_cfg.chat_template.render(&g.cmd.messages);
+        let ids = sh.encode(&text)?;
+        g.prompt_tokens = ids.len();
+        if ids.is_empty() || ids.len() + 1 >= gen_cfg.context_length {
+            g.finished = Some(Finish::Error);
+            g.error = Some(Rejection::new(
+                ErrorCode::PromptTooLong,
+                format!(
+                    "prompt is {} tokens; the model context is {}",
+                    ids.len(),
+                    gen_cfg.context_length
+                ),
+            ));
+            return Ok(());
+        }
+        g.history.extend_from_slice(&ids);
+        g.prompt = ids;
+        let empty = [1usize, gen_cfg.num_key_value_heads, 0, gen_cfg.head_dim];
+        g.past = (0..2 * gen_cfg.num_layers)
+            .map(|_| {
+                ort::value::DynTensor::new(&Allocator::default(), TensorElementType::Float32, empty)
+                    .map(|t| t.into_dyn())
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(())
+    }
+
     /// One model run: the prefill on the first call, one decode step after.
     /// Sets `g.finished` when the generation ends.
     pub fn step(&mut self, g: &mut Generation) -> Result<StepOutput, String> {
         let sh = self.shared.clone();
         let gen_cfg = &sh.generation;
+        if g.started.is_none() {
+            self.start(g)?;
+            if g.finished.is_some() {
+                return Ok(StepOutput { token: None });
+            }
+        }
         let ids: Vec<u32> = match g.next_input {
             None => {
-                g.started = Some(Instant::now());
-                let text = sh.generation.chat_template.render(&g.cmd.messages);
-                let ids = sh.encode(&text)?;
-                g.prompt_tokens = ids.len();
-                if ids.is_empty() || ids.len() + 1 >= gen_cfg.context_length {
-                    g.finished = Some(Finish::Error);
-                    g.error = Some(Rejection::new(
-                        ErrorCode::PromptTooLong,
-                        format!(
-                            "prompt is {} tokens; the model context is {}",
-                            ids.len(),
-                            gen_cfg.context_length
-                        ),
-                    ));
-                    return Ok(StepOutput { token: None });
-                }
-                g.history.extend_from_slice(&ids);
-                let empty = [1usize, gen_cfg.num_key_value_heads, 0, gen_cfg.head_dim];
-                g.past = (0..2 * gen_cfg.num_layers)
-                    .map(|_| {
-                        ort::value::DynTensor::new(
-                            &Allocator::default(),
-                            TensorElementType::Float32,
-                            empty,
-                        )
-                        .map(|t| t.into_dyn())
-                        .map_err(|e| e.to_string())
-                    })
-                    .collect::<Result<_, _>>()?;
-                ids
+                let end = (g.prefilled + self.prefill_chunk).min(g.prompt.len());
+                let chunk = g.prompt[g.prefilled..end].to_vec();
+                g.prefilled = end;
+                chunk
             }
             Some(t) => vec![t],
         };
+        let last_chunk = g.next_input.is_some() || g.prefilled == g.prompt.len();
         let s = ids.len();
         let total = g.past_len + s;
         let input_ids = i64_tensor([1, s], ids.iter().map(|&i| i as i64).collect())?;
@@ -329,12 +351,6 @@ impl LlmModel {
             inputs.push((sh.past_value_names[i].as_str(), v.into()));
         }
         let mut out = self.session.run(inputs).map_err(|e| e.to_string())?;
-        let logits = out.get("logits").ok_or("model returned no logits")?;
-        let (shape, data) = logits
-            .try_extract_tensor::<f32>()
-            .map_err(|e| e.to_string())?;
-        let vocab = *shape.last().ok_or("logits have no shape")? as usize;
-        let mut last = data[data.len() - vocab..].to_vec();
         for i in 0..gen_cfg.num_layers {
             let k = out
                 .remove(&sh.present_key_names[i])
@@ -345,8 +361,18 @@ impl LlmModel {
             g.past.push(k);
             g.past.push(v);
         }
-        drop(out);
         g.past_len = total;
+        if !last_chunk {
+            // More prompt to prefill: no token yet, back to the queue.
+            return Ok(StepOutput { token: None });
+        }
+        let logits = out.get("logits").ok_or("model returned no logits")?;
+        let (shape, data) = logits
+            .try_extract_tensor::<f32>()
+            .map_err(|e| e.to_string())?;
+        let vocab = *shape.last().ok_or("logits have no shape")? as usize;
+        let mut last = data[data.len() - vocab..].to_vec();
+        drop(out);
         let token = sampling::sample(&mut last, &g.history, &g.cmd.sampling, &mut g.rng);
         g.history.push(token);
         if gen_cfg.stop_token_ids.contains(&token) {
@@ -387,6 +413,7 @@ pub fn load(
     let mut model = LlmModel {
         session: m.session,
         shared: shared.clone(),
+        prefill_chunk: cfg.prefill_chunk,
     };
     // Warm-up: one short prefill, so the first real request does not pay
     // for ORT's first-run allocations.

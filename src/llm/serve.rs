@@ -99,7 +99,7 @@ struct TokenMsg<'a> {
     id: &'a str,
     seq: usize,
     text: &'a str,
-    token_id: u32,
+    token_id: Option<u32>,
     /// Daemon event order of the step that produced the token.
     run_order: u64,
 }
@@ -146,11 +146,15 @@ fn send(shared: &Shared, g: &Generation, body: Vec<u8>) {
     }
 }
 
-/// Publishes one streamed token.
+/// Publishes the text released by the latest token.
 pub fn publish_token(shared: &Shared, g: &Generation, token_id: u32, text: &str) {
+    send_piece(shared, g, g.tokens.len() - 1, Some(token_id), text);
+}
+
+fn send_piece(shared: &Shared, g: &Generation, seq: usize, token_id: Option<u32>, text: &str) {
     let msg = TokenMsg {
         id: &g.cmd.id,
-        seq: g.tokens.len() - 1,
+        seq,
         text,
         token_id,
         run_order: g.run_order,
@@ -165,8 +169,8 @@ pub fn finish(shared: &Shared, mut g: Box<Generation>, reason: Finish) {
     if !rest.is_empty() {
         // Text the detokenizer held back (a possible stop-string prefix that
         // never completed) still belongs to the answer.
-        let last = g.tokens.last().copied().unwrap_or(0);
-        publish_token(shared, &g, last, &rest);
+        // It gets the next seq and no token id: no new token produced it.
+        send_piece(shared, &g, g.tokens.len(), None, &rest);
     }
     let gp = &shared.gens[g.pipeline];
     let now = Instant::now();
@@ -244,10 +248,15 @@ fn accept(
         None => cfg.level,
         Some(name) => match shared.config.levels.iter().position(|l| l == name) {
             // A client may lower its request's priority, never raise it
-            // above the pipeline's own level.
-            Some(l) if l >= cfg.level => l,
+            // above the pipeline's own level, and only to levels whose
+            // workers hold this model.
+            Some(l) if cfg.allowed_levels.contains(&l) => l,
             _ => {
-                let allowed = &shared.config.levels[cfg.level..];
+                let allowed: Vec<&String> = cfg
+                    .allowed_levels
+                    .iter()
+                    .map(|&l| &shared.config.levels[l])
+                    .collect();
                 return Err((
                     Rejection::new(
                         ErrorCode::BadParameter,
