@@ -3,13 +3,16 @@
 //! model disturbs a real-time one. Everything is measured in one process run
 //! on loopback zenoh (explicit 127.0.0.1 ports, scouting and gossip off),
 //! because these VMs drift: only ratios taken in the same run mean anything.
-//! Part A interleaves the targets in rounds (zenoh echo, bare ORT, reflexd,
-//! a hand-rolled Python node) so noise hits all of them alike. Part B runs
-//! reflexd with a reserved real-time worker and alternates unloaded and
-//! loaded blocks (PP-OCR requests at Poisson arrivals from another process),
-//! then optionally does the same to the single-threaded Python node. It prints
-//! tables and verdicts; it never fails on a number. Run it with
-//! `cargo bench --bench latency [-- --quick | --samples N | --help]`.
+//! The daemon runs in-process with `config/demo.toml` (only its zenoh section
+//! is replaced), so the numbers are those of the shipped deployment. Part A
+//! interleaves the targets in rounds (zenoh echo, bare ORT, reflexd, a
+//! hand-rolled Python node, and minimal Rust nodes that bracket reflexd's
+//! design) so noise hits all of them alike. Part B alternates unloaded and
+//! loaded blocks (PP-OCR requests at Poisson arrivals from another process)
+//! against reflexd, then the single-threaded Python node. Each section ends
+//! with the CPU other processes used meanwhile, since a shared machine is the
+//! first suspect for any tail. It prints tables and verdicts and never fails
+//! on a number: `cargo bench --bench latency [-- --quick | --help]`.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
