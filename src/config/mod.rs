@@ -1,0 +1,518 @@
+//! Configuration: the first thing the daemon reads and the only place that
+//! decides what runs. Stage one is a raw serde mirror of the TOML file with
+//! unknown keys rejected; stage two ([`Config::from_raw`]) turns it into types
+//! that cannot hold invalid values, and every error names the key, the value
+//! and what is allowed. Nothing downstream re-validates.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::wire::Dtype;
+
+/// Default upper bound on one message's payload (bytes).
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 16 << 20;
+/// Default upper bound on one tensor's element count.
+pub const DEFAULT_MAX_ELEMENTS: usize = 4 << 20;
+/// Default number of live streams a `latest` pipeline tracks.
+pub const DEFAULT_MAX_STREAMS: usize = 64;
+/// Default idle time after which a stream's carried state is reset.
+pub const DEFAULT_IDLE_RESET: Duration = Duration::from_secs(2);
+
+#[derive(thiserror::Error, Debug)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+mod pipeline;
+mod raw;
+#[cfg(test)]
+mod tests;
+
+use pipeline::{generator_config, pipeline_config};
+pub use raw::*;
+
+// ---------------------------------------------------------------- stage two
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub zenoh: ZenohConfig,
+    pub runtime: RuntimeConfig,
+    pub limits: Limits,
+    /// Priority level names, highest first.
+    pub levels: Vec<String>,
+    pub workers: Vec<WorkerConfig>,
+    /// Tensor pipelines (`kind = "tensor"`, the default).
+    pub pipelines: Vec<PipelineConfig>,
+    /// Generation pipelines (`kind = "generate"`).
+    pub generators: Vec<GeneratorConfig>,
+}
+
+/// A generation pipeline: an LLM answering commands with streamed tokens.
+#[derive(Clone, Debug)]
+pub struct GeneratorConfig {
+    pub name: String,
+    /// Directory with model.onnx, tokenizer.json and generation.json.
+    pub model: PathBuf,
+    /// Command topic (JSON commands).
+    pub input: String,
+    /// Token topics are `<output>/<id>`.
+    pub output: String,
+    pub error_key: String,
+    pub cancel_key: String,
+    pub query_key: String,
+    pub level: usize,
+    /// Default deadline of a generation (a command may set its own).
+    pub deadline: Duration,
+    pub providers: Vec<Provider>,
+    pub fallback: Fallback,
+    pub max_generations: usize,
+    pub max_tokens: u32,
+    pub default_max_tokens: u32,
+    pub max_prompt_chars: usize,
+    /// Most prompt tokens prefilled per scheduler turn.
+    pub prefill_chunk: usize,
+    /// Levels a command may ask for with `priority`: the pipeline's own and
+    /// lower ones whose every worker also holds this model's session.
+    pub allowed_levels: Vec<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerConfig {
+    /// Levels served (indices into `levels`, ascending = highest first).
+    pub levels: Vec<usize>,
+    /// OS nice value for the thread: a worker that serves only lower levels
+    /// can be made to yield the CPU to the reserved ones.
+    pub nice: Option<i32>,
+}
+
+#[derive(Clone, Debug)]
+pub enum ZenohConfig {
+    Inline {
+        mode: ZenohMode,
+        listen: Vec<String>,
+        connect: Vec<String>,
+        scouting: bool,
+    },
+    File(PathBuf),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZenohMode {
+    Peer,
+    Client,
+    Router,
+}
+
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    pub onnxruntime: Option<PathBuf>,
+    pub intra_op_threads: usize,
+    pub intra_op_spinning: bool,
+    /// How long an idle worker polls its queues before parking.
+    pub idle_spin: Duration,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_payload_bytes: usize,
+    pub max_elements: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// A newer frame of a stream replaces its unprocessed older frame.
+    Latest,
+    /// A full queue answers "busy".
+    Reject,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// A provider that cannot be used is a startup error.
+    Error,
+    /// A provider that cannot be used is skipped (logged) for the next one.
+    Next,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Provider {
+    TensorRt {
+        device_id: i32,
+        fp16: bool,
+        engine_cache: Option<PathBuf>,
+    },
+    Cuda {
+        device_id: i32,
+    },
+    Cpu,
+}
+
+impl Provider {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Provider::TensorRt { .. } => "tensorrt",
+            Provider::Cuda { .. } => "cuda",
+            Provider::Cpu => "cpu",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum InputFormat {
+    Safetensors,
+    /// Fixed-shape stream: the payload is the bytes of one tensor.
+    Raw {
+        tensor: String,
+        dtype: Dtype,
+        shape: Vec<usize>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Constant {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Little-endian element bytes.
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StateBinding {
+    pub input: String,
+    pub output: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ContextCarry {
+    pub input: String,
+    pub keep: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    pub name: String,
+    pub model: PathBuf,
+    pub input: String,
+    pub output: String,
+    pub error_key: String,
+    pub level: usize,
+    pub deadline: Duration,
+    pub queue_capacity: usize,
+    pub overflow: Overflow,
+    pub max_streams: usize,
+    pub format: InputFormat,
+    pub providers: Vec<Provider>,
+    pub fallback: Fallback,
+    pub publish: Option<Vec<String>>,
+    pub idle_reset: Duration,
+    /// Shapes for the warm-up run of inputs with dynamic dimensions.
+    pub warmup: BTreeMap<String, Vec<usize>>,
+    pub constants: BTreeMap<String, Constant>,
+    pub state: Vec<StateBinding>,
+    pub context: Vec<ContextCarry>,
+}
+
+impl PipelineConfig {
+    pub fn is_stateful(&self) -> bool {
+        !self.state.is_empty() || !self.context.is_empty()
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative paths inside it (models,
+    /// zenoh file, ORT library) are resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml(&text, base).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<inline>"),
+            source: Box::new(e),
+        })?;
+        Config::from_raw(raw, base)
+    }
+
+    pub fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
+        let zenoh = zenoh_config(raw.zenoh, base)?;
+        let runtime = runtime_config(&raw.runtime, base)?;
+        let limits = Limits {
+            max_payload_bytes: positive(
+                "limits.max_payload_bytes",
+                raw.limits.max_payload_bytes,
+                DEFAULT_MAX_PAYLOAD_BYTES,
+            )?,
+            max_elements: positive(
+                "limits.max_elements",
+                raw.limits.max_elements,
+                DEFAULT_MAX_ELEMENTS,
+            )?,
+        };
+
+        let levels: Vec<String> = if raw.level.is_empty() {
+            vec!["default".to_string()]
+        } else {
+            raw.level.into_iter().map(|l| l.name).collect()
+        };
+        let mut seen = HashSet::new();
+        for (i, name) in levels.iter().enumerate() {
+            if name.is_empty() || !seen.insert(name.as_str()) {
+                return Err(invalid(format!(
+                    "level[{i}].name = {name:?}: level names must be non-empty and unique"
+                )));
+            }
+        }
+        let level_index = |key: &str, name: &str| -> Result<usize, ConfigError> {
+            levels.iter().position(|l| l == name).ok_or_else(|| {
+                invalid(format!(
+                    "{key} = {name:?}: no such priority level; defined levels are {levels:?}"
+                ))
+            })
+        };
+
+        let workers = if raw.worker.is_empty() {
+            let n = positive("runtime.workers", raw.runtime.workers, 1)?;
+            vec![
+                WorkerConfig {
+                    levels: (0..levels.len()).collect(),
+                    nice: None,
+                };
+                n
+            ]
+        } else {
+            if raw.runtime.workers.is_some() {
+                return Err(invalid(
+                    "runtime.workers: give either runtime.workers or [[worker]] tables, not both",
+                ));
+            }
+            let mut workers = Vec::new();
+            for (i, w) in raw.worker.iter().enumerate() {
+                if w.levels.is_empty() {
+                    return Err(invalid(format!(
+                        "worker[{i}].levels = []: a worker must serve at least one level"
+                    )));
+                }
+                let mut idx = w
+                    .levels
+                    .iter()
+                    .map(|l| level_index(&format!("worker[{i}].levels"), l))
+                    .collect::<Result<Vec<_>, _>>()?;
+                idx.sort_unstable();
+                idx.dedup();
+                if let Some(n) = w.nice
+                    && !(-20..=19).contains(&n)
+                {
+                    return Err(invalid(format!(
+                        "worker[{i}].nice = {n}: expected -20 (highest) to 19 (lowest)"
+                    )));
+                }
+                workers.push(WorkerConfig {
+                    levels: idx,
+                    nice: w.nice,
+                });
+            }
+            workers
+        };
+
+        if raw.pipeline.is_empty() {
+            return Err(invalid(
+                "no [[pipeline]] defined: the daemon would have nothing to run",
+            ));
+        }
+        let mut pipelines = Vec::new();
+        let mut generators = Vec::new();
+        let mut names = HashSet::new();
+        for (i, p) in raw.pipeline.into_iter().enumerate() {
+            match p.kind.as_deref().unwrap_or("tensor") {
+                "tensor" => {}
+                "generate" => {
+                    let g = generator_config(i, p, base, &level_index, &levels)?;
+                    if !names.insert(g.name.clone()) {
+                        return Err(invalid(format!(
+                            "pipeline[{i}].name = {:?}: pipeline names must be unique",
+                            g.name
+                        )));
+                    }
+                    if !workers.iter().any(|w| w.levels.contains(&g.level)) {
+                        return Err(invalid(format!(
+                            "pipeline[{i}].level = {:?}: no worker serves this level",
+                            levels[g.level]
+                        )));
+                    }
+                    let mut g = g;
+                    // A worker serving a lowered level must hold this
+                    // model's session too.
+                    g.allowed_levels = (g.level..levels.len())
+                        .filter(|&l| {
+                            let mut serving =
+                                workers.iter().filter(|w| w.levels.contains(&l)).peekable();
+                            serving.peek().is_some() && serving.all(|w| w.levels.contains(&g.level))
+                        })
+                        .collect();
+                    generators.push(g);
+                    continue;
+                }
+                other => {
+                    return Err(invalid(format!(
+                        "pipeline[{i}].kind = {other:?}: expected \"tensor\" or \"generate\""
+                    )));
+                }
+            }
+            let pc = pipeline_config(i, p, base, &level_index, &levels)?;
+            if !names.insert(pc.name.clone()) {
+                return Err(invalid(format!(
+                    "pipeline[{i}].name = {:?}: pipeline names must be unique",
+                    pc.name
+                )));
+            }
+            if !workers.iter().any(|w| w.levels.contains(&pc.level)) {
+                return Err(invalid(format!(
+                    "pipeline[{i}].level = {:?}: no worker serves this level",
+                    levels[pc.level]
+                )));
+            }
+            pipelines.push(pc);
+        }
+
+        Ok(Config {
+            zenoh,
+            runtime,
+            limits,
+            levels,
+            workers,
+            pipelines,
+            generators,
+        })
+    }
+}
+
+fn positive(key: &str, v: Option<usize>, default: usize) -> Result<usize, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(0) => Err(invalid(format!("{key} = 0: must be at least 1"))),
+        Some(n) => Ok(n),
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if let Ok(rest) = p.strip_prefix("~")
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        return PathBuf::from(home).join(rest);
+    }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn zenoh_config(z: RawZenoh, base: &Path) -> Result<ZenohConfig, ConfigError> {
+    if let Some(file) = z.config_file {
+        if z.mode.is_some() || z.listen.is_some() || z.connect.is_some() || z.scouting.is_some() {
+            return Err(invalid(
+                "zenoh.config_file: when a zenoh JSON5 file is given, zenoh.mode/listen/connect/scouting must be set in that file instead",
+            ));
+        }
+        return Ok(ZenohConfig::File(resolve(base, &file)));
+    }
+    let mode = match z.mode.as_deref().unwrap_or("peer") {
+        "peer" => ZenohMode::Peer,
+        "client" => ZenohMode::Client,
+        "router" => ZenohMode::Router,
+        other => {
+            return Err(invalid(format!(
+                "zenoh.mode = {other:?}: expected one of \"peer\", \"client\", \"router\""
+            )));
+        }
+    };
+    let listen = z.listen.unwrap_or_default();
+    let connect = z.connect.unwrap_or_default();
+    for (key, eps) in [("zenoh.listen", &listen), ("zenoh.connect", &connect)] {
+        for ep in eps {
+            if !ep.contains('/') {
+                return Err(invalid(format!(
+                    "{key} entry {ep:?}: expected a zenoh endpoint such as \"tcp/127.0.0.1:7447\""
+                )));
+            }
+        }
+    }
+    if mode == ZenohMode::Client && connect.is_empty() {
+        return Err(invalid(
+            "zenoh.connect = []: client mode needs at least one router endpoint",
+        ));
+    }
+    Ok(ZenohConfig::Inline {
+        mode,
+        listen,
+        connect,
+        scouting: z.scouting.unwrap_or(false),
+    })
+}
+
+fn runtime_config(r: &RawRuntime, base: &Path) -> Result<RuntimeConfig, ConfigError> {
+    Ok(RuntimeConfig {
+        onnxruntime: r.onnxruntime.as_deref().map(|p| resolve(base, p)),
+        intra_op_threads: positive("runtime.intra_op_threads", r.intra_op_threads, 1)?,
+        intra_op_spinning: r.intra_op_spinning.unwrap_or(false),
+        idle_spin: match r.idle_spin_us {
+            Some(us) if us > 100_000 => {
+                return Err(invalid(format!(
+                    "runtime.idle_spin_us = {us}: at most 100000 (0.1 s); spinning longer only burns CPU"
+                )));
+            }
+            us => Duration::from_micros(us.unwrap_or(0)),
+        },
+    })
+}
+
+fn key_expr_ok(key: &str) -> bool {
+    zenoh::key_expr::keyexpr::new(key).is_ok()
+}
+
+fn dtype(key: &str, s: &str) -> Result<Dtype, ConfigError> {
+    Dtype::parse(s).ok_or_else(|| {
+        invalid(format!(
+            "{key} = {s:?}: unknown dtype; expected one of {}",
+            Dtype::NAMES.join(", ")
+        ))
+    })
+}
+
+fn shape(key: &str, dims: &[i64]) -> Result<Vec<usize>, ConfigError> {
+    dims.iter()
+        .map(|&d| {
+            usize::try_from(d)
+                .ok()
+                .filter(|&d| d > 0)
+                .ok_or_else(|| invalid(format!("{key} = {dims:?}: every dimension must be > 0")))
+        })
+        .collect()
+}

@@ -1,0 +1,134 @@
+//! Unit tests of config validation: every error names its key.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+    [[pipeline]]
+    name = "a"
+    model = "m.onnx"
+    input = "in/*"
+    output = "out"
+"#;
+
+fn err(text: &str) -> String {
+    Config::from_toml(text, Path::new("/base"))
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = Config::from_toml(MINIMAL, Path::new("/base")).unwrap();
+    assert_eq!(c.levels, vec!["default"]);
+    assert_eq!(c.workers[0].levels, vec![0]);
+    let p = &c.pipelines[0];
+    assert_eq!(p.model, PathBuf::from("/base/m.onnx"));
+    assert_eq!(p.error_key, "out/error");
+    assert_eq!(p.providers, vec![Provider::Cpu]);
+    assert_eq!(p.overflow, Overflow::Reject);
+}
+
+#[test]
+fn unknown_key_is_rejected_with_its_name() {
+    let e = err(&format!("{MINIMAL}\nbogus = 1\n"));
+    assert!(e.contains("bogus"), "{e}");
+}
+
+#[test]
+fn bad_enum_value_names_key_value_and_choices() {
+    let e = err(&format!("{MINIMAL}\noverflow = \"drop\"\n"));
+    assert!(
+        e.contains("pipeline[0].overflow") && e.contains("drop") && e.contains("latest"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_level_is_rejected() {
+    let e = err(&format!("{MINIMAL}\nlevel = \"urgent\"\n"));
+    assert!(e.contains("urgent") && e.contains("default"), "{e}");
+}
+
+#[test]
+fn stateful_pipeline_needs_latest() {
+    let e = err(&format!(
+        "{MINIMAL}\n[[pipeline.state]]\ninput = \"s\"\noutput = \"s2\"\n"
+    ));
+    assert!(e.contains("stateful"), "{e}");
+}
+
+#[test]
+fn provider_options_are_checked_per_kind() {
+    let e = err(&format!(
+        "{MINIMAL}\n[[pipeline.provider]]\nkind = \"cpu\"\nfp16 = true\n"
+    ));
+    assert!(e.contains("provider[0].fp16"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}\n[[pipeline.provider]]\nkind = \"npu\"\n"
+    ));
+    assert!(e.contains("npu") && e.contains("tensorrt"), "{e}");
+}
+
+#[test]
+fn constant_data_must_match_shape() {
+    let e = err(&format!(
+        "{MINIMAL}\n[pipeline.constants.sr]\ndtype = \"i64\"\nshape = [2]\ndata = [16000]\n"
+    ));
+    assert!(e.contains("constants.sr.data"), "{e}");
+}
+
+#[test]
+fn invalid_key_expressions_are_rejected() {
+    for bad in ["a/*x", "/a", "a//b", "a/"] {
+        let e = err(&MINIMAL.replace("in/*", bad));
+        assert!(
+            e.contains("pipeline[0].input") && e.contains("key expression"),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
+fn generate_pipelines_are_split_out_and_checked() {
+    let text = r#"
+        [[pipeline]]
+        name = "chat"
+        kind = "generate"
+        model = "llm"
+        input = "llm/cmd"
+        output = "llm/out"
+        max_tokens = 64
+    "#;
+    let c = Config::from_toml(text, Path::new("/m")).unwrap();
+    assert!(c.pipelines.is_empty());
+    let g = &c.generators[0];
+    assert_eq!(
+        (g.cancel_key.as_str(), g.query_key.as_str()),
+        ("llm/cmd/cancel", "llm/cmd/query")
+    );
+    assert_eq!((g.max_tokens, g.default_max_tokens), (64, 64));
+    let e = err(&format!("{text}\noverflow = \"latest\"\n"));
+    assert!(
+        e.contains("pipeline[0].overflow") && e.contains("tensor pipelines"),
+        "{e}"
+    );
+    let e = err(&format!("{MINIMAL}\nmax_tokens = 3\n"));
+    assert!(
+        e.contains("pipeline[0].max_tokens") && e.contains("generate"),
+        "{e}"
+    );
+}
+
+#[test]
+fn workers_reserve_levels() {
+    let c = Config::from_toml(
+        &format!(
+            "[[level]]\nname = \"hi\"\n[[level]]\nname = \"lo\"\n[[worker]]\nlevels = [\"hi\"]\n[[worker]]\nlevels = [\"lo\", \"hi\"]\n{MINIMAL}"
+        ),
+        Path::new("/"),
+    )
+    .unwrap();
+    let levels: Vec<_> = c.workers.iter().map(|w| w.levels.clone()).collect();
+    assert_eq!(levels, vec![vec![0], vec![0, 1]]);
+    assert_eq!(c.pipelines[0].level, 1, "default level is the lowest");
+}
