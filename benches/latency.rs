@@ -1029,7 +1029,11 @@ impl DaemonSetup {
             .enumerate()
             .map(|(i, w)| {
                 let names: Vec<&str> = w.levels.iter().map(|&l| c.levels[l].as_str()).collect();
-                let nice = w.nice.map(|n| format!(" (nice {n})")).unwrap_or_default();
+                let nice = match w.policy {
+                    reflexd::config::ThreadPolicy::Default => String::new(),
+                    reflexd::config::ThreadPolicy::Nice(n) => format!(" (nice {n})"),
+                    reflexd::config::ThreadPolicy::Fifo(p) => format!(" (SCHED_FIFO {p})"),
+                };
                 format!("worker {i}: {}{nice}", names.join("+"))
             })
             .collect();

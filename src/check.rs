@@ -7,7 +7,7 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
-use crate::config::{Config, Fallback, InputFormat, Overflow};
+use crate::config::{Config, Fallback, InputFormat, Overflow, ThreadPolicy};
 use crate::engine::EngineError;
 use crate::llm::{self, LlmShared, ModelFiles};
 use crate::ortlib;
@@ -26,7 +26,11 @@ pub fn check(config: &Config) -> Result<String, StartError> {
             .iter()
             .map(|&l| config.levels[l].as_str())
             .collect();
-        let nice = w.nice.map(|n| format!(" (nice {n})")).unwrap_or_default();
+        let nice = match w.policy {
+            ThreadPolicy::Default => String::new(),
+            ThreadPolicy::Nice(n) => format!(" (nice {n})"),
+            ThreadPolicy::Fifo(p) => format!(" (SCHED_FIFO {p})"),
+        };
         let _ = writeln!(out, "worker {i}: serves {}{nice}", names.join(", "));
     }
     for p in &config.pipelines {

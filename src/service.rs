@@ -137,7 +137,7 @@ impl Daemon {
                 models: Vec::new(),
                 gen_models: Vec::new(),
                 parker,
-                nice: config.workers[id].nice,
+                policy: config.workers[id].policy,
             })
             .collect();
         let mut specs = Vec::new();
@@ -228,7 +228,7 @@ impl Daemon {
             let t = std::thread::Builder::new()
                 .name(format!("reflexd-w{}", w.id))
                 .spawn(move || {
-                    let setup = w.nice.map_or(Ok(()), worker::set_thread_nice);
+                    let setup = worker::apply_policy(w.policy);
                     let ok = setup.is_ok();
                     let _ = tx.send((w.id, setup));
                     if ok {

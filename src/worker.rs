@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use crossbeam::sync::Parker;
 
+use crate::config::ThreadPolicy;
 use crate::egress::{self, Outbox};
 use crate::engine::Model;
 use crate::error::{ErrorCode, Rejection};
@@ -29,22 +30,37 @@ pub struct Worker {
     /// Indexed by generation pipeline, like `models`.
     pub gen_models: Vec<Option<LlmModel>>,
     pub parker: Parker,
-    pub nice: Option<i32>,
+    pub policy: ThreadPolicy,
 }
 
-/// Sets the calling thread's nice value (Linux: per thread).
-pub fn set_thread_nice(nice: i32) -> Result<(), String> {
-    // SAFETY: plain syscalls on the calling thread's own id.
-    let rc = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+/// Applies the OS scheduling policy to the calling thread (Linux: per
+/// thread).
+pub fn apply_policy(policy: ThreadPolicy) -> Result<(), String> {
+    let (rc, what) = match policy {
+        ThreadPolicy::Default => return Ok(()),
+        // SAFETY: plain syscalls on the calling thread's own id.
+        ThreadPolicy::Nice(n) => (
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, n)
+            },
+            format!("nice {n}"),
+        ),
+        ThreadPolicy::Fifo(p) => {
+            let param = libc::sched_param { sched_priority: p };
+            // SAFETY: pid 0 is the calling thread; `param` outlives the call.
+            (
+                unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) },
+                format!("SCHED_FIFO priority {p}"),
+            )
+        }
     };
     if rc == 0 {
         Ok(())
     } else {
         let e = std::io::Error::last_os_error();
         Err(format!(
-            "cannot set nice {nice}: {e} (negative values need CAP_SYS_NICE, e.g. AmbientCapabilities=CAP_SYS_NICE in the unit)"
+            "cannot set {what}: {e} (needs CAP_SYS_NICE, e.g. AmbientCapabilities=CAP_SYS_NICE in the unit, or an RLIMIT_RTPRIO)"
         ))
     }
 }

@@ -339,19 +339,30 @@ async fn full_queue_answers_busy() {
     daemon.shutdown(Duration::from_secs(10)).await;
 }
 
-/// Nice value of this process's thread with the given name.
-fn thread_nice(name: &str) -> Option<i64> {
-    for entry in std::fs::read_dir("/proc/self/task").ok()? {
-        let dir = entry.ok()?.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+/// Field `field` (1-based, as in proc(5)) of /proc/<tid>/stat for every
+/// thread of this process with the given name. Other tests in the same
+/// binary may run daemons too, so callers look for a value, not a count.
+fn thread_stat(name: &str, field: usize) -> Vec<i64> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = entry.unwrap().path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue;
+        };
         if comm.trim() == name {
-            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-            // Fields after the parenthesised command; nice is field 19.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            return rest.split(' ').nth(16)?.parse().ok();
+            // Fields after the parenthesised command start at field 3.
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            out.extend(
+                rest.split(' ')
+                    .nth(field - 3)
+                    .and_then(|v| v.parse::<i64>().ok()),
+            );
         }
     }
-    None
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -383,7 +394,48 @@ async fn worker_nice_is_applied_to_its_thread_only() {
         "#
     ))
     .await;
-    assert_eq!(thread_nice("reflexd-w1"), Some(7));
-    assert_eq!(thread_nice("reflexd-w0"), Some(0));
+    // Field 19 is the nice value; 7 is used by no other test.
+    assert!(thread_stat("reflexd-w1", 19).contains(&7));
+    assert!(
+        !thread_stat("reflexd-w0", 19).contains(&7),
+        "only the configured worker is reniced"
+    );
     daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sched_fifo_worker_is_real_time_or_start_fails_clearly() {
+    let fast = test_model("affine.onnx");
+    let port = free_port();
+    let text = format!(
+        r#"
+        [zenoh]
+        listen = ["tcp/127.0.0.1:{port}"]
+        [[worker]]
+        levels = ["default"]
+        sched_fifo = 10
+        [[pipeline]]
+        name = "a"
+        model = "{fast}"
+        input = "t/a"
+        output = "t/out/a"
+        "#
+    );
+    let cfg = reflexd::Config::from_toml(&text, &repo()).unwrap();
+    match reflexd::Daemon::start(cfg).await {
+        Ok(daemon) => {
+            // Field 41 is the policy (1 = SCHED_FIFO), field 40 the priority.
+            assert!(
+                thread_stat("reflexd-w0", 41).contains(&1),
+                "worker 0 runs SCHED_FIFO"
+            );
+            assert!(thread_stat("reflexd-w0", 40).contains(&10));
+            daemon.shutdown(Duration::from_secs(5)).await;
+        }
+        // Without CAP_SYS_NICE the daemon must refuse to start, saying why.
+        Err(e) => assert!(
+            e.to_string().contains("SCHED_FIFO") && e.to_string().contains("CAP_SYS_NICE"),
+            "{e}"
+        ),
+    }
 }

@@ -96,9 +96,21 @@ pub struct GeneratorConfig {
 pub struct WorkerConfig {
     /// Levels served (indices into `levels`, ascending = highest first).
     pub levels: Vec<usize>,
-    /// OS nice value for the thread: a worker that serves only lower levels
-    /// can be made to yield the CPU to the reserved ones.
-    pub nice: Option<i32>,
+    /// OS scheduling of the worker's thread.
+    pub policy: ThreadPolicy,
+}
+
+/// How the OS schedules a worker thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadPolicy {
+    /// Inherited (SCHED_OTHER, nice 0).
+    Default,
+    /// SCHED_OTHER with this nice value: a worker serving lower levels can
+    /// be made to yield the CPU (raising nice needs no privilege).
+    Nice(i32),
+    /// SCHED_FIFO at this priority (1-99): the thread preempts every normal
+    /// thread as soon as it is runnable. Needs CAP_SYS_NICE.
+    Fifo(i32),
 }
 
 #[derive(Clone, Debug)]
@@ -302,7 +314,7 @@ impl Config {
             vec![
                 WorkerConfig {
                     levels: (0..levels.len()).collect(),
-                    nice: None,
+                    policy: ThreadPolicy::Default,
                 };
                 n
             ]
@@ -326,16 +338,29 @@ impl Config {
                     .collect::<Result<Vec<_>, _>>()?;
                 idx.sort_unstable();
                 idx.dedup();
-                if let Some(n) = w.nice
-                    && !(-20..=19).contains(&n)
-                {
-                    return Err(invalid(format!(
-                        "worker[{i}].nice = {n}: expected -20 (highest) to 19 (lowest)"
-                    )));
-                }
+                let policy = match (w.nice, w.sched_fifo) {
+                    (None, None) => ThreadPolicy::Default,
+                    (Some(n), None) if (-20..=19).contains(&n) => ThreadPolicy::Nice(n),
+                    (Some(n), None) => {
+                        return Err(invalid(format!(
+                            "worker[{i}].nice = {n}: expected -20 (highest) to 19 (lowest)"
+                        )));
+                    }
+                    (None, Some(p)) if (1..=99).contains(&p) => ThreadPolicy::Fifo(p),
+                    (None, Some(p)) => {
+                        return Err(invalid(format!(
+                            "worker[{i}].sched_fifo = {p}: expected a SCHED_FIFO priority from 1 to 99"
+                        )));
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(invalid(format!(
+                            "worker[{i}]: give either nice or sched_fifo; nice does not apply to SCHED_FIFO threads"
+                        )));
+                    }
+                };
                 workers.push(WorkerConfig {
                     levels: idx,
-                    nice: w.nice,
+                    policy,
                 });
             }
             workers

@@ -62,6 +62,7 @@ pub struct RawLevel {
 pub struct RawWorker {
     pub levels: Vec<String>,
     pub nice: Option<i32>,
+    pub sched_fifo: Option<i32>,
 }
 
 #[derive(Deserialize, Debug)]
