@@ -45,6 +45,10 @@ const PROMPT: &str = "Tell me a long story about a robot.";
 const TOKENS: usize = 64;
 const THREADS: usize = 2;
 const DEFAULT_REPS: usize = 10;
+/// First-token-only request pairs (reflexd, bare) after the rounds: the
+/// prefill alone varies by ±10 ms from run to run here, so 10 rounds cannot
+/// resolve a 2 ms TTFT target; cheap one-token requests can be many.
+const DEFAULT_TTFT_PAIRS: usize = 30;
 /// Bounds every wait for one generation's messages or a child's reply.
 const GEN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a child process gets to import and load the model.
@@ -65,6 +69,7 @@ const EXTRAS_KEY: &str = "bench/llm/extras";
 const USAGE: &str = "\
 usage: cargo bench --bench llm [-- OPTIONS]
   --reps N      measured rounds (default 10; each round runs every contender once)
+  --ttft-pairs N  first-token-only (reflexd, bare) pairs after the rounds (default 30)
   --no-python   skip the Python onnxruntime loop (b)
   --no-genai    skip onnxruntime-genai (c)
   --spinning    ORT intra-op spinning on for reflexd (runtime.intra_op_spinning)
@@ -74,6 +79,7 @@ usage: cargo bench --bench llm [-- OPTIONS]
 
 struct Args {
     reps: usize,
+    ttft_pairs: usize,
     python: bool,
     genai: bool,
     spinning: bool,
@@ -83,6 +89,7 @@ impl Args {
     fn parse() -> Result<Args> {
         let mut a = Args {
             reps: DEFAULT_REPS,
+            ttft_pairs: DEFAULT_TTFT_PAIRS,
             python: true,
             genai: true,
             spinning: false,
@@ -99,6 +106,17 @@ impl Args {
                         .map_err(|_| anyhow!("--reps {v:?}: not a count"))?;
                     if !(1..=100).contains(&a.reps) {
                         bail!("--reps {v}: expected 1..=100");
+                    }
+                }
+                "--ttft-pairs" => {
+                    let v = it
+                        .next()
+                        .ok_or_else(|| anyhow!("--ttft-pairs needs a value"))?;
+                    a.ttft_pairs = v
+                        .parse()
+                        .map_err(|_| anyhow!("--ttft-pairs {v:?}: not a count"))?;
+                    if a.ttft_pairs > 500 {
+                        bail!("--ttft-pairs {v}: expected 0..=500");
                     }
                 }
                 "--no-python" => a.python = false,
@@ -451,7 +469,7 @@ impl Bare {
     /// token with `present.*` moved into `past_key_values.*`; greedy argmax
     /// straight on ORT's logits. With `extras`, also does and times the
     /// daemon's per-token work.
-    fn generate(&mut self, mut extras: Option<&mut Extras>) -> Result<RunResult> {
+    fn generate(&mut self, n: usize, mut extras: Option<&mut Extras>) -> Result<RunResult> {
         let t0 = Instant::now();
         let prompt = ctx(
             self.tokenizer.encode(self.prompt_text.as_str(), false),
@@ -472,13 +490,13 @@ impl Bare {
             .collect::<Result<_>>()?;
         let mut input = prompt.clone();
         let mut past_len = 0usize;
-        let mut times = Vec::with_capacity(TOKENS);
-        let mut ids = Vec::with_capacity(TOKENS);
+        let mut times = Vec::with_capacity(n);
+        let mut ids = Vec::with_capacity(n);
         let mut prefill_ms = None;
         let mut history = prompt.clone();
         let mut rng = Rng::new(0);
         let mut detok = Detokenizer::new(Vec::new());
-        for step in 0..TOKENS {
+        for step in 0..n {
             let s = input.len();
             let total = past_len + s;
             let mut inputs: Vec<(&str, SessionInputValue)> = Vec::with_capacity(3 + past.len());
@@ -694,15 +712,15 @@ impl Reflexd {
         bail!("the daemon never answered a generation command")
     }
 
-    fn generate(&mut self) -> Result<RunResult> {
+    fn generate(&mut self, n: usize) -> Result<RunResult> {
         while self.tokens.try_recv().is_ok() {}
         self.next_id += 1;
         let id = format!("bench{}", self.next_id);
         let t0 = Instant::now();
-        self.send(&id, TOKENS)?;
+        self.send(&id, n)?;
         let until = t0 + GEN_TIMEOUT;
-        let mut times = Vec::with_capacity(TOKENS);
-        let mut ids = Vec::with_capacity(TOKENS);
+        let mut times = Vec::with_capacity(n);
+        let mut ids = Vec::with_capacity(n);
         loop {
             let left = until.saturating_duration_since(Instant::now());
             let (at, bytes) = self
@@ -1096,6 +1114,63 @@ fn report(all: &[Series], extras: &Extras, reference: &[u32]) {
     }
 }
 
+/// One (reflexd, bare) pair of first-token-only requests.
+struct TtftPair {
+    client: f64,
+    daemon: f64,
+    bare: f64,
+    bare_prefill: f64,
+    same: bool,
+}
+
+fn report_ttft(pairs: &[TtftPair]) {
+    if pairs.is_empty() {
+        return;
+    }
+    let col = |f: &dyn Fn(&TtftPair) -> f64| pairs.iter().map(f).collect::<Vec<f64>>();
+    let q = |v: &[f64]| {
+        format!(
+            "{:+.2} (quartiles {:+.2} … {:+.2})",
+            median(v),
+            quantile(v, 0.25),
+            quantile(v, 0.75)
+        )
+    };
+    let client = col(&|p| p.client - p.bare);
+    let daemon = col(&|p| p.daemon - p.bare);
+    println!();
+    println!(
+        "## TTFT phase: {} alternating pairs of one-token requests (reflexd, bare loop)",
+        pairs.len()
+    );
+    println!();
+    println!(
+        "medians: reflexd client-side {:.2} ms, reflexd ttft_ms {:.2} ms, bare TTFT {:.2} ms (of which the prefill session.run {:.2} ms); first token equal in {}/{} pairs",
+        median(&col(&|p| p.client)),
+        median(&col(&|p| p.daemon)),
+        median(&col(&|p| p.bare)),
+        median(&col(&|p| p.bare_prefill)),
+        pairs.iter().filter(|p| p.same).count(),
+        pairs.len()
+    );
+    println!("| per-pair difference | median ms | target | verdict |");
+    println!("|---|---|---|---|");
+    println!(
+        "| reflexd TTFT (client) − bare TTFT | {} | ≤ 2 | {} |",
+        q(&client),
+        verdict(median(&client) <= 2.0)
+    );
+    println!(
+        "| reflexd TTFT (daemon's ttft_ms) − bare TTFT | {} | ≤ 2 | {} |",
+        q(&daemon),
+        verdict(median(&daemon) <= 2.0)
+    );
+    println!(
+        "| reflexd client − daemon ttft_ms (zenoh there and back, callbacks) | {} | - | - |",
+        q(&col(&|p| p.client - p.daemon))
+    );
+}
+
 // ------------------------------------------------------------------ main
 
 enum Contender {
@@ -1268,10 +1343,10 @@ fn main() -> Result<()> {
             let i = (round + k) % n;
             std::thread::sleep(SETTLE);
             let res = match &mut contenders[i].2 {
-                Contender::Reflexd(r) => r.generate(),
-                Contender::Bare => bare.generate(None),
+                Contender::Reflexd(r) => r.generate(TOKENS),
+                Contender::Bare => bare.generate(TOKENS, None),
                 Contender::BareExtras => {
-                    let r = bare.generate(Some(&mut extras));
+                    let r = bare.generate(TOKENS, Some(&mut extras));
                     while extras.seen.try_recv().is_ok() {}
                     r
                 }
@@ -1297,6 +1372,30 @@ fn main() -> Result<()> {
         eprint!("\rround {round}/{} done", args.reps);
     }
     eprintln!();
+    // TTFT phase: one-token requests, reflexd and the bare loop alternating
+    // which goes first, so a slow moment is as likely to hit either.
+    let mut ttft_pairs: Vec<TtftPair> = Vec::new();
+    if let Contender::Reflexd(r) = &mut contenders[0].2 {
+        for k in 0..args.ttft_pairs {
+            std::thread::sleep(SETTLE / 2);
+            let (x, y) = if k % 2 == 0 {
+                let x = r.generate(1)?;
+                std::thread::sleep(SETTLE / 2);
+                (x, bare.generate(1, None)?)
+            } else {
+                let y = bare.generate(1, None)?;
+                std::thread::sleep(SETTLE / 2);
+                (r.generate(1)?, y)
+            };
+            ttft_pairs.push(TtftPair {
+                client: x.ttft_ms,
+                daemon: x.daemon.map_or(f64::NAN, |d| d.ttft_ms),
+                bare: y.ttft_ms,
+                bare_prefill: y.prefill_ms.unwrap_or(f64::NAN),
+                same: x.ids == y.ids,
+            });
+        }
+    }
     let cpu_end = cpu_times(&peer_pids);
 
     let reference = series[1].runs[0].ids.clone();
@@ -1337,6 +1436,7 @@ fn main() -> Result<()> {
         );
     }
     report(&series, &extras, &reference);
+    report_ttft(&ttft_pairs);
     println!();
     print_foreign_cpu(cpu_start, cpu_end);
     println!(
