@@ -17,6 +17,9 @@ Models
   mixed.onnx    a f32 [1,3], b i64 [1,3]               -> s f32 [1,3] = a + Cast<float>(b)
   slow.onnx     x f32 [1,256]                          -> y f32 [1,256], ~4-5 ms on one thread (quiet VM)
   context.onnx  input f32 [1,8]                        -> out f32 [1,8] = input (Identity)
+  faulty.onnx   x f32 [N,4] (dynamic "N")              -> y = x for N <= 2; N >= 3 fails at run time
+                                                          (Gather index out of range): a model fault on
+                                                          a chosen input shape, for fault-injection tests
 """
 import hashlib
 import os
@@ -134,12 +137,34 @@ def make_context():
     return finish(g, "identity over an 8-sample window: for testing context carry-over (last K samples)")
 
 
+# faulty.onnx: y = x * table[N], with a 3-entry table of ones, so rows 1 and 2
+# give y = x and any larger batch makes ONNX Runtime's Gather fail at run time
+# (the model itself is valid; the fault depends only on the input shape).
+FAULTY_TABLE = 3
+
+
+def make_faulty():
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+        helper.make_node("Gather", ["table", "n"], ["scale"], axis=0),
+        helper.make_node("Mul", ["x", "scale"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        numpy_helper.from_array(np.ones(FAULTY_TABLE, np.float32), "table"),
+    ]
+    g = helper.make_graph(nodes, "faulty", [vi("x", F, ["N", 4])], [vi("y", F, ["N", 4])], inits)
+    return finish(g, f"y = x for N < {FAULTY_TABLE}; N >= {FAULTY_TABLE} fails at run time (Gather out of range)")
+
+
 MODELS = {
     "affine.onnx": make_affine,
     "acc.onnx": make_acc,
     "mixed.onnx": make_mixed,
     "slow.onnx": make_slow,
     "context.onnx": make_context,
+    "faulty.onnx": make_faulty,
 }
 
 
@@ -197,6 +222,18 @@ def verify(paths):
     x = np.arange(8, dtype=np.float32).reshape(1, 8)
     (out,) = s.run(None, {"input": x})
     ok &= check("context", out, x)
+
+    s = session("faulty.onnx")
+    for n in (1, 2):
+        x = np.arange(n * 4, dtype=np.float32).reshape(n, 4)
+        (y,) = s.run(None, {"x": x})
+        ok &= check(f"faulty N={n}", y, x)
+    try:
+        s.run(None, {"x": np.zeros((FAULTY_TABLE, 4), np.float32)})
+        print(f"  FAIL faulty N={FAULTY_TABLE} ran; it must fail")
+        ok = False
+    except Exception as e:  # onnxruntime raises its own exception types
+        print(f"  ok   faulty N={FAULTY_TABLE} fails: {str(e).splitlines()[0][:100]}")
 
     s = session("slow.onnx")
     x = np.linspace(-1.0, 1.0, SLOW_DIM, dtype=np.float32).reshape(1, SLOW_DIM)
