@@ -92,6 +92,35 @@ pub fn zenoh_config(z: &ZenohConfig) -> Result<zenoh::Config, String> {
     }
 }
 
+/// Headroom above `limits.max_payload_bytes` for the zenoh receive bound: a
+/// message's key, attachment and framing, so a payload just over the limit
+/// still reaches ingress and is answered `payload_too_large`.
+pub const RX_MESSAGE_SLACK: usize = 64 << 10;
+
+/// Bounds zenoh's own reassembly of fragmented messages
+/// (`transport/link/rx/max_message_size`, 1 GiB by default) to the payload
+/// limit plus [`RX_MESSAGE_SLACK`], so a hostile publisher cannot make the
+/// transport buffer a huge message before ingress sees its size. Larger
+/// messages are dropped by zenoh (the link stays up). A zenoh config file
+/// may set a lower bound, never a higher one.
+pub fn bound_rx(
+    mut zc: zenoh::Config,
+    limits: &crate::config::Limits,
+) -> Result<zenoh::Config, String> {
+    const KEY: &str = "transport/link/rx/max_message_size";
+    let want = limits.max_payload_bytes.saturating_add(RX_MESSAGE_SLACK);
+    let current = zc
+        .get_json(KEY)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(usize::MAX);
+    if want < current {
+        zc.insert_json5(KEY, &want.to_string())
+            .map_err(|e| format!("{KEY}: {e}"))?;
+    }
+    Ok(zc)
+}
+
 /// A loaded, warmed-up session for one pipeline plus its interface.
 pub struct Loaded {
     pub model: Model,
@@ -187,7 +216,9 @@ impl Daemon {
             gen_providers.push(provider);
             gens.push(GenPipeline::new(g, shared));
         }
-        let zc = zenoh_config(&config.zenoh).map_err(StartError::Zenoh)?;
+        let zc = zenoh_config(&config.zenoh)
+            .and_then(|zc| bound_rx(zc, &config.limits))
+            .map_err(StartError::Zenoh)?;
         let session = zenoh::open(zc)
             .await
             .map_err(|e| StartError::Zenoh(e.to_string()))?;
