@@ -1,0 +1,251 @@
+//! Soak: the demo workload (config/demo.toml: Silero VAD on a 32 ms
+//! microphone stream, the PP-OCR text detector on a 2 Hz camera, a chat
+//! question every few seconds to SmolLM2) against an in-process daemon for
+//! `REFLEXD_SOAK_SECONDS` (default 6 here; `scripts/soak.sh` runs 600). It
+//! reports RSS growth, deadline misses and sheds per pipeline, client-side
+//! round-trip p50/p99/p99.9, and lost messages. Asserted (not timed): every
+//! request has exactly one outcome and nothing is lost; the daemon's counters
+//! balance. Latencies and misses are reported, never asserted.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use reflexd::error::ErrorCode;
+use reflexd::wire::{RequestMeta, f32_tensor};
+use reflexd::{Config, Daemon};
+use serde_json::json;
+
+fn vm_rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+fn pct(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i]
+}
+
+/// Send time per request id, and the outcome seen for it.
+#[derive(Default)]
+struct Book {
+    sent: HashMap<String, Instant>,
+    /// id -> (ok?, rtt ms, error code)
+    done: HashMap<String, (Option<String>, f64)>,
+    duplicates: u64,
+}
+
+impl Book {
+    fn outcome(&mut self, id: String, code: Option<String>) {
+        let Some(t0) = self.sent.get(&id) else {
+            return; // warm-up or an id from elsewhere
+        };
+        let rtt = t0.elapsed().as_secs_f64() * 1e3;
+        if self.done.insert(id, (code, rtt)).is_some() {
+            self.duplicates += 1;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_demo_workload_reports_and_loses_nothing() {
+    let seconds: f64 = std::env::var("REFLEXD_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6.0);
+    let port = free_port();
+    let text = std::fs::read_to_string(repo().join("config/demo.toml"))
+        .unwrap()
+        .replace("tcp/127.0.0.1:7447", &format!("tcp/127.0.0.1:{port}"));
+    let cfg = Config::from_toml(&text, &repo().join("config")).unwrap();
+    let daemon = Daemon::start(cfg).await.unwrap();
+    let c = client(port).await;
+
+    let book = Arc::new(Mutex::new(Book::default()));
+    // Outcomes: predictions and errors of every pipeline, and chat finals.
+    let b = book.clone();
+    let _sub = c
+        .declare_subscriber("reflexd/**")
+        .callback(move |s| {
+            let key = s.key_expr().as_str();
+            let bytes = s.payload().to_bytes();
+            let mut b = b.lock().unwrap();
+            if key.ends_with("/error") {
+                if key.starts_with("reflexd/llm/") {
+                    return; // a failed generation also ends with a final message
+                }
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                if let Some(id) = v["id"].as_str() {
+                    b.outcome(id.to_string(), v["code"].as_str().map(str::to_string));
+                }
+            } else if key.starts_with("reflexd/llm/out/") {
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                if v["done"] == true {
+                    let code = (v["finish_reason"] == "error" || v["finish_reason"] == "deadline")
+                        .then(|| v["finish_reason"].as_str().unwrap().to_string());
+                    b.outcome(v["id"].as_str().unwrap().to_string(), code);
+                }
+            } else if let Ok((_, meta)) = reflexd::wire::decode_output(&bytes)
+                && let Some(id) = meta.get("id")
+            {
+                b.outcome(id.clone(), None);
+            }
+        })
+        .await
+        .unwrap();
+
+    let audio = wav("tests/data/speech_16k.wav");
+    let image: Vec<f32> = (0..3 * 160 * 640)
+        .map(|i| ((i % 640) as f32 / 640.0) - 0.5)
+        .collect();
+    let cam_payload = |id: &str| {
+        reflexd::wire::encode_request(
+            &[f32_tensor("x", &[1, 3, 160, 640], &image)],
+            &RequestMeta {
+                id: Some(id.to_string()),
+                ..Default::default()
+            },
+        )
+    };
+    // Warm the routes: wait until the mic key reaches the daemon.
+    let warm = daemon.stats()[0].received;
+    for _ in 0..200 {
+        let frame: Vec<u8> = audio[..512].iter().flat_map(|v| v.to_le_bytes()).collect();
+        c.put("robot/mic/front", frame)
+            .attachment("warmup")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if daemon.stats()[0].received > warm {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_start = vm_rss_kib();
+    let mut rss_peak = rss_start;
+
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(seconds);
+    let mut mic = tokio::time::interval(Duration::from_millis(32));
+    let mut cam = tokio::time::interval(Duration::from_millis(500));
+    let mut chat = tokio::time::interval(Duration::from_secs(5));
+    let mut rss_tick = tokio::time::interval(Duration::from_secs(1));
+    for t in [&mut mic, &mut cam, &mut chat, &mut rss_tick] {
+        // A late tick is sent late, not as a catch-up burst.
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    let (mut n_mic, mut n_cam, mut n_chat) = (0usize, 0usize, 0usize);
+    let mut rss_after_first_min = None;
+    while Instant::now() < end {
+        tokio::select! {
+            _ = mic.tick() => {
+                let off = (n_mic * 512) % (audio.len() - 512);
+                let frame: Vec<u8> = audio[off..off + 512].iter().flat_map(|v| v.to_le_bytes()).collect();
+                let id = format!("mic-{n_mic}");
+                book.lock().unwrap().sent.insert(id.clone(), Instant::now());
+                c.put("robot/mic/front", frame).attachment(id).await.unwrap();
+                n_mic += 1;
+            }
+            _ = cam.tick() => {
+                let id = format!("cam-{n_cam}");
+                let p = cam_payload(&id);
+                book.lock().unwrap().sent.insert(id, Instant::now());
+                c.put("robot/camera/front", p).await.unwrap();
+                n_cam += 1;
+            }
+            _ = chat.tick() => {
+                let id = format!("chat-{n_chat}");
+                let cmd = json!({"id": id, "prompt": "Name one colour.", "max_tokens": 16});
+                book.lock().unwrap().sent.insert(id, Instant::now());
+                c.put("reflexd/llm/cmd", cmd.to_string()).await.unwrap();
+                n_chat += 1;
+            }
+            _ = rss_tick.tick() => {
+                let r = vm_rss_kib();
+                rss_peak = rss_peak.max(r);
+                if rss_after_first_min.is_none() && start.elapsed() >= Duration::from_secs(60) {
+                    rss_after_first_min = Some(r);
+                }
+            }
+        }
+    }
+    // Drain: wait until every sent id has an outcome, or 30 s pass.
+    for _ in 0..300 {
+        {
+            let b = book.lock().unwrap();
+            if b.done.len() >= b.sent.len() {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rss_end = vm_rss_kib();
+    let b = book.lock().unwrap();
+    println!(
+        "\nsoak: {seconds:.0} s, sent mic {n_mic}, camera {n_cam}, chat {n_chat}; profile {}",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+    println!(
+        "{:<8} {:>6} {:>6} {:>9} {:>10} {:>6} {:>8} {:>8} {:>9}",
+        "pipeline", "sent", "ok", "deadline", "superseded", "lost", "p50 ms", "p99 ms", "p99.9 ms"
+    );
+    let mut total_lost = 0;
+    for (name, prefix) in [("vad", "mic-"), ("textdet", "cam-"), ("chat", "chat-")] {
+        let sent: Vec<&String> = b.sent.keys().filter(|k| k.starts_with(prefix)).collect();
+        let mut rtts = Vec::new();
+        let (mut ok, mut deadline, mut superseded, mut lost) = (0, 0, 0, 0);
+        for id in &sent {
+            match b.done.get(*id) {
+                None => lost += 1,
+                Some((None, rtt)) => {
+                    ok += 1;
+                    rtts.push(*rtt);
+                }
+                Some((Some(code), _)) if code == "deadline_exceeded" || code == "deadline" => {
+                    deadline += 1
+                }
+                Some((Some(code), _)) if code == ErrorCode::Superseded.code() => superseded += 1,
+                Some((Some(code), _)) => panic!("{id}: unexpected outcome {code}"),
+            }
+        }
+        rtts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "{name:<8} {:>6} {ok:>6} {deadline:>9} {superseded:>10} {lost:>6} {:>8.2} {:>8.2} {:>9.2}",
+            sent.len(),
+            pct(&rtts, 0.5),
+            pct(&rtts, 0.99),
+            pct(&rtts, 0.999)
+        );
+        total_lost += lost;
+    }
+    println!(
+        "RSS: start {rss_start} KiB, after 60 s {}, end {rss_end} KiB, peak {rss_peak} KiB, growth {} KiB",
+        rss_after_first_min.map_or("-".to_string(), |r| format!("{r} KiB")),
+        rss_end as i64 - rss_start as i64
+    );
+    assert_eq!(b.duplicates, 0, "a request got two outcomes");
+    assert_eq!(total_lost, 0, "requests without an outcome");
+    drop(b);
+    for st in daemon
+        .stats()
+        .iter()
+        .chain(daemon.generation_stats().iter())
+    {
+        assert_eq!(st.finished(), st.received, "{st:?}");
+    }
+    c.close().await.unwrap();
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
