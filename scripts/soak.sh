@@ -4,8 +4,9 @@
 # a long time and print: per pipeline sent / ok / deadline misses / superseded /
 # lost and client round-trip p50 / p99 / p99.9, and RSS at start, after 60 s,
 # at the end and at peak. It is tests/soak.rs with a longer duration (the test
-# suite runs the same code for 6 s); it fails if any request is lost or gets two
-# outcomes. Loopback only.
+# suite runs the same code for 6 s). It fails if a request gets two outcomes
+# or the daemon's counters do not balance; replies lost on the way to the
+# client (zenoh Drop policy) are reported. Loopback only.
 #
 #   scripts/soak.sh                # 600 s (10 minutes), debug build
 #   scripts/soak.sh 3600           # one hour

@@ -50,10 +50,12 @@ impl Router {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn zenohd");
+        // Owned at once, so Drop kills it even if it never gets ready.
+        let router = Router { child };
         // Ready when the port accepts connections.
         for _ in 0..500 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Router { child };
+                return router;
             }
             std::thread::sleep(Duration::from_millis(10));
         }

