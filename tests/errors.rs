@@ -104,7 +104,7 @@ async fn message_far_over_the_limit_is_dropped_by_zenoh_and_service_continues() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn generation_over_max_generations_is_refused_with_its_id() {
+async fn generation_over_max_generations_or_payload_limit_is_refused_with_its_id() {
     let llm = repo().join("models/llm/fetched");
     assert!(llm.join("model.onnx").exists(), "run `make setup`");
     let (daemon, port) = start(&format!(
@@ -116,6 +116,8 @@ async fn generation_over_max_generations_is_refused_with_its_id() {
         input = "t/llm/cmd"
         output = "t/llm/out"
         max_generations = 1
+        [limits]
+        max_payload_bytes = 2048
         "#,
         llm.display()
     ))
@@ -159,6 +161,16 @@ async fn generation_over_max_generations_is_refused_with_its_id() {
     assert_eq!(e["code"], ErrorCode::TooManyGenerations.code(), "{e}");
     assert_eq!(e["id"], "second", "{e}");
     assert_eq!(daemon.live_generations()[0], 1, "the first one still runs");
+    // `[limits] max_payload_bytes` bounds commands too.
+    let big = json!({"id": "big", "prompt": "x".repeat(3000)});
+    put(&c, "t/llm/cmd", big.to_string().into_bytes()).await;
+    let s = tokio::time::timeout(WAIT, errors.recv_async())
+        .await
+        .expect("an error for the oversized command")
+        .unwrap();
+    let e: Value = serde_json::from_slice(&s.payload().to_bytes()).unwrap();
+    assert_eq!(e["code"], ErrorCode::PayloadTooLarge.code(), "{e}");
+    assert_eq!(e["id"], "big", "{e}");
     let st = &daemon.generation_stats()[0];
     assert_eq!(st.error(ErrorCode::TooManyGenerations), 1, "{st:?}");
     daemon.shutdown(Duration::from_secs(1)).await;

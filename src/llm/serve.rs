@@ -243,6 +243,20 @@ fn accept(
     let cfg = &shared.config.generators[gi];
     let gp = &shared.gens[gi];
     shared.gen_stats[gi].received.fetch_add(1, Relaxed);
+    // The daemon-wide payload bound applies to commands too (on top of the
+    // fixed command::MAX_COMMAND_BYTES), so one `[limits]` setting caps
+    // every message.
+    let max = shared.config.limits.max_payload_bytes;
+    if bytes.len() > max {
+        let msg = format!(
+            "command is {} bytes; the limit is {max} (limits.max_payload_bytes)",
+            bytes.len()
+        );
+        return Err((
+            Rejection::new(ErrorCode::PayloadTooLarge, msg),
+            command::salvage_id(bytes),
+        ));
+    }
     let cmd = command::parse(bytes, &gp.limits).map_err(|r| (r, command::salvage_id(bytes)))?;
     let level = match &cmd.priority {
         None => cfg.level,
