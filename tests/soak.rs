@@ -2,7 +2,8 @@
 //! microphone stream, the PP-OCR text detector on a 2 Hz camera, a chat
 //! question every few seconds to SmolLM2) against an in-process daemon for
 //! `REFLEXD_SOAK_SECONDS` (default 6 here; `scripts/soak.sh` runs 600). It
-//! reports RSS growth, deadline misses and sheds per pipeline, client-side
+//! reports RSS growth, deadline misses and sheds (superseded / busy /
+//! too_many_generations) per pipeline, client-side
 //! round-trip p50/p99/p99.9, and lost messages. Asserted (not timed): no
 //! request gets two outcomes and the daemon's counters balance (every request
 //! ended exactly once inside the daemon). Latencies, misses and replies lost
@@ -55,6 +56,23 @@ impl Book {
             self.duplicates += 1;
         }
     }
+
+    /// A generation that failed after it was accepted gets an error message
+    /// and a final message; one refused at intake (e.g.
+    /// `too_many_generations`) only the error. Either is its one outcome.
+    fn generation_error(&mut self, id: String, code: String) {
+        if !self.done.contains_key(&id) {
+            self.outcome(id, Some(code));
+        }
+    }
+
+    fn generation_final(&mut self, id: String, code: Option<String>) {
+        let failed_before = matches!(self.done.get(&id), Some((Some(_), _)));
+        if failed_before && code.is_some() {
+            return; // the final message of an error already recorded
+        }
+        self.outcome(id, code);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +100,12 @@ async fn soak_demo_workload_reports_and_loses_nothing() {
             let mut b = b.lock().unwrap();
             if key.ends_with("/error") {
                 if key.starts_with("reflexd/llm/") {
-                    return; // a failed generation also ends with a final message
+                    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                    let (id, code) = (v["id"].as_str(), v["code"].as_str());
+                    if let (Some(id), Some(code)) = (id, code) {
+                        b.generation_error(id.to_string(), code.to_string());
+                    }
+                    return;
                 }
                 let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
                 if let Some(id) = v["id"].as_str() {
@@ -93,7 +116,7 @@ async fn soak_demo_workload_reports_and_loses_nothing() {
                 if v["done"] == true {
                     let code = (v["finish_reason"] == "error" || v["finish_reason"] == "deadline")
                         .then(|| v["finish_reason"].as_str().unwrap().to_string());
-                    b.outcome(v["id"].as_str().unwrap().to_string(), code);
+                    b.generation_final(v["id"].as_str().unwrap().to_string(), code);
                 }
             } else if let Ok((_, meta)) = reflexd::wire::decode_output(&bytes)
                 && let Some(id) = meta.get("id")
@@ -227,14 +250,19 @@ fn report(b: &Book, seconds: f64, [n_mic, n_cam, n_chat]: [usize; 3]) {
         }
     );
     println!(
-        "{:<8} {:>6} {:>6} {:>9} {:>10} {:>6} {:>8} {:>8} {:>9}",
-        "pipeline", "sent", "ok", "deadline", "superseded", "lost", "p50 ms", "p99 ms", "p99.9 ms"
+        "{:<8} {:>6} {:>6} {:>9} {:>6} {:>6} {:>8} {:>8} {:>9}",
+        "pipeline", "sent", "ok", "deadline", "shed", "lost", "p50 ms", "p99 ms", "p99.9 ms"
     );
     let mut total_lost = 0;
     for (name, prefix) in [("vad", "mic-"), ("textdet", "cam-"), ("chat", "chat-")] {
         let sent: Vec<&String> = b.sent.keys().filter(|k| k.starts_with(prefix)).collect();
         let mut rtts = Vec::new();
-        let (mut ok, mut deadline, mut superseded, mut lost) = (0, 0, 0, 0);
+        let (mut ok, mut deadline, mut shed, mut lost) = (0, 0, 0, 0);
+        let shed_codes = [
+            ErrorCode::Superseded.code(),
+            ErrorCode::Busy.code(),
+            ErrorCode::TooManyGenerations.code(),
+        ];
         for id in &sent {
             match b.done.get(*id) {
                 None => lost += 1,
@@ -245,13 +273,13 @@ fn report(b: &Book, seconds: f64, [n_mic, n_cam, n_chat]: [usize; 3]) {
                 Some((Some(code), _)) if code == "deadline_exceeded" || code == "deadline" => {
                     deadline += 1
                 }
-                Some((Some(code), _)) if code == ErrorCode::Superseded.code() => superseded += 1,
+                Some((Some(code), _)) if shed_codes.contains(&code.as_str()) => shed += 1,
                 Some((Some(code), _)) => panic!("{id}: unexpected outcome {code}"),
             }
         }
         rtts.sort_by(|a, b| a.partial_cmp(b).unwrap());
         println!(
-            "{name:<8} {:>6} {ok:>6} {deadline:>9} {superseded:>10} {lost:>6} {:>8.2} {:>8.2} {:>9.2}",
+            "{name:<8} {:>6} {ok:>6} {deadline:>9} {shed:>6} {lost:>6} {:>8.2} {:>8.2} {:>9.2}",
             sent.len(),
             pct(&rtts, 0.5),
             pct(&rtts, 0.99),
