@@ -62,6 +62,12 @@ fn stderr_is_journal() -> bool {
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
+/// Prefix for the final `error: …` line `main` prints: `<3>` (err) on the
+/// journal, nothing elsewhere.
+pub fn error_prefix() -> &'static str {
+    if stderr_is_journal() { "<3>" } else { "" }
+}
+
 /// Installs the global subscriber; `REFLEXD_LOG` overrides `default`.
 pub fn init(default: &str) {
     let filter = EnvFilter::try_from_env("REFLEXD_LOG").unwrap_or_else(|_| EnvFilter::new(default));

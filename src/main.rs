@@ -115,7 +115,7 @@ fn main() -> ExitCode {
     match rt.block_on(real_main(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{}error: {e:#}", reflexd::logging::error_prefix());
             ExitCode::FAILURE
         }
     }

@@ -409,3 +409,116 @@ fn worker_pinned_to_a_missing_cpu_fails_start_with_a_clear_message() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mlockall_without_the_privilege_fails_start_and_tells_systemd_why() {
+    // Root keeps CAP_IPC_LOCK unless it is dropped from the bounding set
+    // (util-linux setpriv); prlimit sets the memlock limit to zero.
+    let dir = tmpdir("mlock");
+    let (notify, mut rx) = notify_socket(&dir);
+    let cfg = dir.join("reflexd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[runtime]\nmlockall = true\n[[pipeline]]\nname = \"p\"\nmodel = \"{}\"\ninput = \"a/*\"\noutput = \"b\"\n",
+            zenoh_header(free_port()),
+            test_model("affine.onnx")
+        ),
+    )
+    .unwrap();
+    let o = Command::new("prlimit")
+        .args(["--memlock=0:0", "setpriv", "--bounding-set", "-ipc_lock"])
+        .args(["--inh-caps", "-ipc_lock"])
+        .arg(env!("CARGO_BIN_EXE_reflexd"))
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &notify)
+        .env("REFLEXD_LOG", "warn")
+        .output()
+        .expect("prlimit and setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("runtime.mlockall = true: mlockall failed")
+            && err.contains("LimitMEMLOCK=infinity")
+            && !err.contains("panicked"),
+        "{err}"
+    );
+    let mut msgs = Vec::new();
+    loop {
+        let m = tokio::time::timeout(NOTIFY_WAIT, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no start-failed status; got {msgs:#?}"))
+            .unwrap();
+        let failed = status(&m).is_some_and(|s| s.starts_with("start failed"));
+        msgs.push(m);
+        if failed {
+            break;
+        }
+    }
+    assert!(!msgs.iter().any(|m| has_line(m, "READY=1")), "{msgs:#?}");
+    let last = msgs.last().expect("start-up messages");
+    assert!(
+        status(last).is_some_and(|s| s.starts_with("start failed: runtime.mlockall")),
+        "{msgs:#?}"
+    );
+}
+
+#[test]
+fn journal_stream_gets_syslog_priority_prefixes_and_no_colours() {
+    // systemd sets JOURNAL_STREAM=<dev>:<inode> of the stream it connects to
+    // stderr; here stderr is a file whose device and inode the test passes.
+    use std::os::unix::fs::MetadataExt;
+    let dir = tmpdir("journal");
+    let cfg = dir.join("reflexd.toml");
+    let good = format!(
+        "{}[[pipeline]]\nname = \"p\"\nmodel = \"{}\"\ninput = \"a/*\"\noutput = \"b\"\n",
+        zenoh_header(free_port()),
+        test_model("affine.onnx")
+    );
+    let run = |config: &str, journal: bool| -> String {
+        std::fs::write(&cfg, config).unwrap();
+        let log = dir.join("stderr.log");
+        let f = std::fs::File::create(&log).unwrap();
+        let m = f.metadata().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_reflexd"));
+        cmd.args(["check", "-c"])
+            .arg(&cfg)
+            .env("REFLEXD_LOG", "info")
+            .env_remove("JOURNAL_STREAM")
+            .stdout(Stdio::null())
+            .stderr(f);
+        if journal {
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()));
+        }
+        cmd.status().unwrap();
+        std::fs::read_to_string(&log).unwrap()
+    };
+    let plain = run(&good, false);
+    assert!(!plain.contains('\x1b'), "no ANSI colours when not a TTY");
+    assert!(!plain.starts_with('<'), "{plain}");
+    let journal = run(&good, true);
+    assert!(!journal.contains('\x1b'));
+    for line in journal.lines().filter(|l| !l.is_empty()) {
+        assert!(
+            ["<3>", "<4>", "<6>", "<7>"]
+                .iter()
+                .any(|p| line.starts_with(p)),
+            "every journal line starts with a priority: {line:?}"
+        );
+    }
+    assert!(
+        journal
+            .lines()
+            .any(|l| l.starts_with("<6>") && l.contains("execution provider")),
+        "{journal}"
+    );
+    let bad = good.replace("affine.onnx", "missing.onnx");
+    let failed = run(&bad, true);
+    assert!(
+        failed
+            .lines()
+            .any(|l| l.starts_with("<3>error: ") && l.contains("missing.onnx")),
+        "{failed}"
+    );
+}
