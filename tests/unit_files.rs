@@ -175,3 +175,77 @@ fn sysusers_and_tmpfiles_create_the_user_and_its_directories() {
         assert_eq!(m.uid(), owner, "{dir} owner");
     }
 }
+
+#[test]
+fn deb_package_installs_binary_unit_companions_and_config() {
+    let out = tmpdir("deb");
+    let o = Command::new("bash")
+        .arg(common::repo().join("scripts/package-deb.sh"))
+        .args(["amd64", env!("CARGO_BIN_EXE_reflexd")])
+        .arg(&out)
+        .env("DEB_COMPRESS", "none")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", all_output(&o));
+    let deb = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(deb.ends_with("reflexd_0.1.0_amd64.deb"), "{deb}");
+    let list = Command::new("dpkg-deb")
+        .args(["-c", &deb])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    for (path, mode) in [
+        ("./usr/bin/reflexd", "-rwxr-xr-x"),
+        ("./usr/lib/systemd/system/reflexd.service", "-rw-r--r--"),
+        ("./usr/lib/sysusers.d/reflexd.conf", "-rw-r--r--"),
+        ("./usr/lib/tmpfiles.d/reflexd.conf", "-rw-r--r--"),
+        ("./etc/reflexd/reflexd.toml", "-rw-r--r--"),
+        ("./usr/share/doc/reflexd/deploy-jetson.md", "-rw-r--r--"),
+    ] {
+        assert!(
+            list.lines()
+                .any(|l| l.starts_with(mode) && l.contains(" root/root ") && l.ends_with(path)),
+            "{path} ({mode}, root-owned) missing from:\n{list}"
+        );
+    }
+    let field = |f: &str| {
+        let o = Command::new("dpkg-deb")
+            .args(["-f", &deb, f])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(field("Package"), "reflexd");
+    assert_eq!(field("Architecture"), "amd64");
+    let ctrl = tmpdir("deb-ctrl");
+    assert!(
+        Command::new("dpkg-deb")
+            .args(["-e", &deb])
+            .arg(&ctrl)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(
+        std::fs::read_to_string(ctrl.join("conffiles")).unwrap(),
+        "/etc/reflexd/reflexd.toml\n"
+    );
+    // The shipped config is the Jetson example with this architecture's
+    // ONNX Runtime path, and still parses.
+    let x = tmpdir("deb-x");
+    assert!(
+        Command::new("dpkg-deb")
+            .args(["-x", &deb])
+            .arg(&x)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let cfg = std::fs::read_to_string(x.join("etc/reflexd/reflexd.toml")).unwrap();
+    assert!(cfg.contains("/usr/lib/x86_64-linux-gnu/libonnxruntime.so"));
+    reflexd::Config::from_toml(&cfg, Path::new("/etc/reflexd")).unwrap();
+    // The package holds the debug binary (hundreds of MB): do not keep it.
+    for d in [&out, &ctrl, &x] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
