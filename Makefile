@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 JOBS ?= 2
 
-.PHONY: setup demo test bench check-config
+.PHONY: setup demo test bench check-config cross-aarch64 deb
 
 setup:
 	@bash scripts/provision.sh
@@ -22,3 +22,13 @@ bench: setup
 
 check-config: setup
 	$(CARGO) run -q -- check -c config/demo.toml
+
+# aarch64 (Jetson) release binary via cargo-zigbuild, glibc 2.31, smoke-tested
+# under qemu (docs/deploy-jetson.md). Minutes: not part of `make test`.
+cross-aarch64:
+	@JOBS=$(JOBS) bash scripts/cross-aarch64.sh
+
+# Debian packages of the release binaries (build them first).
+deb:
+	$(CARGO) build -j$(JOBS) --release
+	bash scripts/package-deb.sh amd64

@@ -20,6 +20,8 @@ Models
   faulty.onnx   x f32 [N,4] (dynamic "N")              -> y = x for N <= 2; N >= 3 fails at run time
                                                           (Gather index out of range): a model fault on
                                                           a chosen input shape, for fault-injection tests
+  stall.onnx    n f32 [1]                              -> y f32 [1,64]: n iterations of t = tanh(t @ W),
+                                                          a run as long as the caller asks (watchdog tests)
 """
 import hashlib
 import os
@@ -129,6 +131,40 @@ def make_slow():
                      "mean over rows; a few ms per run")
 
 
+STALL_DIM = 64
+
+
+def make_stall():
+    """A model whose run time the request chooses: a Loop with trip count n.
+
+    Used to make a worker stay inside one model run for seconds (the watchdog
+    tests) with a file of a few KB; n = 0 (the warm-up) returns at once.
+    """
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("MatMul", ["t_in", "W"], ["mm"]),
+            helper.make_node("Tanh", ["mm"], ["t_out"]),
+        ],
+        "stall_body",
+        [vi("iter", I64, []), vi("cond_in", TensorProto.BOOL, []), vi("t_in", F, [1, STALL_DIM])],
+        [vi("cond_out", TensorProto.BOOL, []), vi("t_out", F, [1, STALL_DIM])],
+    )
+    nodes = [
+        helper.make_node("ReduceSum", ["n"], ["n_sum"], keepdims=0),
+        helper.make_node("Cast", ["n_sum"], ["trips"], to=I64),
+        helper.make_node("Loop", ["trips", "true", "t0"], ["y"], body=body),
+    ]
+    w = slow_weight()[:STALL_DIM, :STALL_DIM]
+    inits = [
+        numpy_helper.from_array(w, "W"),
+        numpy_helper.from_array(np.array(True), "true"),
+        numpy_helper.from_array(np.full((1, STALL_DIM), 0.5, np.float32), "t0"),
+    ]
+    g = helper.make_graph(nodes, "stall", [vi("n", F, [1])], [vi("y", F, [1, STALL_DIM])], inits)
+    return finish(g, "run time chosen by the request: n iterations of t = tanh(t @ W) in a Loop")
+
+
 def make_context():
     g = helper.make_graph(
         [helper.make_node("Identity", ["input"], ["out"])], "context",
@@ -165,6 +201,7 @@ MODELS = {
     "slow.onnx": make_slow,
     "context.onnx": make_context,
     "faulty.onnx": make_faulty,
+    "stall.onnx": make_stall,
 }
 
 
@@ -234,6 +271,19 @@ def verify(paths):
         ok = False
     except Exception as e:  # onnxruntime raises its own exception types
         print(f"  ok   faulty N={FAULTY_TABLE} fails: {str(e).splitlines()[0][:100]}")
+    s = session("stall.onnx")
+    w = slow_weight()[:STALL_DIM, :STALL_DIM]
+    t = np.full((1, STALL_DIM), 0.5, np.float32)
+    for _ in range(3):
+        t = np.tanh(t @ w)
+    (y,) = s.run(None, {"n": np.array([3.0], np.float32)})
+    ok &= check("stall n=3 vs numpy", y, t, atol=1e-5)
+    (y,) = s.run(None, {"n": np.array([0.0], np.float32)})
+    ok &= check("stall n=0 is the start value", y, np.full((1, STALL_DIM), 0.5, np.float32))
+    for n in (1e4, 1e5):
+        t0 = time.perf_counter()
+        s.run(None, {"n": np.array([n], np.float32)})
+        print(f"  stall.onnx n={n:.0f}: {(time.perf_counter() - t0) * 1e3:.0f} ms")
 
     s = session("slow.onnx")
     x = np.linspace(-1.0, 1.0, SLOW_DIM, dtype=np.float32).reshape(1, SLOW_DIM)

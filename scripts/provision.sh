@@ -321,6 +321,23 @@ else
     note "zenohd:   built in $(( $(now_ms) - zd_t0 )) ms -> $ZENOHD_BIN"
 fi
 
+# ---- 3d. systemd's offline tools (tests/unit_files.rs) ----------------------
+# systemd-analyze verify/security, systemd-sysusers and systemd-tmpfiles lint
+# the files in systemd/; they work without systemd running as PID 1.
+if command -v systemd-analyze >/dev/null 2>&1 && command -v systemd-sysusers >/dev/null 2>&1 \
+        && command -v systemd-tmpfiles >/dev/null 2>&1; then
+    note "systemd:  skipped (systemd-analyze present)"
+elif command -v apt-get >/dev/null 2>&1; then
+    echo "provision.sh: installing systemd (offline tools for the unit tests) with apt-get ..."
+    { as_root apt-get install -y -q --no-upgrade systemd >"$LOGDIR/apt-systemd.log" 2>&1 \
+        || { as_root apt-get update -q >>"$LOGDIR/apt-systemd.log" 2>&1 \
+             && as_root apt-get install -y -q --no-upgrade systemd >>"$LOGDIR/apt-systemd.log" 2>&1; }; } \
+        || die "apt-get install systemd failed (log: $LOGDIR/apt-systemd.log)"
+    note "systemd:  installed with apt-get"
+else
+    die "systemd-analyze missing and no apt-get: install systemd's tools (tests/unit_files.rs needs them)"
+fi
+
 # ---- 4. Repository links and .gitignore -------------------------------------
 link_into_repo() { # link_into_repo <repo-relative link> <target>
     local link="$REPO_ROOT/$1" target="$2"

@@ -11,13 +11,16 @@ pub mod config;
 pub mod egress;
 pub mod engine;
 pub mod error;
+pub mod health;
 pub mod ingress;
 pub mod llm;
+pub mod logging;
 pub mod ortlib;
 pub mod pipeline;
 pub mod scheduler;
 pub mod service;
 pub mod stats;
+pub mod systemd;
 pub mod wire;
 pub mod worker;
 

@@ -38,16 +38,6 @@ enum Command {
     Prompt(Box<reflexd::client::PromptArgs>),
 }
 
-fn init_tracing(default: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("REFLEXD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
@@ -83,6 +73,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config } => {
             let cfg = reflexd::Config::load(&config)?;
+            tokio::spawn(reflexd::systemd::check_on_hup(config.clone()));
             reflexd::run(cfg, shutdown_signal())
                 .await
                 .with_context(|| format!("reflexd run -c {}", config.display()))?;
@@ -107,7 +98,7 @@ fn main() -> ExitCode {
     // The prompt client's stderr is for the answer's summary: only problems
     // are logged there (zenoh's connection retries are reported as one
     // error by the client itself).
-    init_tracing(match &cli.command {
+    reflexd::logging::init(match &cli.command {
         Command::Prompt(_) => "warn,zenoh=error",
         _ => "info,zenoh=warn,ort=warn",
     });
@@ -124,7 +115,7 @@ fn main() -> ExitCode {
     match rt.block_on(real_main(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{}error: {e:#}", reflexd::logging::error_prefix());
             ExitCode::FAILURE
         }
     }

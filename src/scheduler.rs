@@ -399,6 +399,11 @@ impl Scheduler {
         }
     }
 
+    /// True once [`Scheduler::stop`] was called (shutdown has begun).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(SeqCst)
+    }
+
     /// Stops workers after their current job, without draining.
     pub fn abort(&self) {
         self.aborting.store(true, SeqCst);

@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::config::{Config, PipelineConfig, ZenohConfig, ZenohMode};
 use crate::engine::{self, EngineError, Model};
 use crate::error::{ErrorCode, Rejection};
+use crate::health::Progress;
 use crate::ingress;
 use crate::llm::serve::{self as llm_serve, GenPipeline};
 use crate::llm::{self, Finish, LlmShared, ModelFiles};
@@ -25,7 +26,8 @@ use crate::stats::{self, PipelineSnapshot, PipelineStats};
 use crate::worker::{self, Worker};
 
 /// How long teardown lets workers finish queued jobs.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_DRAIN_TIMEOUT: Duration =
+    Duration::from_millis(crate::config::DEFAULT_DRAIN_TIMEOUT_MS);
 
 #[derive(thiserror::Error, Debug)]
 pub enum StartError {
@@ -41,6 +43,22 @@ pub enum StartError {
     Zenoh(String),
     #[error("{0}")]
     Worker(String),
+    #[error(
+        "runtime.mlockall = true: mlockall failed: {0} (needs CAP_IPC_LOCK, e.g. AmbientCapabilities=CAP_IPC_LOCK in the unit, or LimitMEMLOCK=infinity)"
+    )]
+    Mlock(String),
+}
+
+/// One step of start-up, reported before it begins (model loads and
+/// TensorRT engine builds can take minutes; systemd hears about each).
+#[derive(Debug)]
+pub struct StartStep<'a> {
+    /// 1-based index of this session load.
+    pub index: usize,
+    /// Session loads in all (one per pipeline per worker serving it).
+    pub total: usize,
+    pub pipeline: &'a str,
+    pub worker: usize,
 }
 
 /// State every stage reads; built once, immutable afterwards except counters.
@@ -59,6 +77,8 @@ pub struct Shared {
     /// prediction's `recv_order`/`run_order` show exactly which jobs started
     /// between its arrival and its run.
     pub order: AtomicU64,
+    /// Per-worker "model run started at" stamps, read by the watchdog.
+    pub progress: Progress,
 }
 
 /// Builds the zenoh configuration; scouting off unless asked for.
@@ -156,7 +176,37 @@ pub struct Daemon {
 impl Daemon {
     /// Starts every stage; returns once the daemon is serving.
     pub async fn start(config: Config) -> Result<Daemon, StartError> {
+        Daemon::start_observed(config, &|_| {}).await
+    }
+
+    /// Like [`Daemon::start`], calling `observe` before each session load
+    /// (the systemd notifier turns these into STATUS/EXTEND_TIMEOUT_USEC).
+    pub async fn start_observed(
+        config: Config,
+        observe: &(dyn Fn(StartStep<'_>) + Send + Sync),
+    ) -> Result<Daemon, StartError> {
         let (env, _) = ortlib::environment(config.runtime.onnxruntime.as_deref())?;
+        let serving = |level: usize| -> Vec<usize> {
+            (0..config.workers.len())
+                .filter(|&w| config.workers[w].levels.contains(&level))
+                .collect()
+        };
+        let total: usize = config
+            .pipelines
+            .iter()
+            .map(|p| serving(p.level).len())
+            .chain(config.generators.iter().map(|g| serving(g.level).len()))
+            .sum();
+        let mut index = 0;
+        let mut step = |pipeline: &str, worker: usize| {
+            index += 1;
+            observe(StartStep {
+                index,
+                total,
+                pipeline,
+                worker,
+            });
+        };
         let (scheduler, parkers) = Scheduler::new(&config);
         let mut workers: Vec<Worker> = parkers
             .into_iter()
@@ -167,6 +217,7 @@ impl Daemon {
                 gen_models: Vec::new(),
                 parker,
                 policy: config.workers[id].policy,
+                cpus: config.workers[id].cpus.clone(),
             })
             .collect();
         let mut specs = Vec::new();
@@ -174,6 +225,7 @@ impl Daemon {
             let mut spec = None;
             for (wi, w) in workers.iter_mut().enumerate() {
                 if config.workers[wi].levels.contains(&p.level) {
+                    step(&p.name, wi);
                     let loaded = load_and_warm(&env, &config, p)?;
                     spec.get_or_insert(loaded.spec);
                     w.models.push(Some(loaded.model));
@@ -205,6 +257,7 @@ impl Daemon {
             let mut provider = "";
             for (wi, w) in workers.iter_mut().enumerate() {
                 if config.workers[wi].levels.contains(&g.level) {
+                    step(&g.name, wi);
                     let (m, p) = llm::load(&env, g, &config.runtime, &shared, &files.onnx)?;
                     provider = p;
                     w.gen_models.push(Some(m));
@@ -215,6 +268,9 @@ impl Daemon {
             tracing::info!(pipeline = %g.name, provider, model = %shared.generation.model_name, "generation pipeline ready");
             gen_providers.push(provider);
             gens.push(GenPipeline::new(g, shared));
+        }
+        if config.runtime.mlockall {
+            lock_memory()?;
         }
         let zc = zenoh_config(&config.zenoh)
             .and_then(|zc| bound_rx(zc, &config.limits))
@@ -249,6 +305,7 @@ impl Daemon {
             session,
             scheduler,
             order: AtomicU64::new(0),
+            progress: Progress::new(config.workers.len()),
             config,
         });
         let (tx, rx) = std::sync::mpsc::channel();
@@ -259,7 +316,8 @@ impl Daemon {
             let t = std::thread::Builder::new()
                 .name(format!("reflexd-w{}", w.id))
                 .spawn(move || {
-                    let setup = worker::apply_policy(w.policy);
+                    let setup = worker::apply_policy(w.policy)
+                        .and_then(|()| worker::apply_affinity(&w.cpus));
                     let ok = setup.is_ok();
                     let _ = tx.send((w.id, setup));
                     if ok {
@@ -340,6 +398,17 @@ impl Daemon {
         &self.shared.session
     }
 
+    /// The validated config the daemon runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The worker stuck longest inside one model run, if longer than
+    /// `max_run` (the watchdog's health check).
+    pub fn stuck_worker(&self, max_run: Duration) -> Option<crate::health::Stuck> {
+        self.shared.progress.stuck(max_run)
+    }
+
     /// Graceful teardown in the documented order.
     pub async fn shutdown(mut self, drain_timeout: Duration) {
         self.gen_entities.clear();
@@ -390,10 +459,36 @@ impl Drop for Daemon {
     }
 }
 
-/// Runs the daemon until `shutdown` completes, then tears down.
+/// Locks the process's memory (models are loaded by now; MCL_FUTURE covers
+/// later allocations such as thread stacks and output tensors).
+fn lock_memory() -> Result<(), StartError> {
+    // SAFETY: plain syscall without pointers.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } == 0 {
+        tracing::info!("memory locked (mlockall)");
+        Ok(())
+    } else {
+        Err(StartError::Mlock(
+            std::io::Error::last_os_error().to_string(),
+        ))
+    }
+}
+
+/// Runs the daemon until `shutdown` completes, then tears down within the
+/// configured drain timeout. Under systemd (`NOTIFY_SOCKET` set) it reports
+/// start-up progress, READY=1 once every session is warm, live status and
+/// watchdog pings, and STOPPING=1 (see [`crate::systemd`]).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-    let daemon = Daemon::start(config).await?;
-    shutdown.await;
-    daemon.shutdown(DEFAULT_DRAIN_TIMEOUT).await;
+    let notifier = crate::systemd::Notifier::from_env(&config.service);
+    let daemon = match Daemon::start_observed(config, &|s| notifier.loading(&s)).await {
+        Ok(d) => d,
+        Err(e) => {
+            notifier.start_failed(&e);
+            return Err(e);
+        }
+    };
+    notifier.supervise(&daemon, shutdown).await;
+    let drain = daemon.config().service.drain_timeout;
+    notifier.stopping(drain);
+    daemon.shutdown(drain).await;
     Ok(())
 }

@@ -12,8 +12,10 @@ use crate::error::ErrorCode;
 pub struct PipelineStats {
     /// Messages that reached the subscriber callback.
     pub received: AtomicU64,
-    /// Predictions published.
+    /// Predictions published (generation pipelines: answers finished).
     pub ok: AtomicU64,
+    /// Generation pipelines: tokens streamed.
+    pub tokens: AtomicU64,
     /// Final error outcomes, indexed by [`ErrorCode::index`].
     pub errors: [AtomicU64; ErrorCode::ALL.len()],
 }
@@ -30,6 +32,7 @@ pub struct PipelineSnapshot {
     pub provider: String,
     pub received: u64,
     pub ok: u64,
+    pub tokens: u64,
     /// Non-zero error counts by code.
     pub errors: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -51,6 +54,7 @@ pub fn snapshot(name: &str, provider: &str, s: &PipelineStats) -> PipelineSnapsh
         provider: provider.to_string(),
         received: s.received.load(Relaxed),
         ok: s.ok.load(Relaxed),
+        tokens: s.tokens.load(Relaxed),
         errors: ErrorCode::ALL
             .iter()
             .map(|c| (c.code(), s.errors[c.index()].load(Relaxed)))

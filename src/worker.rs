@@ -31,6 +31,8 @@ pub struct Worker {
     pub gen_models: Vec<Option<LlmModel>>,
     pub parker: Parker,
     pub policy: ThreadPolicy,
+    /// CPU affinity (empty: inherited).
+    pub cpus: Vec<usize>,
 }
 
 /// Applies the OS scheduling policy to the calling thread (Linux: per
@@ -61,6 +63,31 @@ pub fn apply_policy(policy: ThreadPolicy) -> Result<(), String> {
         let e = std::io::Error::last_os_error();
         Err(format!(
             "cannot set {what}: {e} (needs CAP_SYS_NICE, e.g. AmbientCapabilities=CAP_SYS_NICE in the unit, or an RLIMIT_RTPRIO)"
+        ))
+    }
+}
+
+/// Pins the calling thread to `cpus` (no-op when empty).
+pub fn apply_affinity(cpus: &[usize]) -> Result<(), String> {
+    if cpus.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: cpu_set_t is plain data; CPU_SET is bounds-checked by config
+    // validation (every CPU < CPU_SETSIZE); pid 0 is the calling thread.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        let e = std::io::Error::last_os_error();
+        let online = std::thread::available_parallelism().map_or(0, |n| n.get());
+        Err(format!(
+            "cannot pin to CPUs {cpus:?}: {e} (this machine has {online} CPU(s) available to the daemon; a systemd CPUAffinity= or cgroup cpuset may restrict them further)"
         ))
     }
 }
@@ -122,7 +149,9 @@ pub fn run(mut w: Worker, shared: Arc<Shared>) {
 /// Advances a generation by one model run and puts it back in its queue,
 /// or ends it (cancelled, deadline, stop, length, error).
 fn step_generation(w: &mut Worker, shared: &Shared, mut g: Box<Generation>) {
-    if g.is_cancelled() {
+    // A stopping daemon (SIGTERM) ends generations at the next step
+    // boundary instead of decoding up to max_tokens inside the drain window.
+    if g.is_cancelled() || shared.scheduler.is_stopping() {
         return llm_serve::finish(shared, g, Finish::Cancelled);
     }
     if Instant::now() > g.deadline {
@@ -136,7 +165,10 @@ fn step_generation(w: &mut Worker, shared: &Shared, mut g: Box<Generation>) {
         return llm_serve::finish(shared, g, Finish::Error);
     };
     g.run_order = shared.order.fetch_add(1, Relaxed);
-    match model.step(&mut g) {
+    let running = shared.progress.running(w.id);
+    let stepped = model.step(&mut g);
+    drop(running);
+    match stepped {
         Ok(out) => {
             if let Some((token_id, text)) = out.token {
                 llm_serve::publish_token(shared, &g, token_id, &text);
@@ -187,6 +219,7 @@ fn serve(
         return;
     };
     let run_order = shared.order.fetch_add(1, Relaxed);
+    let running = shared.progress.running(w.id);
     let result = match slot {
         Some(slot) => {
             let mut guard = slot.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -200,6 +233,7 @@ fn serve(
         }
         None => pipeline::run(model, p, spec, &job.tensors, None),
     };
+    drop(running);
     let done = Instant::now();
     match result {
         Ok(outputs) => {

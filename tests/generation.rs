@@ -83,6 +83,35 @@ async fn ready(c: &zenoh::Session) {
             .await
             .is_ok()
         {
+            // On a loaded machine a probe takes seconds, so several may still
+            // hold generation slots (max_generations) and the test's own
+            // command could meet `too_many_generations`. Send one more probe
+            // until it is admitted and answered: then a slot is free.
+            for k in 0..600 {
+                let id = format!("sync{k}");
+                let cmd = json!({"id": id, "prompt": "Hi", "max_tokens": 1});
+                put(c, "t/llm/cmd", cmd.to_string().into_bytes()).await;
+                let admitted = loop {
+                    let s = tokio::time::timeout(Duration::from_secs(120), sub.recv_async())
+                        .await
+                        .expect("the sync probe is answered")
+                        .unwrap();
+                    let v: Value = serde_json::from_slice(&s.payload().to_bytes()).unwrap();
+                    if v["id"] != id.as_str() {
+                        continue;
+                    }
+                    if s.key_expr().as_str().ends_with("/error") {
+                        break false;
+                    }
+                    if v["done"] == true {
+                        break true;
+                    }
+                };
+                if admitted {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             tokio::time::sleep(Duration::from_millis(300)).await;
             return;
         }

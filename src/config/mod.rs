@@ -41,11 +41,14 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
 
 mod pipeline;
 mod raw;
+mod service;
 #[cfg(test)]
 mod tests;
 
 use pipeline::{generator_config, pipeline_config};
 pub use raw::*;
+pub use service::*;
+use service::{cpu_list, service_config};
 
 // ---------------------------------------------------------------- stage two
 
@@ -61,6 +64,8 @@ pub struct Config {
     pub pipelines: Vec<PipelineConfig>,
     /// Generation pipelines (`kind = "generate"`).
     pub generators: Vec<GeneratorConfig>,
+    /// Supervision: watchdog, status reports, drain (see [`crate::systemd`]).
+    pub service: ServiceConfig,
 }
 
 /// A generation pipeline: an LLM answering commands with streamed tokens.
@@ -98,6 +103,9 @@ pub struct WorkerConfig {
     pub levels: Vec<usize>,
     /// OS scheduling of the worker's thread.
     pub policy: ThreadPolicy,
+    /// CPUs the worker thread may run on (`sched_setaffinity`); empty:
+    /// inherited from the process.
+    pub cpus: Vec<usize>,
 }
 
 /// How the OS schedules a worker thread.
@@ -138,6 +146,9 @@ pub struct RuntimeConfig {
     pub intra_op_spinning: bool,
     /// How long an idle worker polls its queues before parking.
     pub idle_spin: Duration,
+    /// Lock all current and future memory (`mlockall`) once models are
+    /// loaded, so a page fault never stalls a real-time worker.
+    pub mlockall: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -315,6 +326,7 @@ impl Config {
                 WorkerConfig {
                     levels: (0..levels.len()).collect(),
                     policy: ThreadPolicy::Default,
+                    cpus: Vec::new(),
                 };
                 n
             ]
@@ -361,6 +373,7 @@ impl Config {
                 workers.push(WorkerConfig {
                     levels: idx,
                     policy,
+                    cpus: cpu_list(i, w.cpus.as_deref())?,
                 });
             }
             workers
@@ -426,6 +439,7 @@ impl Config {
             pipelines.push(pc);
         }
 
+        let service = service_config(&raw.service)?;
         Ok(Config {
             zenoh,
             runtime,
@@ -434,6 +448,7 @@ impl Config {
             workers,
             pipelines,
             generators,
+            service,
         })
     }
 }
@@ -515,6 +530,7 @@ fn runtime_config(r: &RawRuntime, base: &Path) -> Result<RuntimeConfig, ConfigEr
             }
             us => Duration::from_micros(us.unwrap_or(0)),
         },
+        mlockall: r.mlockall.unwrap_or(false),
     })
 }
 

@@ -22,6 +22,17 @@ pub struct RawConfig {
     pub worker: Vec<RawWorker>,
     #[serde(default)]
     pub pipeline: Vec<RawPipeline>,
+    #[serde(default)]
+    pub service: RawService,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub drain_timeout_ms: Option<u64>,
+    pub max_run_ms: Option<u64>,
+    pub status_interval_ms: Option<u64>,
+    pub model_load_timeout_s: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -42,6 +53,7 @@ pub struct RawRuntime {
     pub intra_op_threads: Option<usize>,
     pub intra_op_spinning: Option<bool>,
     pub idle_spin_us: Option<u64>,
+    pub mlockall: Option<bool>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -63,6 +75,7 @@ pub struct RawWorker {
     pub levels: Vec<String>,
     pub nice: Option<i32>,
     pub sched_fifo: Option<i32>,
+    pub cpus: Option<Vec<usize>>,
 }
 
 #[derive(Deserialize, Debug)]

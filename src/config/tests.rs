@@ -132,3 +132,48 @@ fn workers_reserve_levels() {
     assert_eq!(levels, vec![vec![0], vec![0, 1]]);
     assert_eq!(c.pipelines[0].level, 1, "default level is the lowest");
 }
+
+#[test]
+fn service_section_defaults_values_and_errors() {
+    let c = Config::from_toml(MINIMAL, Path::new("/")).unwrap();
+    assert_eq!(c.service, ServiceConfig::default());
+    assert!(!c.runtime.mlockall);
+    assert!(c.workers[0].cpus.is_empty());
+    let c = Config::from_toml(
+        &format!(
+            "[service]\ndrain_timeout_ms = 250\nmax_run_ms = 40\nstatus_interval_ms = 1000\nmodel_load_timeout_s = 60\n[runtime]\nmlockall = true\n{MINIMAL}"
+        ),
+        Path::new("/"),
+    )
+    .unwrap();
+    assert_eq!(c.service.drain_timeout, Duration::from_millis(250));
+    assert_eq!(c.service.max_run, Duration::from_millis(40));
+    assert_eq!(c.service.status_interval, Duration::from_secs(1));
+    assert_eq!(c.service.model_load_timeout, Duration::from_secs(60));
+    assert!(c.runtime.mlockall);
+    let e = err(&format!("[service]\nmax_run_ms = 0\n{MINIMAL}"));
+    assert!(e.contains("service.max_run_ms = 0"), "{e}");
+    let e = err(&format!(
+        "[service]\nmodel_load_timeout_s = 5000\n{MINIMAL}"
+    ));
+    assert!(
+        e.contains("service.model_load_timeout_s = 5000") && e.contains("EXTEND_TIMEOUT_USEC"),
+        "{e}"
+    );
+    let e = err(&format!("[service]\nwatchdog_sec = 3\n{MINIMAL}"));
+    assert!(e.contains("watchdog_sec"), "unknown keys are named: {e}");
+}
+
+#[test]
+fn worker_cpus_are_validated_and_sorted() {
+    let w = |cpus: &str| format!("[[worker]]\nlevels = [\"default\"]\ncpus = {cpus}\n{MINIMAL}");
+    let c = Config::from_toml(&w("[3, 1, 3]"), Path::new("/")).unwrap();
+    assert_eq!(c.workers[0].cpus, vec![1, 3]);
+    let e = err(&w("[]"));
+    assert!(e.contains("worker[0].cpus = []"), "{e}");
+    let e = err(&w("[4096]"));
+    assert!(
+        e.contains("worker[0].cpus") && e.contains("4096") && e.contains("0 to 1023"),
+        "{e}"
+    );
+}

@@ -148,6 +148,7 @@ fn send(shared: &Shared, g: &Generation, body: Vec<u8>) {
 
 /// Publishes the text released by the latest token.
 pub fn publish_token(shared: &Shared, g: &Generation, token_id: u32, text: &str) {
+    shared.gen_stats[g.pipeline].tokens.fetch_add(1, Relaxed);
     send_piece(shared, g, g.tokens.len() - 1, Some(token_id), text);
 }
 
