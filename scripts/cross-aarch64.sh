@@ -143,6 +143,7 @@ name = "acc"
 model = "$REPO/models/test/acc.onnx"
 input = "smoke/acc/*"
 output = "smoke/out/acc"
+overflow = "latest"
 state = [{ input = "state", output = "state_out" }]
 EOF
 # Four Cortex-A78AE cores, as /proc/cpuinfo shows them on an Orin.
