@@ -12,16 +12,26 @@
 //! most one ticket in a level queue and runs on one worker at a time, so its
 //! frames stay in order and its carried state needs no lock contention. Level
 //! queues are sized so tickets always fit.
+//!
+//! Dynamic batching (`max_batch > 1`): a batched pipeline's jobs (or stream
+//! tickets) wait in the pipeline's own bounded ready queue, and the level
+//! queue holds at most one batch ticket for the pipeline. The worker that
+//! pops that ticket takes up to `max_batch` ready jobs, and if that is fewer
+//! it waits for more — at most `max_queue_delay` after the oldest arrived,
+//! never so long that a collected job's deadline would pass (minus the
+//! pipeline's last measured run time), and not at all while a higher level
+//! it serves has work. Then it hands the ticket back, so another worker can
+//! collect the next batch while this one runs.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crossbeam::queue::ArrayQueue;
 use crossbeam::sync::{Parker, Unparker};
 
-use crate::config::{Config, Overflow};
+use crate::config::{BatchConfig, Config, Overflow};
 use crate::error::{ErrorCode, Rejection};
 use crate::llm::Generation;
 use crate::pipeline::StreamState;
@@ -29,6 +39,9 @@ use crate::wire::{RequestMeta, Tensor};
 
 /// How long an idle worker sleeps before re-checking the shutdown flag.
 const PARK_TIMEOUT: Duration = Duration::from_millis(100);
+/// Kept between the end of a batch wait and a collected job's deadline, on
+/// top of the pipeline's last run time, for the wake-up and the hand-off.
+const DEADLINE_SLACK: Duration = Duration::from_micros(500);
 
 /// One request on its way to a worker.
 #[derive(Debug)]
@@ -63,6 +76,19 @@ enum Ticket {
     Job(Box<Job>),
     Stream(Arc<StreamSlot>),
     Gen(Box<Generation>),
+    /// The right to collect a batch from pipeline `.0`'s ready queue.
+    Batch(usize),
+}
+
+/// Jobs of one batched pipeline collected for one session call, each with
+/// its stream slot for `latest` pipelines (release every slot when done).
+pub struct Batch {
+    pub pipeline: usize,
+    pub items: Vec<(Option<Arc<StreamSlot>>, Box<Job>)>,
+    /// How long the worker waited for the batch to fill.
+    pub fill_wait: Duration,
+    /// The wait ended early to keep a collected job's deadline.
+    pub cut_by_deadline: bool,
 }
 
 /// What a worker gets to run.
@@ -72,6 +98,8 @@ pub enum Work {
     Stream(Arc<StreamSlot>, Box<Job>),
     /// One step of a generation; [`Scheduler::requeue_gen`] it unless done.
     Gen(Box<Generation>),
+    /// Jobs of a batched pipeline for one session call.
+    Batch(Batch),
 }
 
 /// Everything still queued when the scheduler is drained.
@@ -92,7 +120,22 @@ pub enum Submitted {
 struct WorkerSlot {
     levels: Vec<usize>,
     idle: AtomicBool,
+    /// Parked while waiting for a batch to fill: woken by new jobs of that
+    /// pipeline and by work on a level it serves.
+    filling: AtomicBool,
     unparker: Unparker,
+}
+
+/// The ready queue of a batched pipeline.
+struct BatchQueue {
+    cfg: BatchConfig,
+    ready: ArrayQueue<Ticket>,
+    /// True while a batch ticket is queued or a worker is collecting.
+    scheduled: AtomicBool,
+    /// Worker id + 1 of the worker waiting for this batch to fill, or 0.
+    filler: AtomicUsize,
+    /// Last batched run time (µs), the margin kept before a deadline.
+    run_estimate_us: AtomicU64,
 }
 
 struct PipelineQueue {
@@ -103,6 +146,7 @@ struct PipelineQueue {
     idle_reset: Duration,
     queued: AtomicUsize,
     streams: RwLock<HashMap<Arc<str>, Arc<StreamSlot>>>,
+    batch: Option<BatchQueue>,
 }
 
 pub struct Scheduler {
@@ -122,11 +166,21 @@ impl Scheduler {
             .pipelines
             .iter()
             .map(|p| {
-                level_cap[p.level] += match p.overflow {
+                let cap = match p.overflow {
                     Overflow::Reject => p.queue_capacity,
                     Overflow::Latest => p.max_streams,
                 };
+                // A batched pipeline keeps its tickets in its own ready
+                // queue and holds at most one batch ticket in the level.
+                level_cap[p.level] += if p.batch.is_some() { 1 } else { cap };
                 PipelineQueue {
+                    batch: p.batch.clone().map(|cfg| BatchQueue {
+                        cfg,
+                        ready: ArrayQueue::new(cap),
+                        scheduled: AtomicBool::new(false),
+                        filler: AtomicUsize::new(0),
+                        run_estimate_us: AtomicU64::new(0),
+                    }),
                     overflow: p.overflow,
                     level: p.level,
                     capacity: p.queue_capacity,
@@ -154,6 +208,7 @@ impl Scheduler {
                 WorkerSlot {
                     levels: levels.levels.clone(),
                     idle: AtomicBool::new(false),
+                    filling: AtomicBool::new(false),
                     unparker,
                 }
             })
@@ -189,6 +244,19 @@ impl Scheduler {
                     return Submitted::Rejected(Rejection::new(ErrorCode::Busy, msg), job);
                 }
                 let level = pq.level;
+                if let Some(bq) = &pq.batch {
+                    let pipeline = job.pipeline;
+                    if let Err(Ticket::Job(job)) = bq.ready.push(Ticket::Job(job)) {
+                        // Unreachable: the ready queue holds queue_capacity.
+                        pq.queued.fetch_sub(1, SeqCst);
+                        return Submitted::Rejected(
+                            Rejection::new(ErrorCode::Busy, "batch queue full"),
+                            job,
+                        );
+                    }
+                    self.schedule_batch(pipeline);
+                    return Submitted::Queued;
+                }
                 if let Err(Ticket::Job(job)) = self.levels[level].push(Ticket::Job(job)) {
                     // Level queues are sized to the sum of their pipelines'
                     // capacities, so this is unreachable; answer busy anyway.
@@ -281,18 +349,140 @@ impl Scheduler {
         if slot.pending.is_empty() || slot.scheduled.swap(true, SeqCst) {
             return;
         }
-        let level = self.pipelines[slot.pipeline].level;
-        if self.levels[level]
-            .push(Ticket::Stream(slot.clone()))
-            .is_err()
-        {
+        let pq = &self.pipelines[slot.pipeline];
+        let level = pq.level;
+        let queue = match &pq.batch {
+            Some(bq) => &bq.ready,
+            None => &self.levels[level],
+        };
+        if queue.push(Ticket::Stream(slot.clone())).is_err() {
             // Unreachable by sizing (one ticket per stream, streams bounded);
             // the frame stays pending and is picked up by the next submit.
             slot.scheduled.store(false, SeqCst);
             tracing::error!(stream = %slot.stream, "level queue full; stream ticket not queued");
             return;
         }
-        self.wake(level);
+        if pq.batch.is_some() {
+            self.schedule_batch(slot.pipeline);
+        } else {
+            self.wake(level);
+        }
+    }
+
+    /// Queues the pipeline's batch ticket unless one is queued or being
+    /// collected; in that case wakes the worker waiting for the batch.
+    fn schedule_batch(&self, pipeline: usize) {
+        let pq = &self.pipelines[pipeline];
+        let Some(bq) = &pq.batch else { return };
+        if bq.ready.is_empty() {
+            return;
+        }
+        if bq.scheduled.swap(true, SeqCst) {
+            let f = bq.filler.load(SeqCst);
+            if f > 0 {
+                self.workers[f - 1].unparker.unpark();
+            }
+            return;
+        }
+        if self.levels[pq.level].push(Ticket::Batch(pipeline)).is_err() {
+            // Unreachable by sizing (one batch ticket per pipeline).
+            bq.scheduled.store(false, SeqCst);
+            tracing::error!(pipeline, "level queue full; batch ticket not queued");
+            return;
+        }
+        self.wake(pq.level);
+    }
+
+    /// Takes one ready job of a batched pipeline (skipping stale stream
+    /// tickets).
+    fn take_ready(&self, bq: &BatchQueue) -> Option<(Option<Arc<StreamSlot>>, Box<Job>)> {
+        while let Some(t) = bq.ready.pop() {
+            match t {
+                Ticket::Job(job) => {
+                    self.pipelines[job.pipeline].queued.fetch_sub(1, SeqCst);
+                    return Some((None, job));
+                }
+                Ticket::Stream(slot) => match slot.pending.pop() {
+                    Some(job) => return Some((Some(slot), job)),
+                    None => slot.scheduled.store(false, SeqCst),
+                },
+                Ticket::Gen(_) | Ticket::Batch(_) => {
+                    unreachable!("ready queues hold only jobs and stream tickets")
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether a level above `level` that `worker` serves has work.
+    fn higher_pending(&self, worker: usize, level: usize) -> bool {
+        self.workers[worker]
+            .levels
+            .iter()
+            .any(|&l| l < level && !self.levels[l].is_empty())
+    }
+
+    /// Waits for more jobs to join `b` (see the module doc for the bounds).
+    fn fill(&self, worker: usize, parker: &Parker, b: &mut Batch) {
+        let pq = &self.pipelines[b.pipeline];
+        let Some(bq) = &pq.batch else { return };
+        let cfg = &bq.cfg;
+        let t0 = Instant::now();
+        let Some(oldest) = b.items.iter().map(|(_, j)| j.received).min() else {
+            return;
+        };
+        let until = oldest + cfg.max_queue_delay;
+        let margin = Duration::from_micros(bq.run_estimate_us.load(SeqCst)) + DEADLINE_SLACK;
+        let w = &self.workers[worker];
+        loop {
+            if b.items.len() >= cfg.max_batch {
+                break;
+            }
+            if let Some(item) = self.take_ready(bq) {
+                b.items.push(item);
+                continue;
+            }
+            if cfg.preferred.contains(&b.items.len())
+                || self.higher_pending(worker, pq.level)
+                || self.stopping.load(SeqCst)
+            {
+                break;
+            }
+            let earliest = b.items.iter().map(|(_, j)| j.deadline).min();
+            let keep = earliest.and_then(|d| d.checked_sub(margin)).unwrap_or(t0);
+            let limit = until.min(keep);
+            let now = Instant::now();
+            if now >= limit {
+                b.cut_by_deadline = keep < until;
+                break;
+            }
+            w.filling.store(true, SeqCst);
+            bq.filler.store(worker + 1, SeqCst);
+            // Re-check after announcing: a submit that missed the flag has
+            // already pushed its job.
+            if bq.ready.is_empty() && !self.higher_pending(worker, pq.level) {
+                parker.park_timeout(limit - now);
+            }
+            bq.filler.store(0, SeqCst);
+            w.filling.store(false, SeqCst);
+        }
+        b.fill_wait = t0.elapsed();
+    }
+
+    /// Hands a batched pipeline's ticket back after collecting.
+    fn release_batch(&self, pipeline: usize) {
+        if let Some(bq) = &self.pipelines[pipeline].batch {
+            bq.scheduled.store(false, SeqCst);
+            self.schedule_batch(pipeline);
+        }
+    }
+
+    /// Records how long a batched run took; collecting workers keep that
+    /// much time before the earliest deadline of a batch.
+    pub fn note_batch_run(&self, pipeline: usize, took: Duration) {
+        if let Some(bq) = &self.pipelines[pipeline].batch {
+            bq.run_estimate_us.store(took.as_micros() as u64, SeqCst);
+        }
     }
 
     /// Queues a new generation (its first step is the prefill).
@@ -334,6 +524,13 @@ impl Scheduler {
                 return;
             }
         }
+        // No idle worker: one waiting for a batch to fill runs its batch
+        // now instead of holding this level's work back.
+        for w in &self.workers {
+            if w.levels.contains(&level) && w.filling.load(SeqCst) {
+                w.unparker.unpark();
+            }
+        }
     }
 
     fn pop(&self, worker: usize) -> Option<Work> {
@@ -349,10 +546,40 @@ impl Scheduler {
                         None => slot.scheduled.store(false, SeqCst),
                     },
                     Ticket::Gen(g) => return Some(Work::Gen(g)),
+                    Ticket::Batch(pipeline) => {
+                        let bq = self.pipelines[pipeline].batch.as_ref()?;
+                        let mut items = Vec::with_capacity(bq.cfg.max_batch);
+                        while items.len() < bq.cfg.max_batch {
+                            match self.take_ready(bq) {
+                                Some(item) => items.push(item),
+                                None => break,
+                            }
+                        }
+                        if items.is_empty() {
+                            self.release_batch(pipeline);
+                            continue;
+                        }
+                        return Some(Work::Batch(Batch {
+                            pipeline,
+                            items,
+                            fill_wait: Duration::ZERO,
+                            cut_by_deadline: false,
+                        }));
+                    }
                 }
             }
         }
         None
+    }
+
+    /// [`Self::pop`], then lets a batch fill and hands its ticket back.
+    fn pop_filled(&self, worker: usize, parker: &Parker) -> Option<Work> {
+        let mut work = self.pop(worker)?;
+        if let Work::Batch(b) = &mut work {
+            self.fill(worker, parker, b);
+            self.release_batch(b.pipeline);
+        }
+        Some(work)
     }
 
     /// Blocks the worker until there is work, or returns `None` once the
@@ -363,7 +590,7 @@ impl Scheduler {
             if self.aborting.load(SeqCst) {
                 return None;
             }
-            if let Some(work) = self.pop(worker) {
+            if let Some(work) = self.pop_filled(worker, parker) {
                 return Some(work);
             }
             if self.stopping.load(SeqCst) {
@@ -375,14 +602,14 @@ impl Scheduler {
             if !self.idle_spin.is_zero() {
                 let until = Instant::now() + self.idle_spin;
                 while Instant::now() < until {
-                    if let Some(work) = self.pop(worker) {
+                    if let Some(work) = self.pop_filled(worker, parker) {
                         return Some(work);
                     }
                     std::hint::spin_loop();
                 }
             }
             w.idle.store(true, SeqCst);
-            if let Some(work) = self.pop(worker) {
+            if let Some(work) = self.pop_filled(worker, parker) {
                 w.idle.store(false, SeqCst);
                 return Some(work);
             }
@@ -414,10 +641,16 @@ impl Scheduler {
                     Ticket::Job(j) => out.jobs.push(j),
                     Ticket::Stream(s) => out.jobs.extend(s.pending.pop()),
                     Ticket::Gen(g) => out.gens.push(g),
+                    Ticket::Batch(_) => {}
                 }
             }
         }
         for pq in &self.pipelines {
+            if let Some(bq) = &pq.batch {
+                while let Some((_, job)) = self.take_ready(bq) {
+                    out.jobs.push(job);
+                }
+            }
             let streams = pq.streams.read().unwrap_or_else(|e| e.into_inner());
             for s in streams.values() {
                 out.jobs.extend(s.pending.pop());
@@ -481,7 +714,7 @@ mod tests {
     fn seq(w: &Work) -> (usize, u64) {
         let j = match w {
             Work::Job(j) | Work::Stream(_, j) => j,
-            Work::Gen(_) => panic!("no generations in these tests"),
+            Work::Gen(_) | Work::Batch(_) => panic!("no generations or batches here"),
         };
         (j.pipeline, j.meta.seq.unwrap())
     }
@@ -544,6 +777,29 @@ mod tests {
         assert!(s.next(0, &parkers[0]).is_some());
         assert!(s.next(0, &parkers[0]).is_none());
         assert!(matches!(s.submit(job(1, "", 2)), Submitted::Rejected(..)));
+    }
+
+    #[test]
+    fn batched_pipeline_hands_out_up_to_max_batch_in_order() {
+        let (s, parkers) = Scheduler::new(&cfg("max_batch = 4"));
+        for i in 0..3 {
+            assert!(matches!(s.submit(job(1, "", i)), Submitted::Queued));
+        }
+        match s.submit(job(1, "", 3)) {
+            Submitted::Rejected(r, _) => assert_eq!(r.code, ErrorCode::Busy),
+            _ => panic!("queue_capacity still bounds a batched pipeline"),
+        }
+        let take = |s: &Scheduler| -> Vec<u64> {
+            match s.next(0, &parkers[0]) {
+                Some(Work::Batch(b)) => b.items.iter().map(|(_, j)| j.meta.seq.unwrap()).collect(),
+                _ => panic!("expected a batch"),
+            }
+        };
+        assert_eq!(take(&s), vec![0, 1, 2]);
+        // The ticket was handed back: later jobs form the next batch.
+        assert!(matches!(s.submit(job(1, "", 7)), Submitted::Queued));
+        assert_eq!(take(&s), vec![7]);
+        assert!(s.pop(0).is_none());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::sync::atomic::AtomicU64;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::batch::{BatchSnapshot, BatchStats};
 use crate::config::{Config, PipelineConfig, ZenohConfig, ZenohMode};
 use crate::engine::{self, EngineError, Model};
 use crate::error::{ErrorCode, Rejection};
@@ -49,6 +50,8 @@ pub struct Shared {
     pub specs: Vec<Spec>,
     pub model_names: Vec<String>,
     pub stats: Vec<PipelineStats>,
+    /// Batching counters per tensor pipeline (`None` when not batched).
+    pub batch_stats: Vec<Option<BatchStats>>,
     /// Generation pipelines, in `config.generators` order.
     pub gens: Vec<GenPipeline>,
     pub gen_stats: Vec<PipelineStats>,
@@ -113,6 +116,27 @@ pub fn load_and_warm(
             reason,
         }
     })?;
+    if let Some(b) = &p.batch {
+        // A full batch too: proves the batch axes split back correctly
+        // before the daemon reports ready, and pre-sizes ORT's buffers.
+        let inputs = spec.warmup_inputs(p);
+        let mut states: Vec<Option<StreamState>> = (0..b.max_batch)
+            .map(|_| p.is_stateful().then(|| StreamState::new(&spec)))
+            .collect();
+        let mut items: Vec<pipeline::BatchItem> = states
+            .iter_mut()
+            .map(|st| pipeline::BatchItem {
+                tensors: &inputs,
+                state: st.as_mut(),
+            })
+            .collect();
+        pipeline::run_batch(&mut model, p, &spec, &mut items).map_err(|reason| {
+            StartError::Warmup {
+                pipeline: p.name.clone(),
+                reason: format!("batched warm-up (max_batch = {}): {reason}", b.max_batch),
+            }
+        })?;
+    }
     Ok(Loaded { model, spec })
 }
 
@@ -207,6 +231,11 @@ impl Daemon {
                 .iter()
                 .map(|_| PipelineStats::default())
                 .collect(),
+            batch_stats: config
+                .pipelines
+                .iter()
+                .map(|p| p.batch.as_ref().map(|b| BatchStats::new(b.max_batch)))
+                .collect(),
             gen_stats: config
                 .generators
                 .iter()
@@ -286,6 +315,18 @@ impl Daemon {
                     &self.shared.stats[i],
                 )
             })
+            .collect()
+    }
+
+    /// Batching counters of every batched tensor pipeline (batch-size
+    /// histogram, time spent waiting for batches to fill), config order.
+    pub fn batch_stats(&self) -> Vec<BatchSnapshot> {
+        let sh = &self.shared;
+        sh.config
+            .pipelines
+            .iter()
+            .zip(&sh.batch_stats)
+            .filter_map(|(p, s)| s.as_ref().map(|s| s.snapshot(&p.name)))
             .collect()
     }
 

@@ -132,3 +132,47 @@ fn workers_reserve_levels() {
     assert_eq!(levels, vec![vec![0], vec![0, 1]]);
     assert_eq!(c.pipelines[0].level, 1, "default level is the lowest");
 }
+
+#[test]
+fn batching_keys_are_validated() {
+    let c = Config::from_toml(
+        &format!(
+            "{MINIMAL}\nmax_batch = 8\nmax_queue_delay_us = 2000\npreferred_batch_sizes = [4, 8]\n"
+        ),
+        Path::new("/base"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.pipelines[0].batch,
+        Some(BatchConfig {
+            max_batch: 8,
+            max_queue_delay: Duration::from_millis(2),
+            preferred: vec![4, 8],
+        })
+    );
+    assert!(
+        Config::from_toml(MINIMAL, Path::new("/base"))
+            .unwrap()
+            .pipelines[0]
+            .batch
+            .is_none()
+    );
+    let e = err(&format!("{MINIMAL}\nmax_queue_delay_us = 100\n"));
+    assert!(
+        e.contains("pipeline[0].max_queue_delay_us") && e.contains("max_batch > 1"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}\nmax_batch = 4\npreferred_batch_sizes = [8]\n"
+    ));
+    assert!(
+        e.contains("preferred_batch_sizes = [8]") && e.contains("2..=4"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}\nmax_batch = 4\nmax_queue_delay_us = 5000000\n"
+    ));
+    assert!(e.contains("max_queue_delay_us = 5000000"), "{e}");
+    let e = err(&format!("{MINIMAL}\nmax_batch = 0\n"));
+    assert!(e.contains("max_batch = 0"), "{e}");
+}
