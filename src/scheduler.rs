@@ -34,6 +34,7 @@ use crossbeam::sync::{Parker, Unparker};
 use crate::config::{BatchConfig, Config, Overflow};
 use crate::error::{ErrorCode, Rejection};
 use crate::llm::Generation;
+use crate::llm::batch::DecodeBatch;
 use crate::pipeline::StreamState;
 use crate::wire::{RequestMeta, Tensor};
 
@@ -78,6 +79,8 @@ enum Ticket {
     Gen(Box<Generation>),
     /// The right to collect a batch from pipeline `.0`'s ready queue.
     Batch(usize),
+    /// A decode batch of generations (continuous batching).
+    GenBatch(Box<DecodeBatch>),
 }
 
 /// Jobs of one batched pipeline collected for one session call, each with
@@ -100,6 +103,9 @@ pub enum Work {
     Gen(Box<Generation>),
     /// Jobs of a batched pipeline for one session call.
     Batch(Batch),
+    /// One decode step of every generation in the batch; requeue it with
+    /// [`Scheduler::requeue_gen_batch`] unless it emptied.
+    GenBatch(Box<DecodeBatch>),
 }
 
 /// Everything still queued when the scheduler is drained.
@@ -406,7 +412,7 @@ impl Scheduler {
                     Some(job) => return Some((Some(slot), job)),
                     None => slot.scheduled.store(false, SeqCst),
                 },
-                Ticket::Gen(_) | Ticket::Batch(_) => {
+                Ticket::Gen(_) | Ticket::Batch(_) | Ticket::GenBatch(_) => {
                     unreachable!("ready queues hold only jobs and stream tickets")
                 }
             }
@@ -509,6 +515,20 @@ impl Scheduler {
         }
     }
 
+    /// Puts a decode batch back after a step. It takes the place of its
+    /// members' own tickets, which level capacities already count.
+    pub fn requeue_gen_batch(&self, b: Box<DecodeBatch>) -> Result<(), Box<DecodeBatch>> {
+        let level = b.level;
+        match self.levels[level].push(Ticket::GenBatch(b)) {
+            Ok(()) => {
+                self.wake(level);
+                Ok(())
+            }
+            Err(Ticket::GenBatch(b)) => Err(b),
+            Err(_) => unreachable!("push returns the ticket it was given"),
+        }
+    }
+
     /// A worker finished the stream's frame: reschedule if another arrived.
     pub fn release(&self, slot: &Arc<StreamSlot>) {
         slot.scheduled.store(false, SeqCst);
@@ -546,6 +566,7 @@ impl Scheduler {
                         None => slot.scheduled.store(false, SeqCst),
                     },
                     Ticket::Gen(g) => return Some(Work::Gen(g)),
+                    Ticket::GenBatch(b) => return Some(Work::GenBatch(b)),
                     Ticket::Batch(pipeline) => {
                         let bq = self.pipelines[pipeline].batch.as_ref()?;
                         let mut items = Vec::with_capacity(bq.cfg.max_batch);
@@ -641,6 +662,7 @@ impl Scheduler {
                     Ticket::Job(j) => out.jobs.push(j),
                     Ticket::Stream(s) => out.jobs.extend(s.pending.pop()),
                     Ticket::Gen(g) => out.gens.push(g),
+                    Ticket::GenBatch(b) => out.gens.extend(b.members),
                     Ticket::Batch(_) => {}
                 }
             }
@@ -714,7 +736,9 @@ mod tests {
     fn seq(w: &Work) -> (usize, u64) {
         let j = match w {
             Work::Job(j) | Work::Stream(_, j) => j,
-            Work::Gen(_) | Work::Batch(_) => panic!("no generations or batches here"),
+            Work::Gen(_) | Work::Batch(_) | Work::GenBatch(_) => {
+                panic!("no generations or batches here")
+            }
         };
         (j.pipeline, j.meta.seq.unwrap())
     }

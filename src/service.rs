@@ -341,6 +341,19 @@ impl Daemon {
             .collect()
     }
 
+    /// Decode counters per generation pipeline (continuous batching: the
+    /// decode batch-size histogram and aggregate decode tokens/s), config
+    /// order. Per-stream tokens/s is in each final message's timing.
+    pub fn decode_stats(&self) -> Vec<crate::llm::batch::DecodeSnapshot> {
+        let sh = &self.shared;
+        sh.config
+            .generators
+            .iter()
+            .zip(&sh.gens)
+            .map(|(g, gp)| gp.decode_stats.snapshot(&g.name))
+            .collect()
+    }
+
     /// Generations currently registered per generation pipeline.
     pub fn live_generations(&self) -> Vec<usize> {
         self.shared.gens.iter().map(|g| g.live_count()).collect()
@@ -381,7 +394,8 @@ impl Daemon {
             );
             worker::fail(&self.shared, &job, &rej);
         }
-        for g in drained.gens {
+        let joiners = self.shared.gens.iter().flat_map(|gp| gp.drain_joiners());
+        for g in drained.gens.into_iter().chain(joiners) {
             llm_serve::finish(&self.shared, g, Finish::Cancelled);
         }
         self.gen_entities.clear();

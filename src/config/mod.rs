@@ -90,6 +90,9 @@ pub struct GeneratorConfig {
     pub max_prompt_chars: usize,
     /// Most prompt tokens prefilled per scheduler turn.
     pub prefill_chunk: usize,
+    /// Continuous batching: most generations decoded together in one
+    /// model run per step (1 = each generation steps alone).
+    pub max_batch: usize,
     /// Levels a command may ask for with `priority`: the pipeline's own and
     /// lower ones whose every worker also holds this model's session.
     pub allowed_levels: Vec<usize>,

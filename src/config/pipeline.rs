@@ -366,7 +366,6 @@ pub(super) fn generator_config(
         ("constants", !p.constants.is_empty()),
         ("state", !p.state.is_empty()),
         ("context", !p.context.is_empty()),
-        ("max_batch", p.max_batch.is_some()),
         ("max_queue_delay_us", p.max_queue_delay_us.is_some()),
         ("preferred_batch_sizes", p.preferred_batch_sizes.is_some()),
     ] {
@@ -381,6 +380,7 @@ pub(super) fn generator_config(
     // deadline, providers, fallback) on a copy stripped of generate keys.
     let (cancel, query) = (p.cancel.clone(), p.query.clone());
     let prefill_chunk = p.prefill_chunk;
+    let max_batch = p.max_batch;
     let (max_generations, max_tokens, default_max_tokens, max_prompt_chars) = (
         p.max_generations,
         p.max_tokens,
@@ -398,6 +398,7 @@ pub(super) fn generator_config(
             default_max_tokens: None,
             max_prompt_chars: None,
             prefill_chunk: None,
+            max_batch: None,
             deadline_ms: Some(p.deadline_ms.unwrap_or(60_000.0)),
             ..p
         },
@@ -439,7 +440,16 @@ pub(super) fn generator_config(
             at("default_max_tokens")
         )));
     }
+    let max_generations = positive(&at("max_generations"), max_generations, 4)?;
+    let max_batch = positive(&at("max_batch"), max_batch, 1)?;
+    if max_batch > max_generations {
+        return Err(invalid(format!(
+            "{} = {max_batch}: at most max_generations ({max_generations}); a decode batch holds live generations",
+            at("max_batch")
+        )));
+    }
     Ok(GeneratorConfig {
+        max_batch,
         cancel_key: key("cancel", cancel, format!("{}/cancel", common.input))?,
         query_key: key("query", query, format!("{}/query", common.input))?,
         name: common.name,
@@ -451,7 +461,7 @@ pub(super) fn generator_config(
         deadline: common.deadline,
         providers: common.providers,
         fallback: common.fallback,
-        max_generations: positive(&at("max_generations"), max_generations, 4)?,
+        max_generations,
         max_tokens,
         default_max_tokens,
         max_prompt_chars: positive(&at("max_prompt_chars"), max_prompt_chars, 16_384)?,

@@ -176,3 +176,26 @@ fn batching_keys_are_validated() {
     let e = err(&format!("{MINIMAL}\nmax_batch = 0\n"));
     assert!(e.contains("max_batch = 0"), "{e}");
 }
+
+#[test]
+fn generator_max_batch_is_bounded_by_max_generations() {
+    let gen_cfg = |extra: &str| {
+        format!(
+            "[[pipeline]]\nname = \"g\"\nkind = \"generate\"\nmodel = \"d\"\ninput = \"cmd\"\noutput = \"out\"\n{extra}\n"
+        )
+    };
+    let c = Config::from_toml(&gen_cfg("max_batch = 4"), Path::new("/base")).unwrap();
+    assert_eq!(c.generators[0].max_batch, 4);
+    let c = Config::from_toml(&gen_cfg(""), Path::new("/base")).unwrap();
+    assert_eq!(c.generators[0].max_batch, 1);
+    let e = err(&gen_cfg("max_generations = 2\nmax_batch = 3"));
+    assert!(
+        e.contains("pipeline[0].max_batch = 3") && e.contains("max_generations (2)"),
+        "{e}"
+    );
+    let e = err(&gen_cfg("max_batch = 2\nmax_queue_delay_us = 10"));
+    assert!(
+        e.contains("max_queue_delay_us") && e.contains("tensor pipelines"),
+        "{e}"
+    );
+}
