@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
 
-use crate::engine::Port;
+use crate::config::PipelineConfig;
+use crate::engine::{self, Model, Port};
+use crate::pipeline::{Spec, StreamState, apply_context};
 use crate::wire::Tensor;
 
 /// Where the batch dimension sits in each tensor a batched run touches.
@@ -144,6 +146,150 @@ pub fn split(t: &Tensor, axis: usize, counts: &[usize]) -> Result<Vec<Tensor>, S
         start += c;
     }
     Ok(out)
+}
+
+/// One job of a batch: its message tensors and, for a stateful pipeline,
+/// its stream's carried state.
+pub struct BatchItem<'a> {
+    pub tensors: &'a [Tensor],
+    pub state: Option<&'a mut StreamState>,
+}
+
+/// Rows a job contributes: the leading dimension of its client inputs,
+/// which must agree.
+pub fn rows(spec: &Spec, tensors: &[Tensor]) -> Result<usize, String> {
+    let mut n = None;
+    for want in &spec.client_inputs {
+        let t = tensors
+            .iter()
+            .find(|t| t.name == want.name)
+            .ok_or_else(|| format!("missing tensor `{}`", want.name))?;
+        let r = *t.shape.first().ok_or("scalar client input")?;
+        if *n.get_or_insert(r) != r {
+            return Err(format!(
+                "client inputs disagree on the batch dimension ({r} vs {})",
+                n.unwrap_or(0)
+            ));
+        }
+    }
+    n.ok_or_else(|| "pipeline has no client inputs to batch".to_string())
+}
+
+/// Runs several jobs of one pipeline as one `Session::run`: client inputs
+/// (with carried context) are concatenated along axis 0, carried state
+/// along its batch axis, constants passed once; outputs are split back in
+/// item order. State and context are committed only if the run succeeds,
+/// for every item at once. Items must agree on all non-batch dimensions.
+pub fn run_batch(
+    model: &mut Model,
+    p: &PipelineConfig,
+    spec: &Spec,
+    items: &mut [BatchItem],
+) -> Result<Vec<Vec<Tensor>>, String> {
+    let axes = spec
+        .batch
+        .as_ref()
+        .ok_or("pipeline is not batched (max_batch = 1)")?;
+    let counts = items
+        .iter()
+        .map(|it| rows(spec, it.tensors))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut tails: Vec<Vec<(String, Vec<u8>)>> = items.iter().map(|_| Vec::new()).collect();
+    let mut values: Vec<(String, ort::value::DynTensor)> =
+        Vec::with_capacity(spec.model_inputs.len());
+    for want in &spec.client_inputs {
+        let ctx = p.context.iter().find(|c| c.input == want.name);
+        let mut parts = Vec::with_capacity(items.len());
+        for (i, it) in items.iter().enumerate() {
+            let t = it
+                .tensors
+                .iter()
+                .find(|t| t.name == want.name)
+                .ok_or_else(|| format!("missing tensor `{}`", want.name))?;
+            match (ctx, it.state.as_deref()) {
+                (Some(c), Some(st)) => {
+                    let (input, tail) = apply_context(t, c.keep, st.context.get(&c.input));
+                    tails[i].push((c.input.clone(), tail));
+                    parts.push(std::borrow::Cow::Owned(input));
+                }
+                _ => parts.push(std::borrow::Cow::Borrowed(t)),
+            }
+        }
+        let refs: Vec<&Tensor> = parts.iter().map(|c| c.as_ref()).collect();
+        values.push((want.name.clone(), engine::to_ort(&concat(&refs, 0)?)?));
+    }
+    for (name, c) in &p.constants {
+        let t = Tensor {
+            name: name.clone(),
+            dtype: c.dtype,
+            shape: c.shape.clone(),
+            data: c.bytes.clone(),
+        };
+        values.push((name.clone(), engine::to_ort(&t)?));
+    }
+    for (j, b) in p.state.iter().enumerate() {
+        let parts = items
+            .iter()
+            .map(|it| {
+                let st = it
+                    .state
+                    .as_deref()
+                    .ok_or("stateful pipeline item without state")?;
+                st.state
+                    .iter()
+                    .find(|s| s.name == b.input)
+                    .ok_or_else(|| format!("no carried state `{}`", b.input))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        values.push((
+            b.input.clone(),
+            engine::to_ort(&concat(&parts, axes.state[j])?)?,
+        ));
+    }
+    let outputs = model
+        .session
+        .run(
+            values
+                .iter()
+                .map(|(n, v)| (n.as_str(), v))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| e.to_string())?;
+    let get = |name: &str| {
+        outputs
+            .get(name)
+            .ok_or_else(|| format!("model did not return output `{name}`"))
+            .and_then(|v| engine::from_ort(name, v))
+    };
+    // Split everything before committing anything.
+    let mut new_state: Vec<Vec<Tensor>> = items.iter().map(|_| Vec::new()).collect();
+    for (j, b) in p.state.iter().enumerate() {
+        let mut t = get(&b.output)?;
+        t.name = b.input.clone();
+        for (i, piece) in split(&t, axes.state[j], &counts)?.into_iter().enumerate() {
+            new_state[i].push(piece);
+        }
+    }
+    let mut per_item: Vec<Vec<Tensor>> = items.iter().map(|_| Vec::new()).collect();
+    for (k, name) in spec.publish.iter().enumerate() {
+        for (i, piece) in split(&get(name)?, axes.publish[k], &counts)?
+            .into_iter()
+            .enumerate()
+        {
+            per_item[i].push(piece);
+        }
+    }
+    for ((it, tail), fresh) in items.iter_mut().zip(tails).zip(new_state) {
+        if let Some(st) = it.state.as_deref_mut() {
+            st.context.extend(tail);
+            for t in fresh {
+                if let Some(slot) = st.state.iter_mut().find(|s| s.name == t.name) {
+                    *slot = t;
+                }
+            }
+        }
+    }
+    Ok(per_item)
 }
 
 /// Batching counters of one tensor pipeline (relaxed atomics).
