@@ -78,7 +78,15 @@ impl Scheduler {
             return;
         };
         let until = oldest + cfg.max_queue_delay;
-        let margin = Duration::from_micros(bq.run_estimate_us.load(SeqCst)) + DEADLINE_SLACK;
+        let run = Duration::from_micros(bq.run_estimate_us.load(SeqCst));
+        // Latest moment a job may still be held: its deadline minus the
+        // last run time and minus a reserve for the wake-up — the larger
+        // of DEADLINE_SLACK and a quarter of its budget, because a parked
+        // thread on a loaded machine can take milliseconds to run again.
+        let keep_for = |j: &Job| {
+            let reserve = ((j.deadline - j.received) / 4).max(DEADLINE_SLACK);
+            j.deadline.checked_sub(run + reserve)
+        };
         let w = &self.workers[worker];
         loop {
             if b.items.len() >= cfg.max_batch {
@@ -94,8 +102,12 @@ impl Scheduler {
             {
                 break;
             }
-            let earliest = b.items.iter().map(|(_, j)| j.deadline).min();
-            let keep = earliest.and_then(|d| d.checked_sub(margin)).unwrap_or(t0);
+            let keep = b
+                .items
+                .iter()
+                .map(|(_, j)| keep_for(j).unwrap_or(t0))
+                .min()
+                .unwrap_or(t0);
             let limit = until.min(keep);
             let now = Instant::now();
             if now >= limit {

@@ -18,8 +18,8 @@
 //! queue holds at most one batch ticket for the pipeline. The worker that
 //! pops that ticket takes up to `max_batch` ready jobs, and if that is fewer
 //! it waits for more — at most `max_queue_delay` after the oldest arrived,
-//! never so long that a collected job's deadline would pass (minus the
-//! pipeline's last measured run time), and not at all while a higher level
+//! never into the last quarter of a collected job's budget (nor past its
+//! deadline minus the pipeline's last run time), and not at all while a higher level
 //! it serves has work. Then it hands the ticket back, so another worker can
 //! collect the next batch while this one runs.
 
@@ -40,8 +40,9 @@ use crate::wire::{RequestMeta, Tensor};
 
 /// How long an idle worker sleeps before re-checking the shutdown flag.
 const PARK_TIMEOUT: Duration = Duration::from_millis(100);
-/// Kept between the end of a batch wait and a collected job's deadline, on
-/// top of the pipeline's last run time, for the wake-up and the hand-off.
+/// Least kept between the end of a batch wait and a collected job's
+/// deadline, on top of the pipeline's last run time (a quarter of the job's
+/// budget is kept when that is more).
 const DEADLINE_SLACK: Duration = Duration::from_micros(500);
 
 /// One request on its way to a worker.
