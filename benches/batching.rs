@@ -433,8 +433,10 @@ async fn bench_llm(a: &Args) -> Result<()> {
             break;
         }
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
     drop(probe_sub);
+    while daemon.live_generations()[0] > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     generations(&c, "gen", "warm", 1, false).await?;
     println!(
         "\n## (b) concurrent greedy generations, {TOKENS} tokens each, SmolLM2-135M, intra_op_threads 2"
@@ -445,8 +447,16 @@ async fn bench_llm(a: &Args) -> Result<()> {
     );
     let counts: &[usize] = if a.quick { &[1, 4] } else { &[1, 4, 8] };
     let mut single_tpot = None;
+    // Probes still running would hold max_generations slots.
+    let idle = || async {
+        while daemon.live_generations()[0] > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
     for &n in counts {
+        idle().await;
         let (st, ss, stp) = generations(&c, "gen", &format!("seq{n}"), n, false).await?;
+        idle().await;
         let (bt, bs, btp) = generations(&c, "gen", &format!("cb{n}"), n, true).await?;
         let seq_rate = st as f64 / ss;
         let cb_rate = bt as f64 / bs;
