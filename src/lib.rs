@@ -5,6 +5,7 @@
 //! publishers). [`service`] wires the stages from a [`config::Config`] and owns
 //! start-up and teardown; [`wire`] defines the message formats.
 
+pub mod batch;
 pub mod check;
 pub mod client;
 pub mod config;

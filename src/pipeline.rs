@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use crate::batch::{self, BatchAxes};
+pub use crate::batch::{BatchItem, run_batch};
 use crate::config::{InputFormat, PipelineConfig};
 use crate::engine::{self, EngineError, Model, Port};
 use crate::error::{ErrorCode, Rejection};
@@ -26,6 +28,9 @@ pub struct Spec {
     pub provider: &'static str,
     pub model_inputs: Vec<Port>,
     pub model_outputs: Vec<Port>,
+    /// Batch axes when the pipeline batches (`max_batch > 1`); start-up
+    /// fails if the config asks for batching and the model cannot batch.
+    pub batch: Option<BatchAxes>,
 }
 
 fn iface(p: &PipelineConfig, reason: String) -> EngineError {
@@ -176,10 +181,35 @@ impl Spec {
                 .map(|o| o.name.clone())
                 .collect(),
         };
+        let batch = match &p.batch {
+            None => None,
+            Some(b) => {
+                let states: Vec<&Port> = p
+                    .state
+                    .iter()
+                    .map(|s| find_in(&s.input, "state input"))
+                    .collect::<Result<_, _>>()?;
+                let published: Vec<&Port> = publish
+                    .iter()
+                    .map(|n| find_out(n, "published output"))
+                    .collect::<Result<_, _>>()?;
+                let axes = batch::detect(&client_inputs, &states, &published).map_err(|why| {
+                    iface(
+                        p,
+                        format!(
+                            "max_batch = {} but the model cannot be batched: {why}; remove max_batch (or set it to 1) for this model",
+                            b.max_batch
+                        ),
+                    )
+                })?;
+                Some(axes)
+            }
+        };
         Ok(Spec {
             client_inputs,
             publish,
             state_init,
+            batch,
             provider: model.provider,
             model_inputs: model.inputs.clone(),
             model_outputs: model.outputs.clone(),
@@ -295,7 +325,11 @@ impl StreamState {
 /// Prepends the carried context to `t` along its last axis; returns the
 /// model input and the tail to carry next. Rows are all leading dimensions
 /// flattened. A missing or differently-shaped carry starts from zeros.
-fn apply_context(t: &Tensor, keep: usize, carried: Option<&Vec<u8>>) -> (Tensor, Vec<u8>) {
+pub(crate) fn apply_context(
+    t: &Tensor,
+    keep: usize,
+    carried: Option<&Vec<u8>>,
+) -> (Tensor, Vec<u8>) {
     let es = t.dtype.size();
     let last = *t.shape.last().unwrap_or(&1);
     let rows = t.elements() / last.max(1);

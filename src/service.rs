@@ -12,6 +12,7 @@ use std::sync::atomic::AtomicU64;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::batch::{BatchSnapshot, BatchStats};
 use crate::config::{Config, PipelineConfig, ZenohConfig, ZenohMode};
 use crate::engine::{self, EngineError, Model};
 use crate::error::{ErrorCode, Rejection};
@@ -67,6 +68,8 @@ pub struct Shared {
     pub specs: Vec<Spec>,
     pub model_names: Vec<String>,
     pub stats: Vec<PipelineStats>,
+    /// Batching counters per tensor pipeline (`None` when not batched).
+    pub batch_stats: Vec<Option<BatchStats>>,
     /// Generation pipelines, in `config.generators` order.
     pub gens: Vec<GenPipeline>,
     pub gen_stats: Vec<PipelineStats>,
@@ -162,6 +165,27 @@ pub fn load_and_warm(
             reason,
         }
     })?;
+    if let Some(b) = &p.batch {
+        // A full batch too: proves the batch axes split back correctly
+        // before the daemon reports ready, and pre-sizes ORT's buffers.
+        let inputs = spec.warmup_inputs(p);
+        let mut states: Vec<Option<StreamState>> = (0..b.max_batch)
+            .map(|_| p.is_stateful().then(|| StreamState::new(&spec)))
+            .collect();
+        let mut items: Vec<pipeline::BatchItem> = states
+            .iter_mut()
+            .map(|st| pipeline::BatchItem {
+                tensors: &inputs,
+                state: st.as_mut(),
+            })
+            .collect();
+        pipeline::run_batch(&mut model, p, &spec, &mut items).map_err(|reason| {
+            StartError::Warmup {
+                pipeline: p.name.clone(),
+                reason: format!("batched warm-up (max_batch = {}): {reason}", b.max_batch),
+            }
+        })?;
+    }
     Ok(Loaded { model, spec })
 }
 
@@ -294,6 +318,11 @@ impl Daemon {
                 .iter()
                 .map(|_| PipelineStats::default())
                 .collect(),
+            batch_stats: config
+                .pipelines
+                .iter()
+                .map(|p| p.batch.as_ref().map(|b| BatchStats::new(b.max_batch)))
+                .collect(),
             gen_stats: config
                 .generators
                 .iter()
@@ -378,6 +407,18 @@ impl Daemon {
             .collect()
     }
 
+    /// Batching counters of every batched tensor pipeline (batch-size
+    /// histogram, time spent waiting for batches to fill), config order.
+    pub fn batch_stats(&self) -> Vec<BatchSnapshot> {
+        let sh = &self.shared;
+        sh.config
+            .pipelines
+            .iter()
+            .zip(&sh.batch_stats)
+            .filter_map(|(p, s)| s.as_ref().map(|s| s.snapshot(&p.name)))
+            .collect()
+    }
+
     /// Counters per generation pipeline, in config order.
     pub fn generation_stats(&self) -> Vec<PipelineSnapshot> {
         let sh = &self.shared;
@@ -386,6 +427,19 @@ impl Daemon {
             .iter()
             .enumerate()
             .map(|(i, g)| stats::snapshot(&g.name, sh.gen_providers[i], &sh.gen_stats[i]))
+            .collect()
+    }
+
+    /// Decode counters per generation pipeline (continuous batching: the
+    /// decode batch-size histogram and aggregate decode tokens/s), config
+    /// order. Per-stream tokens/s is in each final message's timing.
+    pub fn decode_stats(&self) -> Vec<crate::llm::batch::DecodeSnapshot> {
+        let sh = &self.shared;
+        sh.config
+            .generators
+            .iter()
+            .zip(&sh.gens)
+            .map(|(g, gp)| gp.decode_stats.snapshot(&g.name))
             .collect()
     }
 
@@ -440,7 +494,8 @@ impl Daemon {
             );
             worker::fail(&self.shared, &job, &rej);
         }
-        for g in drained.gens {
+        let joiners = self.shared.gens.iter().flat_map(|gp| gp.drain_joiners());
+        for g in drained.gens.into_iter().chain(joiners) {
             llm_serve::finish(&self.shared, g, Finish::Cancelled);
         }
         self.gen_entities.clear();

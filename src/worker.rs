@@ -2,7 +2,9 @@
 //! thread that owns its own ORT sessions (`Session::run` takes `&mut self`),
 //! takes the highest-priority job it serves from the scheduler, checks the
 //! deadline, runs the model and publishes the outcome itself, so no hand-off
-//! queue sits between inference and zenoh.
+//! queue sits between inference and zenoh. A batch of a dynamically batched
+//! pipeline is one session call; each request still gets its own prediction
+//! with its own ids, sequence number and timing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,12 +17,14 @@ use crate::config::ThreadPolicy;
 use crate::egress::{self, Outbox};
 use crate::engine::Model;
 use crate::error::{ErrorCode, Rejection};
+use crate::llm::batch::DecodeBatch;
 use crate::llm::serve as llm_serve;
 use crate::llm::{Finish, Generation, LlmModel};
-use crate::pipeline::{self, StreamState};
-use crate::scheduler::{Job, Work};
+use crate::pipeline::{self, BatchItem, StreamState};
+use crate::scheduler::{Batch, Job, StreamSlot, Work};
 use crate::service::Shared;
 use crate::wire;
+use crate::wire::Tensor;
 
 pub struct Worker {
     pub id: usize,
@@ -121,21 +125,18 @@ pub fn run(mut w: Worker, shared: Arc<Shared>) {
                 step_generation(&mut w, &shared, g);
                 continue;
             }
+            Work::Batch(b) => {
+                serve_batch(&mut w, &shared, &mut outbox, b);
+                continue;
+            }
+            Work::GenBatch(b) => {
+                step_decode_batch(&mut w, &shared, b);
+                continue;
+            }
         };
         let started = Instant::now();
         if started > job.deadline {
-            let late = micros(started - job.deadline);
-            fail(
-                &shared,
-                &job,
-                &Rejection::new(
-                    ErrorCode::DeadlineExceeded,
-                    format!(
-                        "waited {} µs in queue; budget passed {late} µs before it could start",
-                        micros(started - job.received)
-                    ),
-                ),
-            );
+            too_late(&shared, &job, started);
         } else {
             serve(&mut w, &shared, &mut outbox, &job, slot.as_deref(), started);
         }
@@ -165,11 +166,19 @@ fn step_generation(w: &mut Worker, shared: &Shared, mut g: Box<Generation>) {
         return llm_serve::finish(shared, g, Finish::Error);
     };
     g.run_order = shared.order.fetch_add(1, Relaxed);
+    let decode = g.is_decoding();
+    let t0 = Instant::now();
     let running = shared.progress.running(w.id);
     let stepped = model.step(&mut g);
     drop(running);
     match stepped {
         Ok(out) => {
+            if decode {
+                let n = usize::from(out.token.is_some());
+                shared.gens[g.pipeline]
+                    .decode_stats
+                    .record(1, n, t0.elapsed());
+            }
             if let Some((token_id, text)) = out.token {
                 llm_serve::publish_token(shared, &g, token_id, &text);
                 if g.first_token.is_none() {
@@ -178,12 +187,7 @@ fn step_generation(w: &mut Worker, shared: &Shared, mut g: Box<Generation>) {
             }
             match g.finished {
                 Some(reason) => llm_serve::finish(shared, g, reason),
-                None => {
-                    if let Err((rej, mut g)) = shared.scheduler.requeue_gen(g) {
-                        g.error = Some(rej);
-                        llm_serve::finish(shared, g, Finish::Error);
-                    }
-                }
+                None => requeue_or_join(shared, g),
             }
         }
         Err(e) => {
@@ -192,6 +196,287 @@ fn step_generation(w: &mut Worker, shared: &Shared, mut g: Box<Generation>) {
             llm_serve::finish(shared, g, Finish::Error);
         }
     }
+}
+
+/// After a solo step: a decoding generation joins its level's decode batch
+/// if the pipeline batches and there is room; otherwise it is requeued to
+/// step alone (and tries to join again after its next step).
+fn requeue_or_join(shared: &Shared, g: Box<Generation>) {
+    let slots = shared.gens[g.pipeline].decode_slots(g.level);
+    let g = match slots {
+        Some(slots) if g.is_decoding() => match slots.join(g) {
+            Ok(None) => return,
+            Ok(Some(batch)) => return requeue_batch(shared, batch),
+            Err(g) => g,
+        },
+        _ => g,
+    };
+    if let Err((rej, mut g)) = shared.scheduler.requeue_gen(g) {
+        g.error = Some(rej);
+        llm_serve::finish(shared, g, Finish::Error);
+    }
+}
+
+fn requeue_batch(shared: &Shared, b: Box<DecodeBatch>) {
+    if let Err(mut b) = shared.scheduler.requeue_gen_batch(b) {
+        // Unreachable by sizing; end the members rather than lose them.
+        let rej = Rejection::new(ErrorCode::Busy, "level queue full");
+        end_members(shared, &mut b, |_| true, Some(&rej));
+    }
+}
+
+/// Takes members matching `leave` out of the batch and finishes them with
+/// their own reason (or `Error` with `rej`), freeing their places.
+fn end_members(
+    shared: &Shared,
+    b: &mut DecodeBatch,
+    leave: impl FnMut(&Generation) -> bool,
+    rej: Option<&Rejection>,
+) {
+    let gone = b.remove(leave);
+    if let Some(slots) = shared.gens[b.pipeline].decode_slots(b.level) {
+        slots.left(gone.len());
+    }
+    let now = Instant::now();
+    for mut g in gone {
+        let reason = match (rej, g.finished) {
+            (Some(r), _) => {
+                g.error = Some(r.clone());
+                Finish::Error
+            }
+            (None, Some(f)) => f,
+            (None, None) if g.is_cancelled() || shared.scheduler.is_stopping() => Finish::Cancelled,
+            (None, None) if now > g.deadline => Finish::Deadline,
+            (None, None) => Finish::Error,
+        };
+        llm_serve::finish(shared, g, reason);
+    }
+}
+
+/// One decode step for every generation of a decode batch: joiners are
+/// merged first, cancelled and late members leave, then one model run
+/// produces a token for each member; finished members leave and the batch
+/// goes back to its queue (one scheduler turn per step).
+fn step_decode_batch(w: &mut Worker, shared: &Shared, mut b: Box<DecodeBatch>) {
+    let gp = &shared.gens[b.pipeline];
+    let Some(slots) = gp.decode_slots(b.level) else {
+        let rej = Rejection::new(ErrorCode::InferenceFailed, "pipeline does not batch");
+        return end_members(shared, &mut b, |_| true, Some(&rej));
+    };
+    slots.take_joiners(&mut b);
+    let now = Instant::now();
+    // As in step_generation: a stopping daemon ends generations at the next
+    // step boundary.
+    let stopping = shared.scheduler.is_stopping();
+    end_members(
+        shared,
+        &mut b,
+        |g| stopping || g.is_cancelled() || now > g.deadline,
+        None,
+    );
+    if b.members.is_empty() && !slots.retire(&mut b) {
+        return;
+    }
+    let Some(model) = w.gen_models[b.pipeline].as_mut() else {
+        let rej = Rejection::new(
+            ErrorCode::InferenceFailed,
+            "worker has no session for this pipeline",
+        );
+        end_members(shared, &mut b, |_| true, Some(&rej));
+        if slots.retire(&mut b) {
+            requeue_batch(shared, b);
+        }
+        return;
+    };
+    let run_order = shared.order.fetch_add(1, Relaxed);
+    for g in &mut b.members {
+        g.run_order = run_order;
+    }
+    let t0 = Instant::now();
+    let running = shared.progress.running(w.id);
+    let stepped = b.step(model);
+    drop(running);
+    match stepped {
+        Ok(outs) => {
+            let produced = outs.iter().filter(|o| o.token.is_some()).count();
+            gp.decode_stats
+                .record(b.members.len(), produced, t0.elapsed());
+            for (g, out) in b.members.iter_mut().zip(outs) {
+                if let Some((token_id, text)) = out.token {
+                    llm_serve::publish_token(shared, g, token_id, &text);
+                    if g.first_token.is_none() {
+                        g.first_token = Some(Instant::now());
+                    }
+                }
+            }
+            end_members(shared, &mut b, |g| g.finished.is_some(), None);
+        }
+        Err(e) => {
+            tracing::warn!(batch = b.members.len(), error = %e, "batched decode step failed");
+            let rej = Rejection::new(ErrorCode::InferenceFailed, e);
+            end_members(shared, &mut b, |_| true, Some(&rej));
+        }
+    }
+    if b.members.is_empty() && !slots.retire(&mut b) {
+        return;
+    }
+    requeue_batch(shared, b);
+}
+
+/// Drops a job whose deadline passed before its run could start.
+fn too_late(shared: &Shared, job: &Job, started: Instant) {
+    let late = micros(started - job.deadline);
+    fail(
+        shared,
+        job,
+        &Rejection::new(
+            ErrorCode::DeadlineExceeded,
+            format!(
+                "waited {} µs in queue; budget passed {late} µs before it could start",
+                micros(started - job.received)
+            ),
+        ),
+    );
+}
+
+/// Runs a batch: jobs past their deadline are dropped and reported, the
+/// rest run as one session call per group of jobs whose non-batch
+/// dimensions agree (usually one group), and each gets its own reply.
+fn serve_batch(w: &mut Worker, shared: &Shared, outbox: &mut Outbox, b: Batch) {
+    let pi = b.pipeline;
+    let started = Instant::now();
+    let (live, late): (Vec<_>, Vec<_>) = b
+        .items
+        .into_iter()
+        .partition(|(_, job)| started <= job.deadline);
+    for (slot, job) in &late {
+        too_late(shared, job, started);
+        if let Some(s) = slot {
+            shared.scheduler.release(s);
+        }
+    }
+    let spec = &shared.specs[pi];
+    let signature = |job: &Job| -> Vec<Vec<usize>> {
+        spec.client_inputs
+            .iter()
+            .map(|c| {
+                job.tensors
+                    .iter()
+                    .find(|t| t.name == c.name)
+                    .map(|t| t.shape.get(1..).unwrap_or_default().to_vec())
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    let mut groups: Vec<(Vec<Vec<usize>>, Vec<usize>)> = Vec::new();
+    for (i, (_, job)) in live.iter().enumerate() {
+        let sig = signature(job);
+        match groups.iter_mut().find(|(s, _)| *s == sig) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((sig, vec![i])),
+        }
+    }
+    let mut fill_wait = Some(micros(b.fill_wait));
+    for (_, members) in groups {
+        let group: Vec<&(Option<Arc<StreamSlot>>, Box<Job>)> =
+            members.iter().map(|&i| &live[i]).collect();
+        let wait = fill_wait.take().unwrap_or(0);
+        run_group(w, shared, outbox, &group, wait, b.cut_by_deadline);
+    }
+    for (slot, _) in &live {
+        if let Some(s) = slot {
+            shared.scheduler.release(s);
+        }
+    }
+}
+
+/// One session call for jobs of one pipeline with matching shapes.
+fn run_group(
+    w: &mut Worker,
+    shared: &Shared,
+    outbox: &mut Outbox,
+    group: &[&(Option<Arc<StreamSlot>>, Box<Job>)],
+    fill_wait_us: u64,
+    cut_by_deadline: bool,
+) {
+    let pi = group[0].1.pipeline;
+    let p = &shared.config.pipelines[pi];
+    let spec = &shared.specs[pi];
+    let Some(model) = w.models[pi].as_mut() else {
+        let rej = Rejection::new(
+            ErrorCode::InferenceFailed,
+            "worker has no session for this pipeline",
+        );
+        for (_, job) in group {
+            fail(shared, job, &rej);
+        }
+        return;
+    };
+    let run_order = shared.order.fetch_add(1, Relaxed);
+    let started = Instant::now();
+    // Each slot's state is only touched by the worker holding its ticket,
+    // so these locks are uncontended.
+    let mut guards: Vec<_> = group
+        .iter()
+        .map(|(slot, _)| {
+            slot.as_ref()
+                .map(|s| s.state.lock().unwrap_or_else(|e| e.into_inner()))
+        })
+        .collect();
+    let mut items: Vec<BatchItem> = guards
+        .iter_mut()
+        .zip(group)
+        .map(|(g, (_, job))| BatchItem {
+            tensors: &job.tensors,
+            state: g.as_mut().map(|g| {
+                let st = g.get_or_insert_with(|| StreamState::new(spec));
+                if started.duration_since(st.last_used) > p.idle_reset {
+                    *st = StreamState::new(spec);
+                }
+                st.last_used = started;
+                st
+            }),
+        })
+        .collect();
+    let running = shared.progress.running(w.id);
+    let result = pipeline::run_batch(model, p, spec, &mut items);
+    drop(running);
+    drop(items);
+    drop(guards);
+    let done = Instant::now();
+    shared.scheduler.note_batch_run(pi, done - started);
+    if let Some(st) = &shared.batch_stats[pi] {
+        st.record(group.len(), fill_wait_us, cut_by_deadline);
+    }
+    let info = RunInfo {
+        run_order,
+        started,
+        done,
+        batch: group.len(),
+    };
+    match result {
+        Ok(per_job) => {
+            for ((_, job), outputs) in group.iter().zip(per_job) {
+                reply(w.id, shared, outbox, job, Ok(outputs), &info);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(pipeline = %p.name, batch = group.len(), error = %e, "batched model run failed");
+            for (_, job) in group {
+                reply(w.id, shared, outbox, job, Err(e.clone()), &info);
+            }
+        }
+    }
+}
+
+/// When and how a job's model run happened, for its reply's metadata.
+#[derive(Clone, Copy)]
+struct RunInfo {
+    run_order: u64,
+    started: Instant,
+    done: Instant,
+    /// Jobs in the session call (1 when not batched).
+    batch: usize,
 }
 
 fn serve(
@@ -234,10 +519,36 @@ fn serve(
         None => pipeline::run(model, p, spec, &job.tensors, None),
     };
     drop(running);
-    let done = Instant::now();
+    let info = RunInfo {
+        run_order,
+        started,
+        done: Instant::now(),
+        batch: 1,
+    };
+    reply(w.id, shared, outbox, job, result, &info);
+}
+
+/// Publishes a job's prediction (or its error) with ids and timing.
+fn reply(
+    worker: usize,
+    shared: &Shared,
+    outbox: &mut Outbox,
+    job: &Job,
+    result: Result<Vec<Tensor>, String>,
+    info: &RunInfo,
+) {
+    let pi = job.pipeline;
+    let p = &shared.config.pipelines[pi];
+    let spec = &shared.specs[pi];
+    let RunInfo {
+        run_order,
+        started,
+        done,
+        batch,
+    } = *info;
     match result {
         Ok(outputs) => {
-            let mut meta = HashMap::with_capacity(12);
+            let mut meta = HashMap::with_capacity(13);
             if let Some(id) = &job.meta.id {
                 meta.insert("id".to_string(), id.clone());
             }
@@ -251,7 +562,10 @@ fn serve(
             meta.insert("pipeline".to_string(), p.name.clone());
             meta.insert("model".to_string(), shared.model_names[pi].clone());
             meta.insert("provider".to_string(), spec.provider.to_string());
-            meta.insert("worker".to_string(), w.id.to_string());
+            meta.insert("worker".to_string(), worker.to_string());
+            if spec.batch.is_some() {
+                meta.insert("batch".to_string(), batch.to_string());
+            }
             meta.insert("recv_order".to_string(), job.recv_order.to_string());
             meta.insert("run_order".to_string(), run_order.to_string());
             meta.insert(

@@ -74,43 +74,30 @@ fn concat(tokens: &[Value]) -> String {
 
 async fn ready(c: &zenoh::Session) {
     // The first command may race subscription propagation: send probes until
-    // one is answered.
+    // one is answered. Then wait until every probe has ended (final message
+    // or error): on a loaded machine a probe can take seconds, and probes
+    // still running would hold max_generations slots the test needs.
     let sub = c.declare_subscriber("t/llm/out/**").await.unwrap();
+    let mut sent = 0;
+    let mut ended = 0;
+    let ended_by = |s: &zenoh::sample::Sample| {
+        let v: Value = serde_json::from_slice(&s.payload().to_bytes()).unwrap_or_default();
+        v["id"].as_str().is_some_and(|id| id.starts_with("probe"))
+            && (v["done"] == true || v.get("code").is_some())
+    };
     for i in 0..50 {
         let cmd = json!({"id": format!("probe{i}"), "prompt": "Hi", "max_tokens": 1});
         put(c, "t/llm/cmd", cmd.to_string().into_bytes()).await;
-        if tokio::time::timeout(Duration::from_millis(500), sub.recv_async())
-            .await
-            .is_ok()
+        sent += 1;
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(500), sub.recv_async()).await
         {
-            // On a loaded machine a probe takes seconds, so several may still
-            // hold generation slots (max_generations) and the test's own
-            // command could meet `too_many_generations`. Send one more probe
-            // until it is admitted and answered: then a slot is free.
-            for k in 0..600 {
-                let id = format!("sync{k}");
-                let cmd = json!({"id": id, "prompt": "Hi", "max_tokens": 1});
-                put(c, "t/llm/cmd", cmd.to_string().into_bytes()).await;
-                let admitted = loop {
-                    let s = tokio::time::timeout(Duration::from_secs(120), sub.recv_async())
-                        .await
-                        .expect("the sync probe is answered")
-                        .unwrap();
-                    let v: Value = serde_json::from_slice(&s.payload().to_bytes()).unwrap();
-                    if v["id"] != id.as_str() {
-                        continue;
-                    }
-                    if s.key_expr().as_str().ends_with("/error") {
-                        break false;
-                    }
-                    if v["done"] == true {
-                        break true;
-                    }
-                };
-                if admitted {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            ended += usize::from(ended_by(&s));
+            while ended < sent {
+                let s = tokio::time::timeout(Duration::from_secs(120), sub.recv_async())
+                    .await
+                    .expect("probes never ended")
+                    .unwrap();
+                ended += usize::from(ended_by(&s));
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
             return;

@@ -18,6 +18,9 @@ pub const DEFAULT_MAX_ELEMENTS: usize = 4 << 20;
 pub const DEFAULT_MAX_STREAMS: usize = 64;
 /// Default idle time after which a stream's carried state is reset.
 pub const DEFAULT_IDLE_RESET: Duration = Duration::from_secs(2);
+/// Upper bound on `max_batch`: the batch-size histogram has one bucket per
+/// size, and larger batches only add latency on the boards we target.
+pub const MAX_BATCH_LIMIT: usize = 256;
 
 #[derive(thiserror::Error, Debug)]
 pub enum ConfigError {
@@ -92,6 +95,9 @@ pub struct GeneratorConfig {
     pub max_prompt_chars: usize,
     /// Most prompt tokens prefilled per scheduler turn.
     pub prefill_chunk: usize,
+    /// Continuous batching: most generations decoded together in one
+    /// model run per step (1 = each generation steps alone).
+    pub max_batch: usize,
     /// Levels a command may ask for with `priority`: the pipeline's own and
     /// lower ones whose every worker also holds this model's session.
     pub allowed_levels: Vec<usize>,
@@ -249,6 +255,24 @@ pub struct PipelineConfig {
     pub constants: BTreeMap<String, Constant>,
     pub state: Vec<StateBinding>,
     pub context: Vec<ContextCarry>,
+    /// Dynamic batching; `None` runs every job alone (`max_batch = 1`).
+    pub batch: Option<BatchConfig>,
+}
+
+/// Longest a worker may hold a job while it waits for a batch to fill.
+pub const MAX_QUEUE_DELAY_LIMIT: Duration = Duration::from_secs(1);
+
+/// Dynamic batching of one tensor pipeline (`max_batch > 1`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchConfig {
+    /// Most jobs in one session call (>= 2).
+    pub max_batch: usize,
+    /// Longest the first job of a batch waits for more to arrive; never
+    /// past any collected job's deadline.
+    pub max_queue_delay: Duration,
+    /// Sizes at which the worker stops waiting and runs at once if nothing
+    /// more is queued; ascending, each in 2..=max_batch.
+    pub preferred: Vec<usize>,
 }
 
 impl PipelineConfig {

@@ -190,6 +190,12 @@ pub(super) fn pipeline_config(
     if providers.is_empty() {
         providers.push(Provider::Cpu);
     }
+    let batch = batch_config(
+        &at,
+        p.max_batch,
+        p.max_queue_delay_us,
+        p.preferred_batch_sizes.clone(),
+    )?;
     let mut constants = BTreeMap::new();
     for (name, c) in p.constants {
         let key = format!("pipeline[{i}].constants.{name}");
@@ -283,7 +289,61 @@ pub(super) fn pipeline_config(
         constants,
         state,
         context,
+        batch,
     })
+}
+
+/// `max_batch`, `max_queue_delay_us`, `preferred_batch_sizes` → a
+/// [`BatchConfig`], or `None` when batching is off (`max_batch` 1 or unset).
+fn batch_config(
+    at: &dyn Fn(&str) -> String,
+    max_batch: Option<usize>,
+    delay_us: Option<u64>,
+    preferred: Option<Vec<usize>>,
+) -> Result<Option<BatchConfig>, ConfigError> {
+    let max_batch = positive(&at("max_batch"), max_batch, 1)?;
+    if max_batch == 1 {
+        for (k, set) in [
+            ("max_queue_delay_us", delay_us.is_some()),
+            ("preferred_batch_sizes", preferred.is_some()),
+        ] {
+            if set {
+                return Err(invalid(format!(
+                    "{}: only valid with max_batch > 1 (dynamic batching)",
+                    at(k)
+                )));
+            }
+        }
+        return Ok(None);
+    }
+    if max_batch > MAX_BATCH_LIMIT {
+        return Err(invalid(format!(
+            "{} = {max_batch}: at most {MAX_BATCH_LIMIT}",
+            at("max_batch")
+        )));
+    }
+    let delay = Duration::from_micros(delay_us.unwrap_or(0));
+    if delay > MAX_QUEUE_DELAY_LIMIT {
+        return Err(invalid(format!(
+            "{} = {}: at most {} (1 s); a batch wait longer than that defeats real time",
+            at("max_queue_delay_us"),
+            delay.as_micros(),
+            MAX_QUEUE_DELAY_LIMIT.as_micros()
+        )));
+    }
+    let preferred = preferred.unwrap_or_default();
+    let ascending = preferred.windows(2).all(|w| w[0] < w[1]);
+    if !ascending || preferred.iter().any(|&n| n < 2 || n > max_batch) {
+        return Err(invalid(format!(
+            "{} = {preferred:?}: expected strictly ascending sizes, each in 2..={max_batch} (max_batch)",
+            at("preferred_batch_sizes")
+        )));
+    }
+    Ok(Some(BatchConfig {
+        max_batch,
+        max_queue_delay: delay,
+        preferred,
+    }))
 }
 
 pub(super) fn generator_config(
@@ -306,6 +366,8 @@ pub(super) fn generator_config(
         ("constants", !p.constants.is_empty()),
         ("state", !p.state.is_empty()),
         ("context", !p.context.is_empty()),
+        ("max_queue_delay_us", p.max_queue_delay_us.is_some()),
+        ("preferred_batch_sizes", p.preferred_batch_sizes.is_some()),
     ] {
         if set {
             return Err(invalid(format!(
@@ -318,6 +380,7 @@ pub(super) fn generator_config(
     // deadline, providers, fallback) on a copy stripped of generate keys.
     let (cancel, query) = (p.cancel.clone(), p.query.clone());
     let prefill_chunk = p.prefill_chunk;
+    let max_batch = p.max_batch;
     let (max_generations, max_tokens, default_max_tokens, max_prompt_chars) = (
         p.max_generations,
         p.max_tokens,
@@ -335,6 +398,7 @@ pub(super) fn generator_config(
             default_max_tokens: None,
             max_prompt_chars: None,
             prefill_chunk: None,
+            max_batch: None,
             deadline_ms: Some(p.deadline_ms.unwrap_or(60_000.0)),
             ..p
         },
@@ -376,7 +440,16 @@ pub(super) fn generator_config(
             at("default_max_tokens")
         )));
     }
+    let max_generations = positive(&at("max_generations"), max_generations, 4)?;
+    let max_batch = positive(&at("max_batch"), max_batch, 1)?;
+    if max_batch > max_generations {
+        return Err(invalid(format!(
+            "{} = {max_batch}: at most max_generations ({max_generations}); a decode batch holds live generations",
+            at("max_batch")
+        )));
+    }
     Ok(GeneratorConfig {
+        max_batch,
         cancel_key: key("cancel", cancel, format!("{}/cancel", common.input))?,
         query_key: key("query", query, format!("{}/query", common.input))?,
         name: common.name,
@@ -388,7 +461,7 @@ pub(super) fn generator_config(
         deadline: common.deadline,
         providers: common.providers,
         fallback: common.fallback,
-        max_generations: positive(&at("max_generations"), max_generations, 4)?,
+        max_generations,
         max_tokens,
         default_max_tokens,
         max_prompt_chars: positive(&at("max_prompt_chars"), max_prompt_chars, 16_384)?,

@@ -177,3 +177,70 @@ fn worker_cpus_are_validated_and_sorted() {
         "{e}"
     );
 }
+
+#[test]
+fn batching_keys_are_validated() {
+    let c = Config::from_toml(
+        &format!(
+            "{MINIMAL}\nmax_batch = 8\nmax_queue_delay_us = 2000\npreferred_batch_sizes = [4, 8]\n"
+        ),
+        Path::new("/base"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.pipelines[0].batch,
+        Some(BatchConfig {
+            max_batch: 8,
+            max_queue_delay: Duration::from_millis(2),
+            preferred: vec![4, 8],
+        })
+    );
+    assert!(
+        Config::from_toml(MINIMAL, Path::new("/base"))
+            .unwrap()
+            .pipelines[0]
+            .batch
+            .is_none()
+    );
+    let e = err(&format!("{MINIMAL}\nmax_queue_delay_us = 100\n"));
+    assert!(
+        e.contains("pipeline[0].max_queue_delay_us") && e.contains("max_batch > 1"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}\nmax_batch = 4\npreferred_batch_sizes = [8]\n"
+    ));
+    assert!(
+        e.contains("preferred_batch_sizes = [8]") && e.contains("2..=4"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}\nmax_batch = 4\nmax_queue_delay_us = 5000000\n"
+    ));
+    assert!(e.contains("max_queue_delay_us = 5000000"), "{e}");
+    let e = err(&format!("{MINIMAL}\nmax_batch = 0\n"));
+    assert!(e.contains("max_batch = 0"), "{e}");
+}
+
+#[test]
+fn generator_max_batch_is_bounded_by_max_generations() {
+    let gen_cfg = |extra: &str| {
+        format!(
+            "[[pipeline]]\nname = \"g\"\nkind = \"generate\"\nmodel = \"d\"\ninput = \"cmd\"\noutput = \"out\"\n{extra}\n"
+        )
+    };
+    let c = Config::from_toml(&gen_cfg("max_batch = 4"), Path::new("/base")).unwrap();
+    assert_eq!(c.generators[0].max_batch, 4);
+    let c = Config::from_toml(&gen_cfg(""), Path::new("/base")).unwrap();
+    assert_eq!(c.generators[0].max_batch, 1);
+    let e = err(&gen_cfg("max_generations = 2\nmax_batch = 3"));
+    assert!(
+        e.contains("pipeline[0].max_batch = 3") && e.contains("max_generations (2)"),
+        "{e}"
+    );
+    let e = err(&gen_cfg("max_batch = 2\nmax_queue_delay_us = 10"));
+    assert!(
+        e.contains("max_queue_delay_us") && e.contains("tensor pipelines"),
+        "{e}"
+    );
+}

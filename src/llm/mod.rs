@@ -7,6 +7,7 @@
 //! ORT-owned values: each step's `present.*` outputs are moved, not copied,
 //! into the next step's `past_key_values.*` inputs.
 
+pub mod batch;
 pub mod command;
 pub mod detok;
 pub mod sampling;
@@ -262,6 +263,12 @@ impl Generation {
     pub fn is_cancelled(&self) -> bool {
         self.cancel.load(Relaxed)
     }
+
+    /// Prefill done and not finished: its next step is a decode step, the
+    /// kind that can join a decode batch.
+    pub fn is_decoding(&self) -> bool {
+        self.next_input.is_some() && self.finished.is_none()
+    }
 }
 
 /// A worker's session for one generation pipeline.
@@ -373,25 +380,33 @@ impl LlmModel {
         let vocab = *shape.last().ok_or("logits have no shape")? as usize;
         let mut last = data[data.len() - vocab..].to_vec();
         drop(out);
-        let token = sampling::sample(&mut last, &g.history, &g.cmd.sampling, &mut g.rng);
-        g.history.push(token);
-        if gen_cfg.stop_token_ids.contains(&token) {
-            g.finished = Some(Finish::Stop);
-            return Ok(StepOutput { token: None });
-        }
-        g.tokens.push(token);
-        g.next_input = Some(token);
-        let piece = g.detok.push(token, |ids| sh.decode(ids));
-        if piece.stopped {
-            g.finished = Some(Finish::Stop);
-        } else if g.tokens.len() >= g.cmd.max_tokens as usize
-            || g.past_len + 1 >= gen_cfg.context_length
-        {
-            g.finished = Some(Finish::Length);
-        }
-        Ok(StepOutput {
-            token: Some((token, piece.text)),
-        })
+        Ok(take_token(&sh, g, &mut last))
+    }
+}
+
+/// Samples the next token from the last position's logits, updates the
+/// generation (history, detokenizer, end conditions) and returns what to
+/// stream. Shared by the single and the batched decode step.
+fn take_token(sh: &LlmShared, g: &mut Generation, logits: &mut [f32]) -> StepOutput {
+    let gen_cfg = &sh.generation;
+    let token = sampling::sample(logits, &g.history, &g.cmd.sampling, &mut g.rng);
+    g.history.push(token);
+    if gen_cfg.stop_token_ids.contains(&token) {
+        g.finished = Some(Finish::Stop);
+        return StepOutput { token: None };
+    }
+    g.tokens.push(token);
+    g.next_input = Some(token);
+    let piece = g.detok.push(token, |ids| sh.decode(ids));
+    if piece.stopped {
+        g.finished = Some(Finish::Stop);
+    } else if g.tokens.len() >= g.cmd.max_tokens as usize
+        || g.past_len + 1 >= gen_cfg.context_length
+    {
+        g.finished = Some(Finish::Length);
+    }
+    StepOutput {
+        token: Some((token, piece.text)),
     }
 }
 

@@ -15,6 +15,7 @@ use serde::Serialize;
 use zenoh::Wait;
 use zenoh::qos::{CongestionControl, Priority};
 
+use super::batch::{DecodeSlots, DecodeStats};
 use super::command::{self, Command, CommandLimits};
 use super::{Finish, Generation, LlmShared, timing};
 use crate::config::GeneratorConfig;
@@ -37,6 +38,10 @@ pub struct GenPipeline {
     pub shared: Arc<LlmShared>,
     pub limits: CommandLimits,
     live: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// Continuous batching, per priority level (`None` for levels the
+    /// pipeline cannot run at, or all when `max_batch = 1`).
+    decode: Vec<Option<DecodeSlots>>,
+    pub decode_stats: DecodeStats,
 }
 
 impl GenPipeline {
@@ -50,7 +55,33 @@ impl GenPipeline {
                 default_deadline: cfg.deadline,
             },
             live: Mutex::new(HashMap::new()),
+            decode: (0..=cfg
+                .allowed_levels
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(cfg.level))
+                .map(|l| {
+                    (cfg.max_batch > 1 && cfg.allowed_levels.contains(&l))
+                        .then(|| DecodeSlots::new(cfg.max_batch))
+                })
+                .collect(),
+            decode_stats: DecodeStats::new(cfg.max_batch),
         }
+    }
+
+    /// The decode batch of `level`, if this pipeline batches.
+    pub fn decode_slots(&self, level: usize) -> Option<&DecodeSlots> {
+        self.decode.get(level).and_then(|s| s.as_ref())
+    }
+
+    /// Generations waiting to join a decode batch (teardown).
+    pub fn drain_joiners(&self) -> Vec<Box<Generation>> {
+        self.decode
+            .iter()
+            .flatten()
+            .flat_map(|s| s.drain())
+            .collect()
     }
 
     pub fn live_count(&self) -> usize {

@@ -12,23 +12,38 @@
 //! most one ticket in a level queue and runs on one worker at a time, so its
 //! frames stay in order and its carried state needs no lock contention. Level
 //! queues are sized so tickets always fit.
+//!
+//! Dynamic batching (`max_batch > 1`): a batched pipeline's jobs (or stream
+//! tickets) wait in the pipeline's own bounded ready queue, and the level
+//! queue holds at most one batch ticket for the pipeline. The worker that
+//! pops that ticket takes up to `max_batch` ready jobs, and if that is fewer
+//! it waits for more — at most `max_queue_delay` after the oldest arrived,
+//! never into the last quarter of a collected job's budget (nor past its
+//! deadline minus the pipeline's last run time), and not at all while a higher level
+//! it serves has work. Then it hands the ticket back, so another worker can
+//! collect the next batch while this one runs.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crossbeam::queue::ArrayQueue;
 use crossbeam::sync::{Parker, Unparker};
 
-use crate::config::{Config, Overflow};
+use crate::config::{BatchConfig, Config, Overflow};
 use crate::error::{ErrorCode, Rejection};
 use crate::llm::Generation;
+use crate::llm::batch::DecodeBatch;
 use crate::pipeline::StreamState;
 use crate::wire::{RequestMeta, Tensor};
 
 /// How long an idle worker sleeps before re-checking the shutdown flag.
 const PARK_TIMEOUT: Duration = Duration::from_millis(100);
+/// Least kept between the end of a batch wait and a collected job's
+/// deadline, on top of the pipeline's last run time (a quarter of the job's
+/// budget is kept when that is more).
+const DEADLINE_SLACK: Duration = Duration::from_micros(500);
 
 /// One request on its way to a worker.
 #[derive(Debug)]
@@ -63,6 +78,21 @@ enum Ticket {
     Job(Box<Job>),
     Stream(Arc<StreamSlot>),
     Gen(Box<Generation>),
+    /// The right to collect a batch from pipeline `.0`'s ready queue.
+    Batch(usize),
+    /// A decode batch of generations (continuous batching).
+    GenBatch(Box<DecodeBatch>),
+}
+
+/// Jobs of one batched pipeline collected for one session call, each with
+/// its stream slot for `latest` pipelines (release every slot when done).
+pub struct Batch {
+    pub pipeline: usize,
+    pub items: Vec<(Option<Arc<StreamSlot>>, Box<Job>)>,
+    /// How long the worker waited for the batch to fill.
+    pub fill_wait: Duration,
+    /// The wait ended early to keep a collected job's deadline.
+    pub cut_by_deadline: bool,
 }
 
 /// What a worker gets to run.
@@ -72,6 +102,11 @@ pub enum Work {
     Stream(Arc<StreamSlot>, Box<Job>),
     /// One step of a generation; [`Scheduler::requeue_gen`] it unless done.
     Gen(Box<Generation>),
+    /// Jobs of a batched pipeline for one session call.
+    Batch(Batch),
+    /// One decode step of every generation in the batch; requeue it with
+    /// [`Scheduler::requeue_gen_batch`] unless it emptied.
+    GenBatch(Box<DecodeBatch>),
 }
 
 /// Everything still queued when the scheduler is drained.
@@ -92,7 +127,22 @@ pub enum Submitted {
 struct WorkerSlot {
     levels: Vec<usize>,
     idle: AtomicBool,
+    /// Parked while waiting for a batch to fill: woken by new jobs of that
+    /// pipeline and by work on a level it serves.
+    filling: AtomicBool,
     unparker: Unparker,
+}
+
+/// The ready queue of a batched pipeline.
+struct BatchQueue {
+    cfg: BatchConfig,
+    ready: ArrayQueue<Ticket>,
+    /// True while a batch ticket is queued or a worker is collecting.
+    scheduled: AtomicBool,
+    /// Worker id + 1 of the worker waiting for this batch to fill, or 0.
+    filler: AtomicUsize,
+    /// Last batched run time (µs), the margin kept before a deadline.
+    run_estimate_us: AtomicU64,
 }
 
 struct PipelineQueue {
@@ -103,6 +153,7 @@ struct PipelineQueue {
     idle_reset: Duration,
     queued: AtomicUsize,
     streams: RwLock<HashMap<Arc<str>, Arc<StreamSlot>>>,
+    batch: Option<BatchQueue>,
 }
 
 pub struct Scheduler {
@@ -122,11 +173,21 @@ impl Scheduler {
             .pipelines
             .iter()
             .map(|p| {
-                level_cap[p.level] += match p.overflow {
+                let cap = match p.overflow {
                     Overflow::Reject => p.queue_capacity,
                     Overflow::Latest => p.max_streams,
                 };
+                // A batched pipeline keeps its tickets in its own ready
+                // queue and holds at most one batch ticket in the level.
+                level_cap[p.level] += if p.batch.is_some() { 1 } else { cap };
                 PipelineQueue {
+                    batch: p.batch.clone().map(|cfg| BatchQueue {
+                        cfg,
+                        ready: ArrayQueue::new(cap),
+                        scheduled: AtomicBool::new(false),
+                        filler: AtomicUsize::new(0),
+                        run_estimate_us: AtomicU64::new(0),
+                    }),
                     overflow: p.overflow,
                     level: p.level,
                     capacity: p.queue_capacity,
@@ -154,6 +215,7 @@ impl Scheduler {
                 WorkerSlot {
                     levels: levels.levels.clone(),
                     idle: AtomicBool::new(false),
+                    filling: AtomicBool::new(false),
                     unparker,
                 }
             })
@@ -189,6 +251,19 @@ impl Scheduler {
                     return Submitted::Rejected(Rejection::new(ErrorCode::Busy, msg), job);
                 }
                 let level = pq.level;
+                if let Some(bq) = &pq.batch {
+                    let pipeline = job.pipeline;
+                    if let Err(Ticket::Job(job)) = bq.ready.push(Ticket::Job(job)) {
+                        // Unreachable: the ready queue holds queue_capacity.
+                        pq.queued.fetch_sub(1, SeqCst);
+                        return Submitted::Rejected(
+                            Rejection::new(ErrorCode::Busy, "batch queue full"),
+                            job,
+                        );
+                    }
+                    self.schedule_batch(pipeline);
+                    return Submitted::Queued;
+                }
                 if let Err(Ticket::Job(job)) = self.levels[level].push(Ticket::Job(job)) {
                     // Level queues are sized to the sum of their pipelines'
                     // capacities, so this is unreachable; answer busy anyway.
@@ -281,18 +356,24 @@ impl Scheduler {
         if slot.pending.is_empty() || slot.scheduled.swap(true, SeqCst) {
             return;
         }
-        let level = self.pipelines[slot.pipeline].level;
-        if self.levels[level]
-            .push(Ticket::Stream(slot.clone()))
-            .is_err()
-        {
+        let pq = &self.pipelines[slot.pipeline];
+        let level = pq.level;
+        let queue = match &pq.batch {
+            Some(bq) => &bq.ready,
+            None => &self.levels[level],
+        };
+        if queue.push(Ticket::Stream(slot.clone())).is_err() {
             // Unreachable by sizing (one ticket per stream, streams bounded);
             // the frame stays pending and is picked up by the next submit.
             slot.scheduled.store(false, SeqCst);
             tracing::error!(stream = %slot.stream, "level queue full; stream ticket not queued");
             return;
         }
-        self.wake(level);
+        if pq.batch.is_some() {
+            self.schedule_batch(slot.pipeline);
+        } else {
+            self.wake(level);
+        }
     }
 
     /// Queues a new generation (its first step is the prefill).
@@ -319,6 +400,20 @@ impl Scheduler {
         }
     }
 
+    /// Puts a decode batch back after a step. It takes the place of its
+    /// members' own tickets, which level capacities already count.
+    pub fn requeue_gen_batch(&self, b: Box<DecodeBatch>) -> Result<(), Box<DecodeBatch>> {
+        let level = b.level;
+        match self.levels[level].push(Ticket::GenBatch(b)) {
+            Ok(()) => {
+                self.wake(level);
+                Ok(())
+            }
+            Err(Ticket::GenBatch(b)) => Err(b),
+            Err(_) => unreachable!("push returns the ticket it was given"),
+        }
+    }
+
     /// A worker finished the stream's frame: reschedule if another arrived.
     pub fn release(&self, slot: &Arc<StreamSlot>) {
         slot.scheduled.store(false, SeqCst);
@@ -332,6 +427,13 @@ impl Scheduler {
             {
                 w.unparker.unpark();
                 return;
+            }
+        }
+        // No idle worker: one waiting for a batch to fill runs its batch
+        // now instead of holding this level's work back.
+        for w in &self.workers {
+            if w.levels.contains(&level) && w.filling.load(SeqCst) {
+                w.unparker.unpark();
             }
         }
     }
@@ -349,10 +451,41 @@ impl Scheduler {
                         None => slot.scheduled.store(false, SeqCst),
                     },
                     Ticket::Gen(g) => return Some(Work::Gen(g)),
+                    Ticket::GenBatch(b) => return Some(Work::GenBatch(b)),
+                    Ticket::Batch(pipeline) => {
+                        let bq = self.pipelines[pipeline].batch.as_ref()?;
+                        let mut items = Vec::with_capacity(bq.cfg.max_batch);
+                        while items.len() < bq.cfg.max_batch {
+                            match self.take_ready(bq) {
+                                Some(item) => items.push(item),
+                                None => break,
+                            }
+                        }
+                        if items.is_empty() {
+                            self.release_batch(pipeline);
+                            continue;
+                        }
+                        return Some(Work::Batch(Batch {
+                            pipeline,
+                            items,
+                            fill_wait: Duration::ZERO,
+                            cut_by_deadline: false,
+                        }));
+                    }
                 }
             }
         }
         None
+    }
+
+    /// [`Self::pop`], then lets a batch fill and hands its ticket back.
+    fn pop_filled(&self, worker: usize, parker: &Parker) -> Option<Work> {
+        let mut work = self.pop(worker)?;
+        if let Work::Batch(b) = &mut work {
+            self.fill(worker, parker, b);
+            self.release_batch(b.pipeline);
+        }
+        Some(work)
     }
 
     /// Blocks the worker until there is work, or returns `None` once the
@@ -363,7 +496,7 @@ impl Scheduler {
             if self.aborting.load(SeqCst) {
                 return None;
             }
-            if let Some(work) = self.pop(worker) {
+            if let Some(work) = self.pop_filled(worker, parker) {
                 return Some(work);
             }
             if self.stopping.load(SeqCst) {
@@ -375,14 +508,14 @@ impl Scheduler {
             if !self.idle_spin.is_zero() {
                 let until = Instant::now() + self.idle_spin;
                 while Instant::now() < until {
-                    if let Some(work) = self.pop(worker) {
+                    if let Some(work) = self.pop_filled(worker, parker) {
                         return Some(work);
                     }
                     std::hint::spin_loop();
                 }
             }
             w.idle.store(true, SeqCst);
-            if let Some(work) = self.pop(worker) {
+            if let Some(work) = self.pop_filled(worker, parker) {
                 w.idle.store(false, SeqCst);
                 return Some(work);
             }
@@ -419,10 +552,17 @@ impl Scheduler {
                     Ticket::Job(j) => out.jobs.push(j),
                     Ticket::Stream(s) => out.jobs.extend(s.pending.pop()),
                     Ticket::Gen(g) => out.gens.push(g),
+                    Ticket::GenBatch(b) => out.gens.extend(b.members),
+                    Ticket::Batch(_) => {}
                 }
             }
         }
         for pq in &self.pipelines {
+            if let Some(bq) = &pq.batch {
+                while let Some((_, job)) = self.take_ready(bq) {
+                    out.jobs.push(job);
+                }
+            }
             let streams = pq.streams.read().unwrap_or_else(|e| e.into_inner());
             for s in streams.values() {
                 out.jobs.extend(s.pending.pop());
@@ -432,133 +572,6 @@ impl Scheduler {
     }
 }
 
+mod batching;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    fn cfg(extra: &str) -> Config {
-        let text = format!(
-            r#"
-            [[level]]
-            name = "hi"
-            [[level]]
-            name = "lo"
-            [[worker]]
-            levels = ["hi", "lo"]
-            [[pipeline]]
-            name = "h"
-            model = "m.onnx"
-            input = "h/*"
-            output = "ho"
-            level = "hi"
-            overflow = "latest"
-            max_streams = 2
-            [[pipeline]]
-            name = "l"
-            model = "m.onnx"
-            input = "l"
-            output = "lo"
-            level = "lo"
-            queue_capacity = 3
-            {extra}
-            "#
-        );
-        Config::from_toml(&text, Path::new("/")).unwrap()
-    }
-
-    fn job(pipeline: usize, stream: &str, seq: u64) -> Box<Job> {
-        let now = Instant::now();
-        Box::new(Job {
-            pipeline,
-            stream: stream.into(),
-            meta: RequestMeta {
-                seq: Some(seq),
-                ..Default::default()
-            },
-            tensors: vec![],
-            received: now,
-            recv_order: 0,
-            deadline: now + Duration::from_secs(1),
-        })
-    }
-
-    fn seq(w: &Work) -> (usize, u64) {
-        let j = match w {
-            Work::Job(j) | Work::Stream(_, j) => j,
-            Work::Gen(_) => panic!("no generations in these tests"),
-        };
-        (j.pipeline, j.meta.seq.unwrap())
-    }
-
-    #[test]
-    fn highest_level_is_served_first_and_reject_counts_capacity() {
-        let (s, parkers) = Scheduler::new(&cfg(""));
-        for i in 0..3 {
-            assert!(matches!(s.submit(job(1, "", i)), Submitted::Queued));
-        }
-        match s.submit(job(1, "", 3)) {
-            Submitted::Rejected(r, _) => assert_eq!(r.code, ErrorCode::Busy),
-            _ => panic!("fourth job must be rejected"),
-        }
-        assert!(matches!(s.submit(job(0, "a", 10)), Submitted::Queued));
-        let order: Vec<_> = (0..4)
-            .map(|_| seq(&s.next(0, &parkers[0]).unwrap()))
-            .collect();
-        assert_eq!(order, vec![(0, 10), (1, 0), (1, 1), (1, 2)]);
-    }
-
-    #[test]
-    fn latest_replaces_pending_frame_and_keeps_one_ticket() {
-        let (s, parkers) = Scheduler::new(&cfg(""));
-        assert!(matches!(s.submit(job(0, "a", 1)), Submitted::Queued));
-        match s.submit(job(0, "a", 2)) {
-            Submitted::Replaced(old) => assert_eq!(old.meta.seq, Some(1)),
-            _ => panic!("expected replacement"),
-        }
-        let w = s.next(0, &parkers[0]).unwrap();
-        assert_eq!(seq(&w), (0, 2));
-        // While the frame runs, a new one waits without a second ticket.
-        assert!(matches!(s.submit(job(0, "a", 3)), Submitted::Queued));
-        assert!(
-            s.pop(0).is_none(),
-            "stream must not run on two workers at once"
-        );
-        if let Work::Stream(slot, _) = w {
-            s.release(&slot);
-        }
-        assert_eq!(seq(&s.next(0, &parkers[0]).unwrap()), (0, 3));
-    }
-
-    #[test]
-    fn stream_count_is_bounded() {
-        let (s, _p) = Scheduler::new(&cfg(""));
-        assert!(matches!(s.submit(job(0, "a", 1)), Submitted::Queued));
-        assert!(matches!(s.submit(job(0, "b", 1)), Submitted::Queued));
-        match s.submit(job(0, "c", 1)) {
-            Submitted::Rejected(r, _) => assert_eq!(r.code, ErrorCode::TooManyStreams),
-            _ => panic!("third stream must be refused"),
-        }
-    }
-
-    #[test]
-    fn stop_drains_then_returns_none_and_refuses_new_work() {
-        let (s, parkers) = Scheduler::new(&cfg(""));
-        assert!(matches!(s.submit(job(1, "", 1)), Submitted::Queued));
-        s.stop();
-        assert!(s.next(0, &parkers[0]).is_some());
-        assert!(s.next(0, &parkers[0]).is_none());
-        assert!(matches!(s.submit(job(1, "", 2)), Submitted::Rejected(..)));
-    }
-
-    #[test]
-    fn parked_worker_is_woken_by_submit() {
-        let (s, mut parkers) = Scheduler::new(&cfg(""));
-        let p = parkers.remove(0);
-        let s2 = s.clone();
-        let t = std::thread::spawn(move || s2.next(0, &p).map(|w| seq(&w)));
-        std::thread::sleep(Duration::from_millis(20));
-        assert!(matches!(s.submit(job(1, "", 5)), Submitted::Queued));
-        assert_eq!(t.join().unwrap(), Some((1, 5)));
-    }
-}
+mod tests;

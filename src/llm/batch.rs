@@ -1,0 +1,325 @@
+//! Continuous batching of generations: the decode steps of every live
+//! generation of one pipeline and priority level run as one model call.
+//! A generation prefills alone (its own turns, as before); once it has its
+//! first token it joins the level's [`DecodeBatch`] through [`DecodeSlots`]
+//! and is merged into the batch's KV cache at the batch's next step. The
+//! batch is one scheduler ticket: one step per turn for all members, so a
+//! higher level still waits at most one step. Finished, cancelled and late
+//! members leave after any step without stalling the others.
+//!
+//! KV layout: the merged cache is `[B, kv_heads, width, head_dim]` per layer,
+//! each row left-aligned (its valid length is the generation's `past_len`)
+//! and zero-padded on the right. The decoder's GroupQueryAttention reads the
+//! per-row valid length from the attention mask's row sum and writes each
+//! new key/value right after it, so rows of different lengths decode exactly
+//! as they would alone. The merged cache is rebuilt (copied) only when
+//! membership changes; between changes each step's `present.*` outputs are
+//! moved into the next step's inputs.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+
+use crossbeam::queue::ArrayQueue;
+use ort::value::{DynValue, Tensor as OrtTensor};
+use serde::Serialize;
+
+use super::{Generation, LlmModel, StepOutput, i64_tensor, take_token};
+
+/// Joining and membership of the decode batch of one (pipeline, level).
+pub struct DecodeSlots {
+    pub max_batch: usize,
+    /// Generations done with their prefill, waiting for the batch's next
+    /// step (bounded: a place is reserved before pushing).
+    joiners: ArrayQueue<Box<Generation>>,
+    /// True while a batch ticket exists (queued or running).
+    active: AtomicBool,
+    /// Members plus joiners: places taken in the batch.
+    taken: AtomicUsize,
+}
+
+impl DecodeSlots {
+    pub fn new(max_batch: usize) -> DecodeSlots {
+        DecodeSlots {
+            max_batch,
+            joiners: ArrayQueue::new(max_batch.max(1)),
+            active: AtomicBool::new(false),
+            taken: AtomicUsize::new(0),
+        }
+    }
+
+    /// Hands a decoding generation to the batch. `Ok(Some(batch))`: no
+    /// batch existed, the caller queues this new one. `Ok(None)`: the
+    /// running batch takes it at its next step. `Err(g)`: the batch is
+    /// full; `g` keeps stepping alone (it tries again after each step).
+    pub fn join(&self, g: Box<Generation>) -> Result<Option<Box<DecodeBatch>>, Box<Generation>> {
+        if self.taken.fetch_add(1, SeqCst) >= self.max_batch {
+            self.taken.fetch_sub(1, SeqCst);
+            return Err(g);
+        }
+        let (pipeline, level) = (g.pipeline, g.level);
+        if let Err(g) = self.joiners.push(g) {
+            // Unreachable: capacity is max_batch and a place was reserved.
+            self.taken.fetch_sub(1, SeqCst);
+            return Err(g);
+        }
+        if self.active.swap(true, SeqCst) {
+            return Ok(None);
+        }
+        let mut b = Box::new(DecodeBatch::new(pipeline, level));
+        self.take_joiners(&mut b);
+        Ok(Some(b))
+    }
+
+    /// Merges waiting joiners into the batch (at the start of a step).
+    pub fn take_joiners(&self, b: &mut DecodeBatch) {
+        while let Some(g) = self.joiners.pop() {
+            b.rows.push(None);
+            b.members.push(g);
+            b.dirty = true;
+        }
+    }
+
+    /// A member left the batch for good.
+    pub fn left(&self, n: usize) {
+        self.taken.fetch_sub(n, SeqCst);
+    }
+
+    /// The batch has no members: retire it, unless joiners arrived in the
+    /// meantime and no other batch was started for them, in which case
+    /// they are merged and `true` says to keep the batch going.
+    pub fn retire(&self, b: &mut DecodeBatch) -> bool {
+        self.active.store(false, SeqCst);
+        if self.joiners.is_empty() || self.active.swap(true, SeqCst) {
+            return false;
+        }
+        self.take_joiners(b);
+        if b.members.is_empty() {
+            // Another worker's retire took them first; undo.
+            self.active.store(false, SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Everything still waiting to join (teardown).
+    pub fn drain(&self) -> Vec<Box<Generation>> {
+        std::iter::from_fn(|| self.joiners.pop()).collect()
+    }
+}
+
+/// The generations of one (pipeline, level) that decode together.
+pub struct DecodeBatch {
+    pub pipeline: usize,
+    pub level: usize,
+    pub members: Vec<Box<Generation>>,
+    /// Per member: its row in `past`, or `None` if its KV cache is still
+    /// its own (just joined).
+    rows: Vec<Option<usize>>,
+    /// Merged `past_key_values.*` in model input order (k, v per layer).
+    past: Vec<DynValue>,
+    width: usize,
+    /// Membership changed since `past` was built.
+    dirty: bool,
+}
+
+impl DecodeBatch {
+    fn new(pipeline: usize, level: usize) -> DecodeBatch {
+        DecodeBatch {
+            pipeline,
+            level,
+            members: Vec::new(),
+            rows: Vec::new(),
+            past: Vec::new(),
+            width: 0,
+            dirty: false,
+        }
+    }
+
+    /// Takes out the members for which `leave` holds.
+    pub fn remove(&mut self, mut leave: impl FnMut(&Generation) -> bool) -> Vec<Box<Generation>> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.members.len() {
+            if leave(&self.members[i]) {
+                out.push(self.members.remove(i));
+                self.rows.remove(i);
+                self.dirty = true;
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// Copies every member's valid KV rows into a fresh merged cache.
+    fn rebuild(&mut self, kv_heads: usize, head_dim: usize) -> Result<(), String> {
+        let b = self.members.len();
+        let width = self.members.iter().map(|g| g.past_len).max().unwrap_or(0);
+        let old = std::mem::take(&mut self.past);
+        let tensors = self
+            .members
+            .iter()
+            .find(|g| !g.past.is_empty())
+            .map(|g| g.past.len())
+            .unwrap_or(old.len());
+        let mut merged = Vec::with_capacity(tensors);
+        for t in 0..tensors {
+            let mut buf = vec![0f32; b * kv_heads * width * head_dim];
+            let old_data = match old.get(t) {
+                Some(v) => Some(v.try_extract_tensor::<f32>().map_err(|e| e.to_string())?.1),
+                None => None,
+            };
+            for (bi, (g, row)) in self.members.iter().zip(&self.rows).enumerate() {
+                let (src, src_row, src_width) = match row {
+                    Some(r) => (old_data.ok_or("merged cache missing")?, *r, self.width),
+                    None => {
+                        let v = g.past.get(t).ok_or("joiner without a KV cache")?;
+                        let data = v.try_extract_tensor::<f32>().map_err(|e| e.to_string())?.1;
+                        (data, 0, g.past_len)
+                    }
+                };
+                let n = g.past_len * head_dim;
+                for h in 0..kv_heads {
+                    let s = (src_row * kv_heads + h) * src_width * head_dim;
+                    let d = (bi * kv_heads + h) * width * head_dim;
+                    buf[d..d + n].copy_from_slice(&src[s..s + n]);
+                }
+            }
+            let shape = [b, kv_heads, width, head_dim];
+            merged.push(
+                OrtTensor::from_array((shape, buf))
+                    .map_err(|e| e.to_string())?
+                    .into_dyn(),
+            );
+        }
+        for g in &mut self.members {
+            g.past.clear();
+        }
+        self.rows = (0..b).map(Some).collect();
+        self.past = merged;
+        self.width = width;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// One decode step for every member: one model run, one token each.
+    pub fn step(&mut self, model: &mut LlmModel) -> Result<Vec<StepOutput>, String> {
+        let sh = model.shared.clone();
+        let gen_cfg = &sh.generation;
+        if self.dirty {
+            self.rebuild(gen_cfg.num_key_value_heads, gen_cfg.head_dim)?;
+        }
+        let b = self.members.len();
+        let w = self.width;
+        let mut ids = Vec::with_capacity(b);
+        let mut pos = Vec::with_capacity(b);
+        let mut mask = vec![0i64; b * (w + 1)];
+        for (bi, g) in self.members.iter().enumerate() {
+            ids.push(g.next_input.ok_or("batched member has no next token")? as i64);
+            pos.push(g.past_len as i64);
+            mask[bi * (w + 1)..bi * (w + 1) + g.past_len + 1].fill(1);
+        }
+        let mut inputs: Vec<(&str, ort::session::SessionInputValue)> =
+            Vec::with_capacity(3 + self.past.len());
+        inputs.push(("input_ids", i64_tensor([b, 1], ids)?.into()));
+        inputs.push(("attention_mask", i64_tensor([b, w + 1], mask)?.into()));
+        inputs.push(("position_ids", i64_tensor([b, 1], pos)?.into()));
+        let mut past = std::mem::take(&mut self.past).into_iter();
+        for i in 0..gen_cfg.num_layers {
+            let k = past.next().ok_or("missing merged past key")?;
+            let v = past.next().ok_or("missing merged past value")?;
+            inputs.push((sh.past_key_names[i].as_str(), k.into()));
+            inputs.push((sh.past_value_names[i].as_str(), v.into()));
+        }
+        // On failure the merged cache is gone: the worker ends every member.
+        let mut out = model.session.run(inputs).map_err(|e| e.to_string())?;
+        for i in 0..gen_cfg.num_layers {
+            let k = out
+                .remove(&sh.present_key_names[i])
+                .ok_or("missing present key")?;
+            let v = out
+                .remove(&sh.present_value_names[i])
+                .ok_or("missing present value")?;
+            self.past.push(k);
+            self.past.push(v);
+        }
+        self.width = w + 1;
+        let logits = out.get("logits").ok_or("model returned no logits")?;
+        let (shape, data) = logits
+            .try_extract_tensor::<f32>()
+            .map_err(|e| e.to_string())?;
+        let vocab = *shape.last().ok_or("logits have no shape")? as usize;
+        if data.len() != b * vocab {
+            return Err(format!(
+                "logits have {} values for a batch of {b}",
+                data.len()
+            ));
+        }
+        let mut outs = Vec::with_capacity(b);
+        for (bi, g) in self.members.iter_mut().enumerate() {
+            g.past_len += 1;
+            let mut row = data[bi * vocab..(bi + 1) * vocab].to_vec();
+            outs.push(take_token(&sh, g, &mut row));
+        }
+        Ok(outs)
+    }
+}
+
+/// Decode counters of one generation pipeline (relaxed atomics).
+pub struct DecodeStats {
+    /// `sizes[n]`: decode steps that ran `n` generations together.
+    pub sizes: Vec<AtomicU64>,
+    /// Tokens produced by decode steps (prefill's first token excluded).
+    pub tokens: AtomicU64,
+    /// Wall time of those decode steps (µs).
+    pub busy_us: AtomicU64,
+}
+
+impl DecodeStats {
+    pub fn new(max_batch: usize) -> DecodeStats {
+        DecodeStats {
+            sizes: (0..=max_batch).map(|_| AtomicU64::new(0)).collect(),
+            tokens: AtomicU64::new(0),
+            busy_us: AtomicU64::new(0),
+        }
+    }
+
+    pub fn record(&self, size: usize, tokens: usize, took: std::time::Duration) {
+        if let Some(s) = self.sizes.get(size) {
+            s.fetch_add(1, Relaxed);
+        }
+        self.tokens.fetch_add(tokens as u64, Relaxed);
+        self.busy_us.fetch_add(took.as_micros() as u64, Relaxed);
+    }
+
+    pub fn snapshot(&self, pipeline: &str) -> DecodeSnapshot {
+        let tokens = self.tokens.load(Relaxed);
+        let busy_us = self.busy_us.load(Relaxed);
+        DecodeSnapshot {
+            pipeline: pipeline.to_string(),
+            sizes: self.sizes.iter().map(|a| a.load(Relaxed)).collect(),
+            tokens,
+            busy_us,
+            tokens_per_s: (busy_us > 0).then(|| tokens as f64 * 1e6 / busy_us as f64),
+        }
+    }
+}
+
+/// A copy of [`DecodeStats`]; per-stream tokens/s is in each generation's
+/// final message (`timing.decode_tokens_per_s`).
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct DecodeSnapshot {
+    pub pipeline: String,
+    /// Histogram: `sizes[n]` decode steps ran `n` generations together.
+    pub sizes: Vec<u64>,
+    pub tokens: u64,
+    pub busy_us: u64,
+    /// Aggregate decode tokens per second of step time.
+    pub tokens_per_s: Option<f64>,
+}
+
+impl DecodeSnapshot {
+    /// Largest decode batch seen (0 if none).
+    pub fn largest(&self) -> usize {
+        self.sizes.iter().rposition(|&c| c > 0).unwrap_or(0)
+    }
+}
