@@ -1029,12 +1029,7 @@ impl DaemonSetup {
             .enumerate()
             .map(|(i, w)| {
                 let names: Vec<&str> = w.levels.iter().map(|&l| c.levels[l].as_str()).collect();
-                let nice = match w.policy {
-                    reflexd::config::ThreadPolicy::Default => String::new(),
-                    reflexd::config::ThreadPolicy::Nice(n) => format!(" (nice {n})"),
-                    reflexd::config::ThreadPolicy::Fifo(p) => format!(" (SCHED_FIFO {p})"),
-                };
-                format!("worker {i}: {}{nice}", names.join("+"))
+                format!("worker {i}: {}{}", names.join("+"), w.policy)
             })
             .collect();
         format!("; {}", ws.join(", "))

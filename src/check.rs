@@ -7,7 +7,7 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
-use crate::config::{Config, Fallback, InputFormat, Overflow, ThreadPolicy};
+use crate::config::{Config, Fallback, InputFormat, Overflow};
 use crate::engine::EngineError;
 use crate::llm::{self, LlmShared, ModelFiles};
 use crate::ortlib;
@@ -26,12 +26,7 @@ pub fn check(config: &Config) -> Result<String, StartError> {
             .iter()
             .map(|&l| config.levels[l].as_str())
             .collect();
-        let nice = match w.policy {
-            ThreadPolicy::Default => String::new(),
-            ThreadPolicy::Nice(n) => format!(" (nice {n})"),
-            ThreadPolicy::Fifo(p) => format!(" (SCHED_FIFO {p})"),
-        };
-        let _ = writeln!(out, "worker {i}: serves {}{nice}", names.join(", "));
+        let _ = writeln!(out, "worker {i}: serves {}{}", names.join(", "), w.policy);
     }
     for p in &config.pipelines {
         let loaded = service::load_and_warm(&env, config, p)?;

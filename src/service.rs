@@ -498,7 +498,6 @@ impl Daemon {
         for g in drained.gens.into_iter().chain(joiners) {
             llm_serve::finish(&self.shared, g, Finish::Cancelled);
         }
-        self.gen_entities.clear();
         if let Err(e) = self.shared.session.close().await {
             tracing::warn!(error = %e, "closing zenoh session failed");
         }

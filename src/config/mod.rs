@@ -127,6 +127,18 @@ pub enum ThreadPolicy {
     Fifo(i32),
 }
 
+/// The suffix `check` and the benchmarks print after a worker's levels:
+/// empty for the default policy, else " (nice N)" / " (SCHED_FIFO P)".
+impl std::fmt::Display for ThreadPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ThreadPolicy::Default => Ok(()),
+            ThreadPolicy::Nice(n) => write!(f, " (nice {n})"),
+            ThreadPolicy::Fifo(p) => write!(f, " (SCHED_FIFO {p})"),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum ZenohConfig {
     Inline {
