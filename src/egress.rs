@@ -8,6 +8,11 @@
 //! burst of replies (say, a flood answered `busy`) overflows zenoh's small
 //! per-priority queues and is dropped; without it zenoh batches only under
 //! back-pressure and sends at once otherwise.
+//!
+//! Predictions travel at the zenoh priority of their scheduler level
+//! ([`level_priority`]): zenoh keeps one transmission queue per priority, so
+//! a 32 ms audio frame's reply never waits behind (or is dropped behind) the
+//! fragments of a 400 KB camera map in the same queue.
 
 use std::collections::HashMap;
 
@@ -29,6 +34,25 @@ pub fn output_key(output: &str, stream: &str) -> String {
     }
 }
 
+/// Zenoh priorities from the most to the least urgent that applications may
+/// use (`Control` is zenoh's own).
+const PRIORITIES: [Priority; 7] = [
+    Priority::RealTime,
+    Priority::InteractiveHigh,
+    Priority::InteractiveLow,
+    Priority::DataHigh,
+    Priority::Data,
+    Priority::DataLow,
+    Priority::Background,
+];
+
+/// The zenoh priority for replies of scheduler level `level` (0 = highest):
+/// the order of levels is kept, and levels past the seventh share
+/// `Background`.
+pub fn level_priority(level: usize) -> Priority {
+    PRIORITIES[level.min(PRIORITIES.len() - 1)]
+}
+
 /// A worker's publishing side.
 pub struct Outbox {
     session: zenoh::Session,
@@ -43,7 +67,9 @@ impl Outbox {
         }
     }
 
-    pub fn put(&mut self, key: &str, payload: Vec<u8>) -> Result<(), String> {
+    /// Publishes on `key` at the zenoh priority of scheduler level `level`
+    /// (a key always belongs to one pipeline, hence one level).
+    pub fn put(&mut self, key: &str, level: usize, payload: Vec<u8>) -> Result<(), String> {
         if !self.publishers.contains_key(key) {
             if self.publishers.len() >= MAX_CACHED_PUBLISHERS {
                 self.publishers.clear();
@@ -52,7 +78,7 @@ impl Outbox {
                 .session
                 .declare_publisher(key.to_string())
                 .congestion_control(CongestionControl::Drop)
-                .priority(Priority::DataHigh)
+                .priority(level_priority(level))
                 .wait()
                 .map_err(|e| e.to_string())?;
             self.publishers.insert(key.to_string(), p);
@@ -91,5 +117,19 @@ pub fn publish_error(
         .wait()
     {
         tracing::warn!(pipeline, error = %e, "cannot publish error message");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_keep_their_order_in_zenoh_priorities() {
+        assert_eq!(level_priority(0), Priority::RealTime);
+        let ps: Vec<u8> = (0..10).map(|l| level_priority(l) as u8).collect();
+        assert!(ps.windows(2).all(|w| w[0] <= w[1]), "{ps:?}");
+        assert_eq!(level_priority(6), Priority::Background);
+        assert_eq!(level_priority(99), Priority::Background);
     }
 }

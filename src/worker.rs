@@ -588,7 +588,7 @@ fn reply(
             // Counted before the put, so a client that has seen the
             // prediction also sees it counted.
             shared.stats[pi].ok.fetch_add(1, Relaxed);
-            match outbox.put(&key, bytes) {
+            match outbox.put(&key, p.level, bytes) {
                 Ok(()) => {}
                 Err(e) => {
                     shared.stats[pi].ok.fetch_sub(1, Relaxed);
