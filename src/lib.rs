@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod ingress;
 pub mod llm;
+pub mod metrics;
 pub mod ortlib;
 pub mod pipeline;
 pub mod scheduler;

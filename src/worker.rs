@@ -91,11 +91,15 @@ pub fn run(mut w: Worker, shared: Arc<Shared>) {
             Work::Job(j) => (j, None),
             Work::Stream(s, j) => (j, Some(s)),
             Work::Gen(g) => {
+                let t = Instant::now();
                 step_generation(&mut w, &shared, g);
+                shared.worker_stats[w.id].add(t.elapsed());
                 continue;
             }
         };
         let started = Instant::now();
+        let st = &shared.stats[job.pipeline];
+        st.time(&st.queue_wait, started - job.received);
         if started > job.deadline {
             let late = micros(started - job.deadline);
             fail(
@@ -115,6 +119,7 @@ pub fn run(mut w: Worker, shared: Arc<Shared>) {
         if let Some(s) = slot {
             shared.scheduler.release(&s);
         }
+        shared.worker_stats[w.id].add(started.elapsed());
     }
     tracing::debug!(worker = w.id, "worker stopped");
 }
@@ -136,7 +141,11 @@ fn step_generation(w: &mut Worker, shared: &Shared, mut g: Box<Generation>) {
         return llm_serve::finish(shared, g, Finish::Error);
     };
     g.run_order = shared.order.fetch_add(1, Relaxed);
-    match model.step(&mut g) {
+    let t = Instant::now();
+    let step = model.step(&mut g);
+    let st = &shared.gen_stats[g.pipeline];
+    st.time(&st.inference, t.elapsed());
+    match step {
         Ok(out) => {
             if let Some((token_id, text)) = out.token {
                 llm_serve::publish_token(shared, &g, token_id, &text);
@@ -201,6 +210,8 @@ fn serve(
         None => pipeline::run(model, p, spec, &job.tensors, None),
     };
     let done = Instant::now();
+    let st = &shared.stats[pi];
+    st.time(&st.inference, done - started);
     match result {
         Ok(outputs) => {
             let mut meta = HashMap::with_capacity(12);
@@ -228,12 +239,11 @@ fn serve(
                 "inference_us".to_string(),
                 micros(done - started).to_string(),
             );
+            // End-to-end is measured last, just before the put.
+            let e2e = job.received.elapsed();
+            st.time(&st.e2e, e2e);
             let bytes = wire::encode_output(&outputs, {
-                // End-to-end is measured last, just before the put.
-                meta.insert(
-                    "e2e_us".to_string(),
-                    micros(job.received.elapsed()).to_string(),
-                );
+                meta.insert("e2e_us".to_string(), micros(e2e).to_string());
                 meta
             });
             let key = egress::output_key(&p.output, &job.stream);

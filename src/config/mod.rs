@@ -39,11 +39,13 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
     ConfigError::Invalid(msg.into())
 }
 
+mod metrics;
 mod pipeline;
 mod raw;
 #[cfg(test)]
 mod tests;
 
+pub use metrics::MetricsConfig;
 use pipeline::{generator_config, pipeline_config};
 pub use raw::*;
 
@@ -61,6 +63,7 @@ pub struct Config {
     pub pipelines: Vec<PipelineConfig>,
     /// Generation pipelines (`kind = "generate"`).
     pub generators: Vec<GeneratorConfig>,
+    pub metrics: MetricsConfig,
 }
 
 /// A generation pipeline: an LLM answering commands with streamed tokens.
@@ -274,6 +277,7 @@ impl Config {
 
     pub fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         let zenoh = zenoh_config(raw.zenoh, base)?;
+        let metrics = metrics::metrics_config(&raw.metrics)?;
         let runtime = runtime_config(&raw.runtime, base)?;
         let limits = Limits {
             max_payload_bytes: positive(
@@ -434,6 +438,7 @@ impl Config {
             workers,
             pipelines,
             generators,
+            metrics,
         })
     }
 }

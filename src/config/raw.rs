@@ -22,6 +22,17 @@ pub struct RawConfig {
     pub worker: Vec<RawWorker>,
     #[serde(default)]
     pub pipeline: Vec<RawPipeline>,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub node: Option<String>,
+    pub prometheus: Option<String>,
+    pub publish_interval_ms: Option<u64>,
+    pub histograms: Option<bool>,
 }
 
 #[derive(Deserialize, Debug, Default)]
