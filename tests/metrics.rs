@@ -337,3 +337,107 @@ async fn prometheus_is_off_by_default_and_unknown_paths_are_404() {
     );
     daemon.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generation_metrics_match_the_final_messages() {
+    let llm = repo().join("models/llm/fetched");
+    assert!(llm.join("model.onnx").exists(), "run `make setup`");
+    let (daemon, port) = start(&format!(
+        r#"
+        [metrics]
+        node = "t/gen"
+        prometheus = "127.0.0.1:0"
+        [[pipeline]]
+        name = "chat"
+        kind = "generate"
+        model = "{}"
+        input = "t/llm/cmd"
+        output = "t/llm/out"
+        "#,
+        llm.display()
+    ))
+    .await;
+    let c = client(port).await;
+    wait_subscribed(&c, "t/llm/cmd").await;
+    let out = c.declare_subscriber("t/llm/out/**").await.unwrap();
+    let mut usage = (0u64, 0u64);
+    for (i, n) in [6, 1].into_iter().enumerate() {
+        let cmd =
+            serde_json::json!({"id": format!("g{i}"), "prompt": "Count to ten.", "max_tokens": n});
+        put(&c, "t/llm/cmd", cmd.to_string().into_bytes()).await;
+        loop {
+            let s = tokio::time::timeout(WAIT * 4, out.recv_async())
+                .await
+                .expect("generation finished")
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&s.payload().to_bytes()).unwrap();
+            if v["done"] == true {
+                assert_eq!(v["finish_reason"], "length", "{v}");
+                usage.0 += v["usage"]["prompt_tokens"].as_u64().unwrap();
+                usage.1 += v["usage"]["completion_tokens"].as_u64().unwrap();
+                break;
+            }
+        }
+    }
+    // A command that is not JSON is counted under its code.
+    put(&c, "t/llm/cmd", b"{not json".to_vec()).await;
+    let mut snap = daemon.metrics();
+    for _ in 0..100 {
+        if snap.pipelines[0].error(reflexd::error::ErrorCode::BadCommand) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        snap = daemon.metrics();
+    }
+    let p = snap.pipeline("chat").unwrap();
+    assert_eq!(p.kind, "generate");
+    assert_eq!((p.received, p.ok), (3, 2));
+    assert_eq!(p.error(reflexd::error::ErrorCode::BadCommand), 1);
+    let g = p.generation.as_ref().unwrap();
+    assert_eq!((g.prompt_tokens, g.completion_tokens), usage);
+    assert_eq!(g.completion_tokens, 7);
+    assert_eq!(g.live, 0);
+    // Both produced a first token; only the 6-token one has a TPOT.
+    assert_eq!(g.ttft.count, 2);
+    assert_eq!(g.tpot.count, 1);
+    assert_eq!(p.e2e.count, 2);
+    assert!(g.decode_tokens_per_s.unwrap() > 0.0);
+    // Every step is one inference sample: at least one per token.
+    assert!(p.inference.count >= 7, "{}", p.inference.count);
+
+    let m = scrape(daemon.prometheus_addr().unwrap());
+    let l = "pipeline=\"chat\",gen_ai_operation_name=\"chat\",gen_ai_request_model=";
+    let key = |name: &str, extra: &str| {
+        m.iter()
+            .find(|(k, _)| {
+                k.starts_with(&format!("{name}{{{l}")) && k.ends_with(&format!("{extra}}}"))
+            })
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("{name} {extra} missing"))
+    };
+    assert_eq!(
+        key("gen_ai_server_time_to_first_token_seconds_count", "\""),
+        2.0
+    );
+    assert_eq!(
+        key("gen_ai_server_time_per_output_token_seconds_count", "\""),
+        1.0
+    );
+    assert_eq!(
+        key("gen_ai_server_request_duration_seconds_count", "\""),
+        2.0
+    );
+    assert_eq!(
+        key(
+            "reflexd_gen_ai_tokens_total",
+            "gen_ai_token_type=\"output\""
+        ),
+        7.0
+    );
+    assert_eq!(
+        key("reflexd_gen_ai_tokens_total", "gen_ai_token_type=\"input\""),
+        usage.0 as f64
+    );
+    assert_eq!(key("reflexd_generations_live", "\""), 0.0);
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
