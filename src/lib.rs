@@ -14,6 +14,7 @@ pub mod error;
 pub mod ingress;
 pub mod llm;
 pub mod metrics;
+pub mod ops;
 pub mod ortlib;
 pub mod pipeline;
 pub mod scheduler;

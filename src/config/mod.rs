@@ -39,7 +39,7 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
     ConfigError::Invalid(msg.into())
 }
 
-mod metrics;
+pub mod metrics;
 mod pipeline;
 mod raw;
 #[cfg(test)]
