@@ -93,7 +93,7 @@ pub struct PromptArgs {
     pub lines: bool,
 }
 
-fn parse_secs(s: &str) -> Result<Duration, String> {
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(Duration::from_secs_f64(v)),
         _ => Err(format!("{s:?}: expected seconds, > 0 and at most 86400")),
@@ -292,6 +292,12 @@ pub fn command(args: &PromptArgs, id: &str) -> Value {
 }
 
 fn session_config(args: &PromptArgs) -> Result<zenoh::Config, ClientError> {
+    peer_config(&args.connect, args.connect_timeout).map_err(ClientError::BadArgs)
+}
+
+/// The client-side zenoh config every operator command uses (`prompt`,
+/// `top`, `tap`): connect to one endpoint, never listen or scout.
+pub fn peer_config(connect: &str, connect_timeout: Duration) -> Result<zenoh::Config, String> {
     // A peer with no listener, connecting only where it is told, scouting
     // and gossip off: the client never discovers (or is found on) a real
     // network. `exit_on_failure` turns "nobody listens there" into an error
@@ -301,15 +307,14 @@ fn session_config(args: &PromptArgs) -> Result<zenoh::Config, ClientError> {
         "mode": "peer",
         "listen": { "endpoints": [] },
         "connect": {
-            "endpoints": [args.connect],
-            "timeout_ms": args.connect_timeout.as_millis() as u64,
+            "endpoints": [connect],
+            "timeout_ms": connect_timeout.as_millis() as u64,
             "exit_on_failure": true,
             "retry": { "period_init_ms": 100, "period_max_ms": 500, "period_increase_factor": 2 },
         },
         "scouting": { "multicast": { "enabled": false }, "gossip": { "enabled": false } },
     });
-    zenoh::Config::from_json5(&cfg.to_string())
-        .map_err(|e| ClientError::BadArgs(format!("--connect {:?}: {e}", args.connect)))
+    zenoh::Config::from_json5(&cfg.to_string()).map_err(|e| format!("--connect {connect:?}: {e}"))
 }
 
 /// Where token and final messages come from.

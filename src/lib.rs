@@ -16,6 +16,8 @@ pub mod health;
 pub mod ingress;
 pub mod llm;
 pub mod logging;
+pub mod metrics;
+pub mod ops;
 pub mod ortlib;
 pub mod pipeline;
 pub mod scheduler;

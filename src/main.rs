@@ -36,6 +36,17 @@ enum Command {
     /// stdout and print TTFT/TPOT on stderr. Exit status: 0 answered (stop or
     /// length), 1 error, deadline or timeout, 130 cancelled with Ctrl-C.
     Prompt(Box<reflexd::client::PromptArgs>),
+    /// Live view of a running daemon's metrics over zenoh (pipelines, rates,
+    /// p50/p99, misses, drops, TTFT/TPOT, workers); `--once` prints one screen.
+    Top(reflexd::ops::top::TopArgs),
+    /// Print decoded messages on a key expression: tensor summaries, token
+    /// streams, errors, metrics.
+    Tap(reflexd::ops::tap::TapArgs),
+}
+
+/// Resolves on the first Ctrl-C.
+async fn ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn shutdown_signal() {
@@ -89,6 +100,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Prompt(args) => return Ok(prompt(*args).await),
+        Command::Top(args) => {
+            reflexd::ops::top::run(&args, &mut std::io::stdout(), ctrl_c())
+                .await
+                .map_err(anyhow::Error::msg)?;
+        }
+        Command::Tap(args) => {
+            reflexd::ops::tap::run(&args, &mut std::io::stdout(), ctrl_c())
+                .await
+                .map_err(anyhow::Error::msg)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -99,7 +120,7 @@ fn main() -> ExitCode {
     // are logged there (zenoh's connection retries are reported as one
     // error by the client itself).
     reflexd::logging::init(match &cli.command {
-        Command::Prompt(_) => "warn,zenoh=error",
+        Command::Prompt(_) | Command::Top(_) | Command::Tap(_) => "warn,zenoh=error",
         _ => "info,zenoh=warn,ort=warn",
     });
     let rt = match tokio::runtime::Builder::new_multi_thread()

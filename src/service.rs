@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::batch::{BatchSnapshot, BatchStats};
 use crate::config::{Config, PipelineConfig, ZenohConfig, ZenohMode};
@@ -20,10 +20,11 @@ use crate::health::Progress;
 use crate::ingress;
 use crate::llm::serve::{self as llm_serve, GenPipeline};
 use crate::llm::{self, Finish, LlmShared, ModelFiles};
+use crate::metrics;
 use crate::ortlib::{self, OrtLoadError};
 use crate::pipeline::{self, Spec, StreamState};
 use crate::scheduler::Scheduler;
-use crate::stats::{self, PipelineSnapshot, PipelineStats};
+use crate::stats::{MetricsSnapshot, PipelineSnapshot, PipelineStats, WorkerStats};
 use crate::worker::{self, Worker};
 
 /// How long teardown lets workers finish queued jobs.
@@ -48,6 +49,8 @@ pub enum StartError {
         "runtime.mlockall = true: mlockall failed: {0} (needs CAP_IPC_LOCK, e.g. AmbientCapabilities=CAP_IPC_LOCK in the unit, or LimitMEMLOCK=infinity)"
     )]
     Mlock(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 /// One step of start-up, reported before it begins (model loads and
@@ -82,6 +85,10 @@ pub struct Shared {
     pub order: AtomicU64,
     /// Per-worker "model run started at" stamps, read by the watchdog.
     pub progress: Progress,
+    /// Busy time per worker, indexed by worker id.
+    pub worker_stats: Vec<WorkerStats>,
+    /// When the daemon finished loading (uptime and utilisation base).
+    pub started: Instant,
 }
 
 /// Builds the zenoh configuration; scouting off unless asked for.
@@ -195,6 +202,7 @@ pub struct Daemon {
     subscribers: Vec<zenoh::pubsub::Subscriber<()>>,
     gen_entities: Vec<llm_serve::Entities>,
     threads: Vec<JoinHandle<()>>,
+    exports: Option<metrics::Exports>,
 }
 
 impl Daemon {
@@ -316,7 +324,7 @@ impl Daemon {
             stats: config
                 .pipelines
                 .iter()
-                .map(|_| PipelineStats::default())
+                .map(|_| PipelineStats::new(config.metrics.histograms))
                 .collect(),
             batch_stats: config
                 .pipelines
@@ -326,8 +334,14 @@ impl Daemon {
             gen_stats: config
                 .generators
                 .iter()
-                .map(|_| PipelineStats::default())
+                .map(|_| PipelineStats::new(config.metrics.histograms))
                 .collect(),
+            worker_stats: config
+                .workers
+                .iter()
+                .map(|_| WorkerStats::default())
+                .collect(),
+            started: Instant::now(),
             gens,
             gen_providers,
             specs,
@@ -375,6 +389,7 @@ impl Daemon {
                 llm_serve::declare(&shared, gi).map_err(|e| StartError::Zenoh(e.to_string()))?;
             gen_entities.push(e);
         }
+        let exports = metrics::start(&shared).await.map_err(StartError::Metrics)?;
         tracing::info!(
             pipelines = shared.config.pipelines.len(),
             generators = shared.config.generators.len(),
@@ -387,24 +402,15 @@ impl Daemon {
             subscribers,
             gen_entities,
             threads,
+            exports: Some(exports),
         })
     }
 
     /// Counters per pipeline, in config order.
     pub fn stats(&self) -> Vec<PipelineSnapshot> {
-        self.shared
-            .config
-            .pipelines
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                stats::snapshot(
-                    &p.name,
-                    self.shared.specs[i].provider,
-                    &self.shared.stats[i],
-                )
-            })
-            .collect()
+        let mut all = self.metrics().pipelines;
+        all.truncate(self.shared.config.pipelines.len());
+        all
     }
 
     /// Batching counters of every batched tensor pipeline (batch-size
@@ -421,13 +427,19 @@ impl Daemon {
 
     /// Counters per generation pipeline, in config order.
     pub fn generation_stats(&self) -> Vec<PipelineSnapshot> {
-        let sh = &self.shared;
-        sh.config
-            .generators
-            .iter()
-            .enumerate()
-            .map(|(i, g)| stats::snapshot(&g.name, sh.gen_providers[i], &sh.gen_stats[i]))
-            .collect()
+        let mut all = self.metrics().pipelines;
+        all.drain(..self.shared.config.pipelines.len());
+        all
+    }
+
+    /// Everything the metrics exporters publish.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        metrics::snapshot(&self.shared)
+    }
+
+    /// Where the Prometheus endpoint listens, when enabled.
+    pub fn prometheus_addr(&self) -> Option<std::net::SocketAddr> {
+        self.exports.as_ref().and_then(|e| e.prometheus)
     }
 
     /// Decode counters per generation pipeline (continuous batching: the
@@ -466,6 +478,9 @@ impl Daemon {
     /// Graceful teardown in the documented order.
     pub async fn shutdown(mut self, drain_timeout: Duration) {
         self.gen_entities.clear();
+        // Metrics stay readable while draining; the liveliness token goes
+        // with them just before the session closes.
+        let exports = self.exports.take();
         for sub in self.subscribers.drain(..) {
             if let Err(e) = sub.undeclare().await {
                 tracing::warn!(error = %e, "undeclare subscriber failed");
@@ -498,6 +513,7 @@ impl Daemon {
         for g in drained.gens.into_iter().chain(joiners) {
             llm_serve::finish(&self.shared, g, Finish::Cancelled);
         }
+        drop(exports);
         if let Err(e) = self.shared.session.close().await {
             tracing::warn!(error = %e, "closing zenoh session failed");
         }

@@ -121,20 +121,21 @@ pub fn run(mut w: Worker, shared: Arc<Shared>) {
         let (job, slot) = match work {
             Work::Job(j) => (j, None),
             Work::Stream(s, j) => (j, Some(s)),
-            Work::Gen(g) => {
-                step_generation(&mut w, &shared, g);
-                continue;
-            }
-            Work::Batch(b) => {
-                serve_batch(&mut w, &shared, &mut outbox, b);
-                continue;
-            }
-            Work::GenBatch(b) => {
-                step_decode_batch(&mut w, &shared, b);
+            other => {
+                let t = Instant::now();
+                match other {
+                    Work::Gen(g) => step_generation(&mut w, &shared, g),
+                    Work::Batch(b) => serve_batch(&mut w, &shared, &mut outbox, b),
+                    Work::GenBatch(b) => step_decode_batch(&mut w, &shared, b),
+                    Work::Job(_) | Work::Stream(..) => unreachable!("matched above"),
+                }
+                shared.worker_stats[w.id].add(t.elapsed());
                 continue;
             }
         };
         let started = Instant::now();
+        let st = &shared.stats[job.pipeline];
+        st.time(&st.queue_wait, started - job.received);
         if started > job.deadline {
             too_late(&shared, &job, started);
         } else {
@@ -143,6 +144,7 @@ pub fn run(mut w: Worker, shared: Arc<Shared>) {
         if let Some(s) = slot {
             shared.scheduler.release(&s);
         }
+        shared.worker_stats[w.id].add(started.elapsed());
     }
     tracing::debug!(worker = w.id, "worker stopped");
 }
@@ -171,6 +173,8 @@ fn step_generation(w: &mut Worker, shared: &Shared, mut g: Box<Generation>) {
     let running = shared.progress.running(w.id);
     let stepped = model.step(&mut g);
     drop(running);
+    let st = &shared.gen_stats[g.pipeline];
+    st.time(&st.inference, t0.elapsed());
     match stepped {
         Ok(out) => {
             if decode {
@@ -296,6 +300,8 @@ fn step_decode_batch(w: &mut Worker, shared: &Shared, mut b: Box<DecodeBatch>) {
     let running = shared.progress.running(w.id);
     let stepped = b.step(model);
     drop(running);
+    let st = &shared.gen_stats[b.pipeline];
+    st.time(&st.inference, t0.elapsed());
     match stepped {
         Ok(outs) => {
             let produced = outs.iter().filter(|o| o.token.is_some()).count();
@@ -414,6 +420,10 @@ fn run_group(
     };
     let run_order = shared.order.fetch_add(1, Relaxed);
     let started = Instant::now();
+    let st = &shared.stats[pi];
+    for (_, job) in group {
+        st.time(&st.queue_wait, started - job.received);
+    }
     // Each slot's state is only touched by the worker holding its ticket,
     // so these locks are uncontended.
     let mut guards: Vec<_> = group
@@ -546,6 +556,8 @@ fn reply(
         done,
         batch,
     } = *info;
+    let st = &shared.stats[pi];
+    st.time(&st.inference, done - started);
     match result {
         Ok(outputs) => {
             let mut meta = HashMap::with_capacity(13);
@@ -576,12 +588,11 @@ fn reply(
                 "inference_us".to_string(),
                 micros(done - started).to_string(),
             );
+            // End-to-end is measured last, just before the put.
+            let e2e = job.received.elapsed();
+            st.time(&st.e2e, e2e);
             let bytes = wire::encode_output(&outputs, {
-                // End-to-end is measured last, just before the put.
-                meta.insert(
-                    "e2e_us".to_string(),
-                    micros(job.received.elapsed()).to_string(),
-                );
+                meta.insert("e2e_us".to_string(), micros(e2e).to_string());
                 meta
             });
             let key = egress::output_key(&p.output, &job.stream);

@@ -68,3 +68,71 @@ async fn python_client_gets_predictions_matching_python_onnxruntime() {
     assert!(stdout.contains(" 0 failed"), "{stdout}");
     daemon.shutdown(std::time::Duration::from_secs(5)).await;
 }
+
+/// The README's Python example (clients/python/example.py): a prediction, a
+/// coded error, a streamed generation and the metrics snapshot, checked
+/// against the daemon's own counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_example_predicts_streams_and_reads_metrics() {
+    let llm = common::repo().join("models/llm/fetched");
+    assert!(llm.join("model.onnx").exists(), "run `make setup`");
+    let (daemon, port) = common::start(&format!(
+        r#"
+        [metrics]
+        node = "py/node"
+        [[pipeline]]
+        name = "affine"
+        model = "models/test/affine.onnx"
+        input = "py/affine/*"
+        output = "py/affine_out"
+        [[pipeline]]
+        name = "chat"
+        kind = "generate"
+        model = "{}"
+        input = "py/llm/cmd"
+        output = "py/llm/out"
+        "#,
+        llm.display()
+    ))
+    .await;
+    let script = common::repo().join("clients/python/example.py");
+    let endpoint = format!("tcp/127.0.0.1:{port}");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(venv_python())
+            .arg(script)
+            .args(["--connect", &endpoint, "--node", "py/node"])
+            .args(["--input", "py/affine/ex", "--output", "py/affine_out"])
+            .args(["--llm-cmd", "py/llm/cmd", "--llm-out", "py/llm/out"])
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .output()
+            .expect("run the Python example")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(out.status.success(), "example failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("prediction: y=[1.0, 3.0, 5.0, 7.0, 9.0, 11.0, 13.0, 15.0]"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("error: code=wrong_shape"), "{stdout}");
+    assert!(stdout.contains("token: "), "{stdout}");
+    assert!(stdout.contains("Paris"), "{stdout}");
+    assert!(stdout.contains("alive: ['py/node/alive']"), "{stdout}");
+    let st = &daemon.stats()[0];
+    assert_eq!(
+        (st.ok, st.error(reflexd::error::ErrorCode::WrongShape)),
+        (1, 1)
+    );
+    assert!(
+        stdout.contains("metrics: affine kind=tensor ok=1 errors={'wrong_shape': 1}"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("metrics: chat kind=generate ok=1"),
+        "{stdout}"
+    );
+    daemon.shutdown(std::time::Duration::from_secs(5)).await;
+}

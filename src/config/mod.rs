@@ -42,12 +42,14 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
     ConfigError::Invalid(msg.into())
 }
 
+pub mod metrics;
 mod pipeline;
 mod raw;
 mod service;
 #[cfg(test)]
 mod tests;
 
+pub use metrics::MetricsConfig;
 use pipeline::{generator_config, pipeline_config};
 pub use raw::*;
 pub use service::*;
@@ -69,6 +71,7 @@ pub struct Config {
     pub generators: Vec<GeneratorConfig>,
     /// Supervision: watchdog, status reports, drain (see [`crate::systemd`]).
     pub service: ServiceConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// A generation pipeline: an LLM answering commands with streamed tokens.
@@ -321,6 +324,7 @@ impl Config {
 
     pub fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         let zenoh = zenoh_config(raw.zenoh, base)?;
+        let metrics = metrics::metrics_config(&raw.metrics)?;
         let runtime = runtime_config(&raw.runtime, base)?;
         let limits = Limits {
             max_payload_bytes: positive(
@@ -485,6 +489,7 @@ impl Config {
             pipelines,
             generators,
             service,
+            metrics,
         })
     }
 }

@@ -24,6 +24,8 @@ pub struct RawConfig {
     pub pipeline: Vec<RawPipeline>,
     #[serde(default)]
     pub service: RawService,
+    #[serde(default)]
+    pub metrics: RawMetrics,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -33,6 +35,15 @@ pub struct RawService {
     pub max_run_ms: Option<u64>,
     pub status_interval_ms: Option<u64>,
     pub model_load_timeout_s: Option<u64>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub node: Option<String>,
+    pub prometheus: Option<String>,
+    pub publish_interval_ms: Option<u64>,
+    pub histograms: Option<bool>,
 }
 
 #[derive(Deserialize, Debug, Default)]

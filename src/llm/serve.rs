@@ -22,6 +22,7 @@ use crate::config::GeneratorConfig;
 use crate::egress;
 use crate::error::{ErrorCode, Rejection};
 use crate::service::Shared;
+use crate::stats::PipelineStats;
 
 /// Where a generation's messages go.
 pub enum Sink {
@@ -226,6 +227,7 @@ pub fn finish(shared: &Shared, mut g: Box<Generation>, reason: Finish) {
     // client that has seen it also sees the counters and the free slot.
     gp.unregister(&g.cmd.id);
     let st = &shared.gen_stats[g.pipeline];
+    record(st, &g, now);
     match (reason, &g.error) {
         (Finish::Error, Some(rej)) => {
             st.error(rej.code);
@@ -248,6 +250,30 @@ pub fn finish(shared: &Shared, mut g: Box<Generation>, reason: Finish) {
     }
     send(shared, &g, serde_json::to_vec(&msg).expect("serializes"));
     tracing::debug!(id = %g.cmd.id, reason = reason.as_str(), tokens = g.tokens.len(), "generation finished");
+}
+
+/// Records a finished generation's latencies and token counts.
+fn record(st: &PipelineStats, g: &Generation, now: Instant) {
+    if let Some(s) = g.started {
+        st.time(&st.queue_wait, s - g.received);
+    }
+    st.time(&st.e2e, now - g.received);
+    let n = g.tokens.len() as u64;
+    st.generation
+        .prompt_tokens
+        .fetch_add(g.prompt_tokens() as u64, Relaxed);
+    st.generation.completion_tokens.fetch_add(n, Relaxed);
+    if let Some(first) = g.first_token {
+        st.time(&st.generation.ttft, first - g.received);
+        if n > 1 {
+            let after = now - first;
+            st.time(&st.generation.tpot, after / (n - 1) as u32);
+            st.generation.decode_tokens.fetch_add(n - 1, Relaxed);
+            st.generation
+                .decode_us
+                .fetch_add(after.as_micros() as u64, Relaxed);
+        }
+    }
 }
 
 fn reject(shared: &Shared, gi: usize, id: Option<&str>, rej: &Rejection) {
