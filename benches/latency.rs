@@ -998,8 +998,8 @@ impl DaemonSetup {
         Ok(Config::from_toml(&text, &self.base)?)
     }
 
-    /// The same setup with every `[[worker]] nice` removed; `None` when the
-    /// config sets none, so there is nothing to compare.
+    /// The same setup with every `[[worker]] nice` and `sched_idle` removed;
+    /// `None` when the config sets neither, so there is nothing to compare.
     fn without_nice(&self) -> Option<DaemonSetup> {
         let mut table = self.table.clone();
         let workers = table.get_mut("worker")?.as_array_mut()?;
@@ -1007,12 +1007,13 @@ impl DaemonSetup {
         for w in workers.iter_mut() {
             if let Some(t) = w.as_table_mut() {
                 removed |= t.remove("nice").is_some();
+                removed |= t.remove("sched_idle").is_some();
             }
         }
         removed.then(|| DaemonSetup {
             table,
             base: self.base.clone(),
-            source: format!("{} without worker nice", self.source),
+            source: format!("{} without worker nice/sched_idle", self.source),
             vad: self.vad.clone(),
             ocr: self.ocr.clone(),
         })

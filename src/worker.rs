@@ -60,6 +60,14 @@ pub fn apply_policy(policy: ThreadPolicy) -> Result<(), String> {
                 format!("SCHED_FIFO priority {p}"),
             )
         }
+        ThreadPolicy::Idle => {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: as above.
+            (
+                unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) },
+                "SCHED_IDLE".to_string(),
+            )
+        }
     };
     if rc == 0 {
         Ok(())

@@ -439,3 +439,39 @@ async fn sched_fifo_worker_is_real_time_or_start_fails_clearly() {
         ),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sched_idle_worker_yields_to_every_normal_thread() {
+    let fast = test_model("affine.onnx");
+    let (daemon, _port) = start(&format!(
+        r#"
+        [[level]]
+        name = "high"
+        [[level]]
+        name = "low"
+        [[worker]]
+        levels = ["high"]
+        [[worker]]
+        levels = ["low"]
+        sched_idle = true
+        [[pipeline]]
+        name = "a"
+        model = "{fast}"
+        input = "t/a"
+        output = "t/out/a"
+        level = "low"
+        "#
+    ))
+    .await;
+    // Field 41 is the policy: 5 = SCHED_IDLE, 0 = SCHED_OTHER. Needs no
+    // privilege, so there is no failure branch.
+    assert!(
+        thread_stat("reflexd-w1", 41).contains(&5),
+        "worker 1 runs SCHED_IDLE"
+    );
+    assert!(
+        !thread_stat("reflexd-w0", 41).contains(&5),
+        "only the configured worker is SCHED_IDLE"
+    );
+    daemon.shutdown(Duration::from_secs(5)).await;
+}

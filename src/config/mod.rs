@@ -128,6 +128,11 @@ pub enum ThreadPolicy {
     /// SCHED_FIFO at this priority (1-99): the thread preempts every normal
     /// thread as soon as it is runnable. Needs CAP_SYS_NICE.
     Fifo(i32),
+    /// SCHED_IDLE: runs only when no normal thread wants the CPU, so every
+    /// wake-up of a zenoh I/O thread or a higher-level worker preempts it at
+    /// once (nice only lowers its share). For workers serving only
+    /// background levels; needs no privilege.
+    Idle,
 }
 
 /// The suffix `check` and the benchmarks print after a worker's levels:
@@ -138,6 +143,7 @@ impl std::fmt::Display for ThreadPolicy {
             ThreadPolicy::Default => Ok(()),
             ThreadPolicy::Nice(n) => write!(f, " (nice {n})"),
             ThreadPolicy::Fifo(p) => write!(f, " (SCHED_FIFO {p})"),
+            ThreadPolicy::Idle => write!(f, " (SCHED_IDLE)"),
         }
     }
 }
@@ -391,6 +397,14 @@ impl Config {
                 idx.sort_unstable();
                 idx.dedup();
                 let policy = match (w.nice, w.sched_fifo) {
+                    _ if w.sched_idle == Some(true) => {
+                        if w.nice.is_some() || w.sched_fifo.is_some() {
+                            return Err(invalid(format!(
+                                "worker[{i}]: sched_idle = true excludes nice and sched_fifo (SCHED_IDLE has neither)"
+                            )));
+                        }
+                        ThreadPolicy::Idle
+                    }
                     (None, None) => ThreadPolicy::Default,
                     (Some(n), None) if (-20..=19).contains(&n) => ThreadPolicy::Nice(n),
                     (Some(n), None) => {

@@ -86,6 +86,7 @@ pub struct RawWorker {
     pub levels: Vec<String>,
     pub nice: Option<i32>,
     pub sched_fifo: Option<i32>,
+    pub sched_idle: Option<bool>,
     pub cpus: Option<Vec<usize>>,
 }
 

@@ -244,3 +244,16 @@ fn generator_max_batch_is_bounded_by_max_generations() {
         "{e}"
     );
 }
+
+#[test]
+fn sched_idle_excludes_nice_and_fifo() {
+    let w = |extra: &str| format!("[[worker]]\nlevels = [\"default\"]\n{extra}\n{MINIMAL}");
+    let c = Config::from_toml(&w("sched_idle = true"), Path::new("/")).unwrap();
+    assert_eq!(c.workers[0].policy, ThreadPolicy::Idle);
+    let c = Config::from_toml(&w("sched_idle = false\nnice = 3"), Path::new("/")).unwrap();
+    assert_eq!(c.workers[0].policy, ThreadPolicy::Nice(3));
+    let e = err(&w("sched_idle = true\nnice = 3"));
+    assert!(e.contains("worker[0]") && e.contains("sched_idle"), "{e}");
+    let e = err(&w("sched_idle = true\nsched_fifo = 3"));
+    assert!(e.contains("excludes nice and sched_fifo"), "{e}");
+}
