@@ -14,6 +14,9 @@
 //! first suspect for any tail. It prints tables and verdicts and never fails
 //! on a number: `cargo bench --bench latency [-- --quick | --help]`.
 
+#[path = "common/plot.rs"]
+mod plot;
+
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::io::{BufRead, BufReader, Write};
@@ -1816,6 +1819,27 @@ fn timing_line(name: &str, s: &Series) {
     println!("  served by {}", per.join("; "));
 }
 
+/// Part B's VAD latency CDF, unloaded vs under OCR load, as SVG in
+/// docs/bench/ (embedded by BENCHMARKS.md).
+fn plot_isolation(variant: &str, unloaded: &[f64], loaded: &[f64]) -> Result<()> {
+    let dir = repo_dir().join("docs/bench");
+    std::fs::create_dir_all(&dir)?;
+    let tag: String = variant
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let path = dir.join(format!("latency_b{tag}_cdf.svg"));
+    plot::cdf(
+        &path,
+        &format!("VAD frame round trip{variant}: unloaded vs PP-OCR load"),
+        "µs",
+        &[("unloaded", unloaded), ("OCR load", loaded)],
+    )
+    .map_err(|e| anyhow!("plot: {e}"))?;
+    println!("  plot: {}", path.display());
+    Ok(())
+}
+
 fn part_b(
     args: &Args,
     rt: &tokio::runtime::Runtime,
@@ -1866,6 +1890,7 @@ fn part_b(
     );
     println!();
     print_isolation(&format!("reflexd{variant}"), &iso);
+    plot_isolation(variant, &unloaded.lat, &loaded.lat)?;
     timing_line("unloaded", &unloaded);
     timing_line("loaded", &loaded);
     println!("  OCR load generator: {report}");
