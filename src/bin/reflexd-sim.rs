@@ -2,7 +2,9 @@
 //! microphone (a 16 kHz WAV, 512-sample raw f32 frames every 32 ms, with the
 //! request id in the zenoh attachment) and a camera (a PNG, preprocessed as the
 //! PP-OCR text detector expects, sent as safetensors at ~2 Hz) into reflexd's
-//! inputs, then reads everything reflexd publishes under `reflexd/**`:
+//! inputs, then reads what reflexd publishes for the expected pipelines
+//! (`reflexd/<pipeline>/**`, so the LLM's token streams and the metrics
+//! snapshot on the same prefix are not mistaken for predictions):
 //! predictions, with the daemon's own timings next to the round trip measured
 //! here, and JSON error messages. The exit code says whether every expected
 //! pipeline answered at least once, so `scripts/demo.sh` can fail loudly.
@@ -324,12 +326,21 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let (tx, mut rx) = mpsc::channel::<Arrival>(PRINT_QUEUE);
     let dropped = Arc::new(AtomicU64::new(0));
     let dropped_cb = dropped.clone();
+    let wanted: Vec<String> = args
+        .expect
+        .iter()
+        .map(|p| format!("reflexd/{p}/"))
+        .collect();
     let sub = z(session
         .declare_subscriber("reflexd/**")
         .callback(move |s| {
+            let key = s.key_expr().as_str();
+            if !wanted.iter().any(|w| key.starts_with(w.as_str())) {
+                return;
+            }
             let a = Arrival {
                 at_us: now_us(),
-                key: s.key_expr().as_str().to_string(),
+                key: key.to_string(),
                 bytes: s.payload().to_bytes().into_owned(),
             };
             if tx.try_send(a).is_err() {
