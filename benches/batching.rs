@@ -18,6 +18,9 @@
 //! tables and verdicts; never fails on a number. Run it with
 //! `cargo bench --bench batching [-- --quick | --no-llm | --no-camera]`.
 
+#[path = "common/plot.rs"]
+mod plot;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -286,6 +289,7 @@ async fn bench_camera(a: &Args) -> Result<()> {
     );
     let mut tput = HashMap::new();
     let mut p99 = HashMap::new();
+    let mut curves: Vec<(String, Vec<f64>)> = Vec::new();
     for (p, label) in [
         ("cls1", "max_batch = 1".to_string()),
         (
@@ -306,7 +310,22 @@ async fn bench_camera(a: &Args) -> Result<()> {
             percentile(&lat, 0.5),
             percentile(&lat, 0.99)
         );
+        curves.push((label, lat));
     }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/bench/batching_camera_cdf.svg");
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    let series: Vec<(&str, &[f64])> = curves
+        .iter()
+        .map(|(l, v)| (l.as_str(), v.as_slice()))
+        .collect();
+    plot::cdf(
+        &path,
+        "camera-style pipeline at saturating load: round trip, batch 1 vs dynamic batching",
+        "ms",
+        &series,
+    )
+    .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+    println!("plot: {}", path.display());
     let bs = &daemon.batch_stats()[0];
     println!(
         "batch sizes (clsb, incl. warm-up): {:?}; mean fill wait {:.0} µs per batch",
