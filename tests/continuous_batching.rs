@@ -57,40 +57,6 @@ async fn collect_stream(sub: &Sub) -> (Vec<u64>, Value) {
     }
 }
 
-async fn ready(c: &zenoh::Session) {
-    // The first command may race subscription propagation: send probes until
-    // one is answered. Then wait until every probe has ended (final message
-    // or error): on a loaded machine a probe can take seconds, and probes
-    // still running would hold max_generations slots the test needs.
-    let sub = c.declare_subscriber("t/llm/out/**").await.unwrap();
-    let mut sent = 0;
-    let mut ended = 0;
-    let ended_by = |s: &zenoh::sample::Sample| {
-        let v: Value = serde_json::from_slice(&s.payload().to_bytes()).unwrap_or_default();
-        v["id"].as_str().is_some_and(|id| id.starts_with("probe"))
-            && (v["done"] == true || v.get("code").is_some())
-    };
-    for i in 0..50 {
-        let cmd = json!({"id": format!("probe{i}"), "prompt": "Hi", "max_tokens": 1});
-        put(c, "t/llm/cmd", cmd.to_string().into_bytes()).await;
-        sent += 1;
-        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(500), sub.recv_async()).await
-        {
-            ended += usize::from(ended_by(&s));
-            while ended < sent {
-                let s = tokio::time::timeout(Duration::from_secs(120), sub.recv_async())
-                    .await
-                    .expect("probes never ended")
-                    .unwrap();
-                ended += usize::from(ended_by(&s));
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            return;
-        }
-    }
-    panic!("daemon never answered a generation command");
-}
-
 /// Sends every command, then collects every stream (buffered meanwhile).
 async fn run_all(c: &zenoh::Session, cmds: &[Value]) -> HashMap<String, (Vec<u64>, Value)> {
     let mut subs = Vec::new();
@@ -113,7 +79,7 @@ async fn run_all(c: &zenoh::Session, cmds: &[Value]) -> HashMap<String, (Vec<u64
 async fn batched_greedy_generations_match_each_alone_token_for_token() {
     let (daemon, port) = start(&config()).await;
     let c = client(port).await;
-    ready(&c).await;
+    llm_ready(&c).await;
     // Different prompt lengths (different KV lengths in one batch) and
     // different budgets (members leave at different steps).
     let prompts = [

@@ -72,45 +72,11 @@ fn concat(tokens: &[Value]) -> String {
     tokens.iter().map(|t| t["text"].as_str().unwrap()).collect()
 }
 
-async fn ready(c: &zenoh::Session) {
-    // The first command may race subscription propagation: send probes until
-    // one is answered. Then wait until every probe has ended (final message
-    // or error): on a loaded machine a probe can take seconds, and probes
-    // still running would hold max_generations slots the test needs.
-    let sub = c.declare_subscriber("t/llm/out/**").await.unwrap();
-    let mut sent = 0;
-    let mut ended = 0;
-    let ended_by = |s: &zenoh::sample::Sample| {
-        let v: Value = serde_json::from_slice(&s.payload().to_bytes()).unwrap_or_default();
-        v["id"].as_str().is_some_and(|id| id.starts_with("probe"))
-            && (v["done"] == true || v.get("code").is_some())
-    };
-    for i in 0..50 {
-        let cmd = json!({"id": format!("probe{i}"), "prompt": "Hi", "max_tokens": 1});
-        put(c, "t/llm/cmd", cmd.to_string().into_bytes()).await;
-        sent += 1;
-        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(500), sub.recv_async()).await
-        {
-            ended += usize::from(ended_by(&s));
-            while ended < sent {
-                let s = tokio::time::timeout(Duration::from_secs(120), sub.recv_async())
-                    .await
-                    .expect("probes never ended")
-                    .unwrap();
-                ended += usize::from(ended_by(&s));
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            return;
-        }
-    }
-    panic!("daemon never answered a generation command");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greedy_answer_streams_paris_with_usage_and_timing() {
     let (daemon, port) = start(&config("")).await;
     let c = client(port).await;
-    ready(&c).await;
+    llm_ready(&c).await;
     let (tokens, fin) = generate(
         &c,
         json!({"id": "q1", "prompt": "What is the capital of France?", "max_tokens": 32}),
@@ -148,7 +114,7 @@ async fn greedy_answer_streams_paris_with_usage_and_timing() {
 async fn same_seed_gives_same_tokens_and_unicode_streams_whole() {
     let (daemon, port) = start(&config("")).await;
     let c = client(port).await;
-    ready(&c).await;
+    llm_ready(&c).await;
     let sampled = |id: &str| json!({"id": id, "prompt": "Write a short poem about robots.", "max_tokens": 24, "temperature": 0.9, "top_k": 40, "top_p": 0.95, "seed": 1234});
     let (a, _) = generate(&c, sampled("s1")).await;
     let (b, _) = generate(&c, sampled("s2")).await;
@@ -190,7 +156,7 @@ async fn same_seed_gives_same_tokens_and_unicode_streams_whole() {
 async fn cancel_length_and_deadline_end_generations() {
     let (daemon, port) = start(&config("")).await;
     let c = client(port).await;
-    ready(&c).await;
+    llm_ready(&c).await;
     let (tokens, fin) = generate(
         &c,
         json!({"id": "len", "prompt": "Count from one to one hundred.", "max_tokens": 5}),
@@ -246,7 +212,7 @@ async fn cancel_length_and_deadline_end_generations() {
 async fn bad_commands_get_error_codes_and_the_daemon_keeps_answering() {
     let (daemon, port) = start(&config("max_prompt_chars = 200")).await;
     let c = client(port).await;
-    ready(&c).await;
+    llm_ready(&c).await;
     let errs = c.declare_subscriber("t/llm/out/error").await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let cases: Vec<(&str, String)> = vec![
@@ -301,7 +267,7 @@ async fn bad_commands_get_error_codes_and_the_daemon_keeps_answering() {
 async fn queryable_streams_the_same_answer_as_replies() {
     let (daemon, port) = start(&config("")).await;
     let c = client(port).await;
-    ready(&c).await;
+    llm_ready(&c).await;
     // Every reply has the query's key: without consolidation off, zenoh
     // would keep only the last one.
     let replies = c
@@ -349,7 +315,7 @@ async fn sensor_frames_wait_at_most_one_decode_step() {
     )))
     .await;
     let c = client(port).await;
-    ready(&c).await;
+    llm_ready(&c).await;
     let sensor = subscribe(&c, "t/sensor_out/**").await;
     until_served(
         &c,
@@ -445,7 +411,7 @@ async fn chunked_prefill_gives_the_same_tokens() {
     for chunk in [4, 64] {
         let (daemon, port) = start(&config(&format!("prefill_chunk = {chunk}"))).await;
         let c = client(port).await;
-        ready(&c).await;
+        llm_ready(&c).await;
         let (tokens, fin) = generate(
             &c,
             json!({"id": "pc", "prompt": "What is the capital of France?", "max_tokens": 12}),
