@@ -218,30 +218,15 @@ impl DecodeBatch {
             pos.push(g.past_len as i64);
             mask[bi * (w + 1)..bi * (w + 1) + g.past_len + 1].fill(1);
         }
-        let mut inputs: Vec<(&str, ort::session::SessionInputValue)> =
-            Vec::with_capacity(3 + self.past.len());
-        inputs.push(("input_ids", i64_tensor([b, 1], ids)?.into()));
-        inputs.push(("attention_mask", i64_tensor([b, w + 1], mask)?.into()));
-        inputs.push(("position_ids", i64_tensor([b, 1], pos)?.into()));
-        let mut past = std::mem::take(&mut self.past).into_iter();
-        for i in 0..gen_cfg.num_layers {
-            let k = past.next().ok_or("missing merged past key")?;
-            let v = past.next().ok_or("missing merged past value")?;
-            inputs.push((sh.past_key_names[i].as_str(), k.into()));
-            inputs.push((sh.past_value_names[i].as_str(), v.into()));
-        }
         // On failure the merged cache is gone: the worker ends every member.
-        let mut out = model.session.run(inputs).map_err(|e| e.to_string())?;
-        for i in 0..gen_cfg.num_layers {
-            let k = out
-                .remove(&sh.present_key_names[i])
-                .ok_or("missing present key")?;
-            let v = out
-                .remove(&sh.present_value_names[i])
-                .ok_or("missing present value")?;
-            self.past.push(k);
-            self.past.push(v);
-        }
+        let out = model.run_kv(
+            [
+                i64_tensor([b, 1], ids)?,
+                i64_tensor([b, w + 1], mask)?,
+                i64_tensor([b, 1], pos)?,
+            ],
+            &mut self.past,
+        )?;
         self.width = w + 1;
         let logits = out.get("logits").ok_or("model returned no logits")?;
         let (shape, data) = logits

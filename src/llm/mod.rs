@@ -319,11 +319,49 @@ impl LlmModel {
         Ok(())
     }
 
+    /// One session run with the KV cache moved in and out: `past` (key,
+    /// value per layer) becomes the `past_key_values.*` inputs and is
+    /// refilled from `present.*`, without copying. `ids_mask_pos` are
+    /// `input_ids`, `attention_mask`, `position_ids`. On failure `past` is
+    /// left empty (the cache went into the failed run).
+    pub(crate) fn run_kv(
+        &mut self,
+        ids_mask_pos: [DynValue; 3],
+        past: &mut Vec<DynValue>,
+    ) -> Result<ort::session::SessionOutputs<'_>, String> {
+        let sh = self.shared.clone();
+        let layers = sh.generation.num_layers;
+        let [ids, mask, pos] = ids_mask_pos;
+        let mut inputs: Vec<(&str, ort::session::SessionInputValue)> =
+            Vec::with_capacity(3 + past.len());
+        inputs.push(("input_ids", ids.into()));
+        inputs.push(("attention_mask", mask.into()));
+        inputs.push(("position_ids", pos.into()));
+        let mut kv = std::mem::take(past).into_iter();
+        for i in 0..layers {
+            let k = kv.next().ok_or("missing past key")?;
+            let v = kv.next().ok_or("missing past value")?;
+            inputs.push((sh.past_key_names[i].as_str(), k.into()));
+            inputs.push((sh.past_value_names[i].as_str(), v.into()));
+        }
+        let mut out = self.session.run(inputs).map_err(|e| e.to_string())?;
+        for i in 0..layers {
+            let k = out
+                .remove(&sh.present_key_names[i])
+                .ok_or("missing present key")?;
+            let v = out
+                .remove(&sh.present_value_names[i])
+                .ok_or("missing present value")?;
+            past.push(k);
+            past.push(v);
+        }
+        Ok(out)
+    }
+
     /// One model run: the prefill on the first call, one decode step after.
     /// Sets `g.finished` when the generation ends.
     pub fn step(&mut self, g: &mut Generation) -> Result<StepOutput, String> {
         let sh = self.shared.clone();
-        let gen_cfg = &sh.generation;
         if g.started.is_none() {
             self.start(g)?;
             if g.finished.is_some() {
@@ -345,29 +383,7 @@ impl LlmModel {
         let input_ids = i64_tensor([1, s], ids.iter().map(|&i| i as i64).collect())?;
         let mask = i64_tensor([1, total], vec![1; total])?;
         let pos = i64_tensor([1, s], (g.past_len as i64..total as i64).collect())?;
-        let mut inputs: Vec<(&str, ort::session::SessionInputValue)> =
-            Vec::with_capacity(3 + g.past.len());
-        inputs.push(("input_ids", input_ids.into()));
-        inputs.push(("attention_mask", mask.into()));
-        inputs.push(("position_ids", pos.into()));
-        let mut past = std::mem::take(&mut g.past).into_iter();
-        for i in 0..gen_cfg.num_layers {
-            let k = past.next().ok_or("missing past key")?;
-            let v = past.next().ok_or("missing past value")?;
-            inputs.push((sh.past_key_names[i].as_str(), k.into()));
-            inputs.push((sh.past_value_names[i].as_str(), v.into()));
-        }
-        let mut out = self.session.run(inputs).map_err(|e| e.to_string())?;
-        for i in 0..gen_cfg.num_layers {
-            let k = out
-                .remove(&sh.present_key_names[i])
-                .ok_or("missing present key")?;
-            let v = out
-                .remove(&sh.present_value_names[i])
-                .ok_or("missing present value")?;
-            g.past.push(k);
-            g.past.push(v);
-        }
+        let out = self.run_kv([input_ids, mask, pos], &mut g.past)?;
         g.past_len = total;
         if !last_chunk {
             // More prompt to prefill: no token yet, back to the queue.
