@@ -26,7 +26,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use reflexd::wire::{self, RequestMeta, Tensor};
+use reflexd::tensor::Tensor;
+use reflexd::wire::{self, RequestMeta};
 use reflexd::{Config, Daemon};
 use serde_json::{Value, json};
 
@@ -255,7 +256,7 @@ async fn bench_camera(a: &Args) -> Result<()> {
     let vals: Vec<f32> = (0..n)
         .map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0)
         .collect();
-    let frame = wire::f32_tensor("x", &[1, 3, 48, 192], &vals);
+    let frame = reflexd::tensor::f32_tensor("x", &[1, 3, 48, 192], &vals);
     // Warm-up round for both (subscription propagation, ORT first runs).
     for p in ["cls1", "clsb"] {
         camera_round(&c, p, 2, 0.5, &frame).await?;

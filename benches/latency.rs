@@ -32,8 +32,9 @@ use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::Tensor;
-use reflexd::stats::PipelineSnapshot;
-use reflexd::wire::{self, Dtype, RequestMeta};
+use reflexd::obs::PipelineSnapshot;
+use reflexd::tensor::Dtype;
+use reflexd::wire::{self, RequestMeta};
 use reflexd::{Config, Daemon};
 use zenoh::Wait;
 use zenoh::bytes::ZBytes;
@@ -1065,25 +1066,28 @@ fn print_stats(stats: &[PipelineSnapshot]) {
     }
 }
 
-/// reflexd's inference path without zenoh or threads: `pipeline::run` on a
-/// session built by `engine::load`, looped on this thread. Separates what
-/// the daemon adds around `Session::run` from what the hand-off adds.
+/// reflexd's inference path without zenoh or threads: `infer::run` on a
+/// session built and warmed by the daemon's own start-up path, looped on this
+/// thread. Separates what the daemon adds around `Session::run` from what
+/// the hand-off adds.
 struct DaemonPath {
-    model: reflexd::engine::Model,
+    runner: reflexd::infer::Runner,
     pipeline: reflexd::config::PipelineConfig,
-    spec: reflexd::pipeline::Spec,
-    state: reflexd::pipeline::StreamState,
+    spec: reflexd::infer::Spec,
+    state: reflexd::infer::StreamState,
 }
 
 impl DaemonPath {
     fn new(env: &Environment, setup: &DaemonSetup) -> Result<DaemonPath> {
         let pipeline = setup.vad_pipeline()?;
         // The daemon's own start-up path: same session options, same warm-up.
-        let loaded = reflexd::service::load_and_warm(env, &setup.config(0)?, &pipeline)?;
-        let (model, spec) = (loaded.model, loaded.spec);
-        let state = reflexd::pipeline::StreamState::new(&spec);
+        let cfg = setup.config(0)?;
+        let loaded = reflexd::infer::warm::load_and_warm(env, &cfg.runtime, &pipeline)?;
+        let (runner, spec) = (loaded.runner, loaded.spec);
+        let state = reflexd::infer::StreamState::new(&spec, pipeline.context.len(), Instant::now())
+            .map_err(|e| anyhow!("stream state: {e}"))?;
         Ok(DaemonPath {
-            model,
+            runner,
             pipeline,
             spec,
             state,
@@ -1096,21 +1100,23 @@ impl DaemonPath {
             reflexd::config::InputFormat::Safetensors => "input".into(),
         };
         for i in 0..n {
-            let t = wire::Tensor {
-                name: name.clone(),
-                dtype: Dtype::F32,
-                shape: vec![1, FRAME],
-                data: frames.bytes(i).to_vec(),
-            };
+            let t = reflexd::tensor::Tensor::new(
+                name.clone(),
+                Dtype::F32,
+                vec![1, FRAME],
+                frames.bytes(i).to_vec(),
+            );
             let t0 = Instant::now();
-            let out = reflexd::pipeline::run(
-                &mut self.model,
-                &self.pipeline,
-                &self.spec,
-                std::slice::from_ref(&t),
-                Some(&mut self.state),
-            )
-            .map_err(|e| anyhow!("pipeline::run: {e}"))?;
+            let mut items = [reflexd::infer::Item {
+                tensors: std::slice::from_ref(&t),
+                state: Some(&mut self.state),
+            }];
+            let ran = reflexd::infer::run::run(&mut self.runner, &self.spec, &mut items)
+                .map_err(|e| anyhow!("infer::run: {e}"))?;
+            let out = ran
+                .outputs(&self.spec, 0)
+                .map_err(|e| anyhow!("outputs: {e}"))?
+                .len();
             into.lat.push(t0.elapsed().as_secs_f64() * 1e6);
             std::hint::black_box(out);
         }
@@ -1218,7 +1224,7 @@ impl Drop for ChildProc {
 fn python_path() -> Option<PathBuf> {
     let p = std::env::var_os("REFLEXD_PYTHON")
         .map(PathBuf::from)
-        .or_else(|| reflexd::ortlib::cache_dir().map(|c| c.join("venv/bin/python")))?;
+        .or_else(|| reflexd::infer::runtime::cache_dir().map(|c| c.join("venv/bin/python")))?;
     p.is_file().then_some(p)
 }
 
@@ -1304,12 +1310,14 @@ fn ocr_request(rng: &mut Rng, k: usize) -> Vec<u8> {
             }
         }
     }
-    let t = wire::Tensor {
-        name: "x".into(),
-        dtype: Dtype::F32,
-        shape: OCR_SHAPE.to_vec(),
-        data: vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    };
+    let t = reflexd::tensor::Tensor::new(
+        "x",
+        Dtype::F32,
+        OCR_SHAPE.to_vec(),
+        vals.iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    );
     wire::encode_request(
         &[t],
         &RequestMeta {
@@ -1662,7 +1670,7 @@ fn part_a(
         &peer(PeerKind::OrtCallback),
     );
     row("diag: Rust node, ort on parked thread", &out.ort_handoff);
-    row("diag: reflexd pipeline::run alone", &s_path.summary());
+    row("diag: reflexd infer::run alone", &s_path.summary());
     println!();
     let base50 = out.echo.p50 + out.bare.p50;
     let base99 = out.echo.p99 + out.bare.p99;
@@ -1704,7 +1712,7 @@ fn part_a(
     timing_line("part A", &s_daemon);
     let run_p50 = |v: &[f64]| summarize(v, 0).p50;
     println!(
-        "  Session::run p50 on the serving thread (includes warm-up frames): reflexd worker {:.0} µs (inference_us), Rust node parked thread {:.0}, Rust node callback {:.0}; in a hot loop: bare {:.0}, pipeline::run {:.0}",
+        "  Session::run p50 on the serving thread (includes warm-up frames): reflexd worker {:.0} µs (inference_us), Rust node parked thread {:.0}, Rust node callback {:.0}; in a hot loop: bare {:.0}, infer::run {:.0}",
         run_p50(
             &s_daemon
                 .timing
@@ -1968,7 +1976,7 @@ fn main() -> Result<()> {
         .build()?;
     // One ORT environment per process: `Daemon::start` and the bare session
     // share it.
-    let (env, lib) = reflexd::ortlib::environment(None)?;
+    let (env, lib) = reflexd::infer::runtime::environment(None)?;
     println!("onnxruntime: {}", lib.display());
     let setup = DaemonSetup::load()?;
     println!(

@@ -1227,10 +1227,11 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let model = ModelDir::open(repo.join("models/llm/fetched"))?;
-    let cache = reflexd::ortlib::cache_dir().ok_or_else(|| anyhow!("no cache directory"))?;
+    let cache =
+        reflexd::infer::runtime::cache_dir().ok_or_else(|| anyhow!("no cache directory"))?;
     let venv_python = cache.join("venv/bin/python");
     let peers_py = repo.join("benches/llm_peers.py");
-    let (env, lib) = reflexd::ortlib::environment(None)?;
+    let (env, lib) = reflexd::infer::runtime::environment(None)?;
     print_machine(&lib);
     println!(
         "request: {PROMPT:?} with generation.json's chat template (default system turn), {TOKENS} greedy tokens, {THREADS} intra-op threads everywhere; EOS honoured by all"

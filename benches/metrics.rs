@@ -22,8 +22,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
-use reflexd::stats::Histogram;
-use reflexd::wire::{self, RequestMeta, f32_tensor};
+use reflexd::obs::Histogram;
+use reflexd::tensor::f32_tensor;
+use reflexd::wire::{self, RequestMeta};
 use reflexd::{Config, Daemon};
 
 /// Target of the issue: p50 with metrics within 2 % of p50 without.
@@ -264,7 +265,7 @@ async fn run(quick: bool) -> Result<()> {
     println!("| Histogram::record (3 fetch_add + fetch_max) | {record:.1} |");
     println!(
         "| Histogram::snapshot (reader side, {} buckets) | {snapshot:.0} |",
-        reflexd::stats::hist::BUCKETS
+        reflexd::obs::hist::BUCKETS
     );
     println!(
         "A successful request records 3 histograms: ≈ {:.0} ns ≈ {:.1} Instant::now() calls.",

@@ -7,16 +7,18 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
-use crate::config::{Config, Fallback, InputFormat, Overflow};
-use crate::engine::EngineError;
+use crate::config::{Config, Fallback, GeneratorConfig, InputFormat, Overflow, PipelineConfig};
+use crate::daemon::StartError;
+use crate::infer::engine::EngineError;
+use crate::infer::warm::load_and_warm;
+use crate::infer::{Spec, runtime};
+use crate::io::zenoh::zenoh_config;
 use crate::llm::{self, LlmShared, ModelFiles};
-use crate::ortlib;
-use crate::service::{self, StartError};
 
 /// Returns the human-readable report, or the first error.
 pub fn check(config: &Config) -> Result<String, StartError> {
-    let (env, lib) = ortlib::environment(config.runtime.onnxruntime.as_deref())?;
-    service::zenoh_config(&config.zenoh).map_err(StartError::Zenoh)?;
+    let (env, lib) = runtime::environment(config.runtime.onnxruntime.as_deref())?;
+    zenoh_config(&config.zenoh).map_err(StartError::Zenoh)?;
     let mut out = String::new();
     let _ = writeln!(out, "onnxruntime: {}", lib.display());
     let _ = writeln!(out, "levels (highest first): {}", config.levels.join(", "));
@@ -29,53 +31,8 @@ pub fn check(config: &Config) -> Result<String, StartError> {
         let _ = writeln!(out, "worker {i}: serves {}{}", names.join(", "), w.policy);
     }
     for p in &config.pipelines {
-        let loaded = service::load_and_warm(&env, config, p)?;
-        let spec = &loaded.spec;
-        let chain: Vec<&str> = p.providers.iter().map(|x| x.name()).collect();
-        let _ = writeln!(out, "\npipeline {} ({})", p.name, p.model.display());
-        let _ = writeln!(
-            out,
-            "  provider: {} (configured: {}, fallback: {})",
-            spec.provider,
-            chain.join(" → "),
-            fallback_name(p.fallback)
-        );
-        let _ = writeln!(
-            out,
-            "  level: {}  deadline: {:?}  overflow: {}",
-            config.levels[p.level],
-            p.deadline,
-            match p.overflow {
-                Overflow::Latest => format!("latest (max_streams {})", p.max_streams),
-                Overflow::Reject => format!("reject (queue_capacity {})", p.queue_capacity),
-            }
-        );
-        let fmt = match &p.format {
-            InputFormat::Safetensors => "safetensors".to_string(),
-            InputFormat::Raw {
-                tensor,
-                dtype,
-                shape,
-            } => format!("raw {tensor}: {}{:?}", dtype.name(), shape),
-        };
-        let _ = writeln!(out, "  in:  {} [{fmt}]", p.input);
-        for port in &spec.client_inputs {
-            let _ = writeln!(out, "       {port}");
-        }
-        let _ = writeln!(out, "  out: {}/<stream>  errors: {}", p.output, p.error_key);
-        for port in spec
-            .model_outputs
-            .iter()
-            .filter(|o| spec.publish.contains(&o.name))
-        {
-            let _ = writeln!(out, "       {port}");
-        }
-        for s in &p.state {
-            let _ = writeln!(out, "  state: {} → {}", s.output, s.input);
-        }
-        for c in &p.context {
-            let _ = writeln!(out, "  context: last {} of {} carried", c.keep, c.input);
-        }
+        let loaded = load_and_warm(&env, &config.runtime, p)?;
+        describe_tensor(&mut out, config, p, &loaded.spec);
     }
     for g in &config.generators {
         // The same load and one-step warm-up as start-up, once (start-up
@@ -87,47 +44,105 @@ pub fn check(config: &Config) -> Result<String, StartError> {
         let files = ModelFiles::open(&g.model).map_err(err)?;
         let shared = Arc::new(LlmShared::new(&files).map_err(err)?);
         let (_model, provider) = llm::load(&env, g, &config.runtime, &shared, &files.onnx)?;
-        let m = &shared.generation;
-        let chain: Vec<&str> = g.providers.iter().map(|x| x.name()).collect();
-        let _ = writeln!(
-            out,
-            "\ngeneration pipeline {} ({})",
-            g.name,
-            g.model.display()
-        );
-        let _ = writeln!(
-            out,
-            "  model: {} ({} layers, context {} tokens, vocabulary {})",
-            m.model_name, m.num_layers, m.context_length, m.vocab_size
-        );
-        let _ = writeln!(
-            out,
-            "  provider: {provider} (configured: {}, fallback: {})",
-            chain.join(" → "),
-            fallback_name(g.fallback)
-        );
-        let _ = writeln!(
-            out,
-            "  level: {}  deadline: {:?}  max_generations: {}",
-            config.levels[g.level], g.deadline, g.max_generations
-        );
-        let _ = writeln!(
-            out,
-            "  in:  {} [JSON command]  cancel: {}  query: {}",
-            g.input, g.cancel_key, g.query_key
-        );
-        let _ = writeln!(
-            out,
-            "       max_tokens {} (default {}), max_prompt_chars {}",
-            g.max_tokens, g.default_max_tokens, g.max_prompt_chars
-        );
-        let _ = writeln!(
-            out,
-            "  out: {}/<id> [JSON tokens, then the final message]  errors: {}",
-            g.output, g.error_key
-        );
+        describe_generator(&mut out, config, g, &shared, provider);
     }
     Ok(out)
+}
+
+fn describe_tensor(out: &mut String, config: &Config, p: &PipelineConfig, spec: &Spec) {
+    let chain: Vec<&str> = p.providers.iter().map(|x| x.name()).collect();
+    let _ = writeln!(out, "\npipeline {} ({})", p.name, p.model.display());
+    let _ = writeln!(
+        out,
+        "  provider: {} (configured: {}, fallback: {})",
+        spec.provider,
+        chain.join(" → "),
+        fallback_name(p.fallback)
+    );
+    let _ = writeln!(
+        out,
+        "  level: {}  deadline: {:?}  overflow: {}",
+        config.levels[p.level],
+        p.deadline,
+        match p.overflow {
+            Overflow::Latest => format!("latest (max_streams {})", p.max_streams),
+            Overflow::Reject => format!("reject (queue_capacity {})", p.queue_capacity),
+        }
+    );
+    let fmt = match &p.format {
+        InputFormat::Safetensors => "safetensors".to_string(),
+        InputFormat::Raw {
+            tensor,
+            dtype,
+            shape,
+        } => format!("raw {tensor}: {}{:?}", dtype.name(), shape),
+    };
+    let _ = writeln!(out, "  in:  {} [{fmt}]", p.input);
+    for port in &spec.client_inputs {
+        let _ = writeln!(out, "       {port}");
+    }
+    let _ = writeln!(out, "  out: {}/<stream>  errors: {}", p.output, p.error_key);
+    for port in spec
+        .model_outputs
+        .iter()
+        .filter(|o| spec.publish.contains(&o.name))
+    {
+        let _ = writeln!(out, "       {port}");
+    }
+    for s in &p.state {
+        let _ = writeln!(out, "  state: {} → {}", s.output, s.input);
+    }
+    for c in &p.context {
+        let _ = writeln!(out, "  context: last {} of {} carried", c.keep, c.input);
+    }
+}
+
+fn describe_generator(
+    out: &mut String,
+    config: &Config,
+    g: &GeneratorConfig,
+    shared: &LlmShared,
+    provider: &str,
+) {
+    let m = &shared.generation;
+    let chain: Vec<&str> = g.providers.iter().map(|x| x.name()).collect();
+    let _ = writeln!(
+        out,
+        "\ngeneration pipeline {} ({})",
+        g.name,
+        g.model.display()
+    );
+    let _ = writeln!(
+        out,
+        "  model: {} ({} layers, context {} tokens, vocabulary {})",
+        m.model_name, m.num_layers, m.context_length, m.vocab_size
+    );
+    let _ = writeln!(
+        out,
+        "  provider: {provider} (configured: {}, fallback: {})",
+        chain.join(" → "),
+        fallback_name(g.fallback)
+    );
+    let _ = writeln!(
+        out,
+        "  level: {}  deadline: {:?}  max_generations: {}",
+        config.levels[g.level], g.deadline, g.max_generations
+    );
+    let _ = writeln!(
+        out,
+        "  in:  {} [JSON command]  cancel: {}  query: {}",
+        g.input, g.cancel_key, g.query_key
+    );
+    let _ = writeln!(
+        out,
+        "       max_tokens {} (default {}), max_prompt_chars {}",
+        g.max_tokens, g.default_max_tokens, g.max_prompt_chars
+    );
+    let _ = writeln!(
+        out,
+        "  out: {}/<id> [JSON tokens, then the final message]  errors: {}",
+        g.output, g.error_key
+    );
 }
 
 fn fallback_name(f: Fallback) -> &'static str {

@@ -3,8 +3,6 @@
 //! JSON error message documented in `docs/protocol.md`. The code strings are a
 //! stable interface: clients and metrics match on them, so never rename one.
 
-use serde::Serialize;
-
 /// Why a request did not produce a prediction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
@@ -50,10 +48,14 @@ pub enum ErrorCode {
     BadParameter,
     /// The pipeline already runs `max_generations` generations.
     TooManyGenerations,
+    /// A generation's client fell behind: its undelivered messages filled
+    /// the generation's outbox, so the generation ended (the worker never
+    /// waits for a client).
+    SlowConsumer,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::EmptyPayload,
         ErrorCode::PayloadTooLarge,
         ErrorCode::BadPayload,
@@ -74,6 +76,7 @@ impl ErrorCode {
         ErrorCode::PromptTooLong,
         ErrorCode::BadParameter,
         ErrorCode::TooManyGenerations,
+        ErrorCode::SlowConsumer,
     ];
 
     /// The stable string used on the wire and in metrics.
@@ -99,6 +102,7 @@ impl ErrorCode {
             ErrorCode::PromptTooLong => "prompt_too_long",
             ErrorCode::BadParameter => "bad_parameter",
             ErrorCode::TooManyGenerations => "too_many_generations",
+            ErrorCode::SlowConsumer => "slow_consumer",
         }
     }
 
@@ -131,19 +135,6 @@ impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.code.code(), self.message)
     }
-}
-
-/// The JSON body published on a pipeline's error key.
-#[derive(Serialize, Debug)]
-pub struct ErrorMessage<'a> {
-    pub code: &'static str,
-    pub message: &'a str,
-    pub pipeline: &'a str,
-    pub stream: &'a str,
-    /// Request id from the message metadata; `null` when the message could not
-    /// be parsed far enough to read one.
-    pub id: Option<&'a str>,
-    pub seq: Option<u64>,
 }
 
 #[cfg(test)]

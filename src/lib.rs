@@ -1,31 +1,35 @@
 //! reflexd: a real-time inference daemon. Data flows one way:
-//! [`ingress`] (zenoh subscriber callbacks: decode, validate) →
-//! [`scheduler`] (bounded lock-free priority queues) → [`worker`] threads
-//! ([`pipeline`] + [`engine`]: ONNX Runtime sessions) → [`egress`] (zenoh
-//! publishers). [`service`] wires the stages from a [`config::Config`] and owns
-//! start-up and teardown; [`wire`] defines the message formats.
+//! `io::ingress` (zenoh subscriber callbacks: decode, validate) → `sched`
+//! (bounded lock-free priority queues) → `worker` threads (`infer`: ONNX
+//! Runtime sessions; [`llm`]: generation steps) → `io::egress` / `io::tokens`
+//! (zenoh publishers). [`daemon`] builds the stages from a [`Config`] and owns
+//! start-up and teardown; [`supervise`] reports to systemd; [`wire`] defines
+//! the message formats.
+//!
+//! Layers, lowest first (a module imports only lower layers; enforced by
+//! `tests/architecture.rs`): `error`, `tensor`, `obs`, `logging` → `config` →
+//! `wire` → `sched` → `job` → `infer` → `llm` → `ctx` → `io` → `worker` →
+//! `daemon` → `supervise` → `check`, `client`, `ops`.
 
-pub mod batch;
 pub mod check;
 pub mod client;
 pub mod config;
-pub mod egress;
-pub mod engine;
+pub(crate) mod ctx;
+pub mod daemon;
 pub mod error;
-pub mod health;
-pub mod ingress;
+pub mod infer;
+pub(crate) mod io;
+pub(crate) mod job;
 pub mod llm;
 pub mod logging;
-pub mod metrics;
+pub mod obs;
 pub mod ops;
-pub mod ortlib;
-pub mod pipeline;
-pub mod scheduler;
-pub mod service;
-pub mod stats;
-pub mod systemd;
+pub(crate) mod sched;
+pub mod supervise;
+pub mod tensor;
 pub mod wire;
-pub mod worker;
+pub(crate) mod worker;
 
 pub use config::Config;
-pub use service::{Daemon, run};
+pub use daemon::Daemon;
+pub use supervise::run;

@@ -84,7 +84,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config } => {
             let cfg = reflexd::Config::load(&config)?;
-            tokio::spawn(reflexd::systemd::check_on_hup(config.clone()));
+            tokio::spawn(reflexd::supervise::check_on_hup(config.clone()));
             reflexd::run(cfg, shutdown_signal())
                 .await
                 .with_context(|| format!("reflexd run -c {}", config.display()))?;

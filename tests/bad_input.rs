@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use reflexd::error::ErrorCode;
-use reflexd::wire::{Dtype, Tensor, f32_tensor, f32_values};
+use reflexd::tensor::{Dtype, Tensor, f32_tensor, f32_values};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_message_gets_a_coded_error_and_service_continues() {
@@ -43,12 +43,7 @@ async fn every_bad_message_gets_a_coded_error_and_service_continues() {
     until_served(&c, "t/raw/s1", &good_raw, &sub).await;
 
     let valid = request(&[f32_tensor("x", &[1, 4], &[1.0; 4])], "v", 0);
-    let i64_x = Tensor {
-        name: "x".into(),
-        dtype: Dtype::I64,
-        shape: vec![1, 4],
-        data: vec![0; 32],
-    };
+    let i64_x = Tensor::zeros("x", Dtype::I64, vec![1, 4]);
     // (case, key, payload, expected code, request id echoed back)
     type Case<'a> = (&'a str, &'a str, Vec<u8>, ErrorCode, Option<&'a str>);
     let cases: Vec<Case> = vec![
@@ -128,7 +123,7 @@ async fn every_bad_message_gets_a_coded_error_and_service_continues() {
             {
                 let mut m = std::collections::HashMap::new();
                 m.insert("seq".to_string(), "minus one".to_string());
-                reflexd::wire::encode_output(&[f32_tensor("x", &[1, 4], &[0.0; 4])], m)
+                reflexd::wire::encode_message(&[f32_tensor("x", &[1, 4], &[0.0; 4])], m)
             },
             ErrorCode::BadPayload,
             None,

@@ -12,11 +12,11 @@ use std::time::Duration;
 use common::*;
 use ort::session::Session;
 use ort::value::Tensor as OrtTensor;
-use reflexd::wire::{f32_tensor, f32_values};
+use reflexd::tensor::{f32_tensor, f32_values};
 use reflexd::{Config, Daemon};
 
 fn direct_session(path: &str) -> Session {
-    let (env, _) = reflexd::ortlib::environment(None).unwrap();
+    let (env, _) = reflexd::infer::runtime::environment(None).unwrap();
     Session::builder(&env)
         .unwrap()
         .commit_from_file(path)

@@ -94,7 +94,7 @@ fn bad_value_fails_naming_key_value_and_choices() {
     );
     assert_clean_failure(
         &reflexd(&["check", "-c", &cfg], &[]),
-        &["pipeline[0].overflow", "oldest", "latest", "reject"],
+        &["pipeline \"p\"", "overflow", "oldest", "latest", "reject"],
     );
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use reflexd::error::ErrorCode;
-use reflexd::wire::{f32_tensor, f32_values};
+use reflexd::tensor::{f32_tensor, f32_values};
 use serde_json::{Value, json};
 
 fn read(rel: &str) -> String {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use reflexd::error::ErrorCode;
-use reflexd::wire::{f32_tensor, f32_values};
+use reflexd::tensor::{f32_tensor, f32_values};
 
 fn rows(n: usize, id: &str, seq: u64) -> Vec<u8> {
     let v: Vec<f32> = (0..n * 4).map(|i| i as f32).collect();

@@ -321,7 +321,7 @@ async fn sensor_frames_wait_at_most_one_decode_step() {
         &c,
         "t/sensor/imu",
         &request(
-            &[reflexd::wire::f32_tensor("x", &[1, 4], &[0.0; 4])],
+            &[reflexd::tensor::f32_tensor("x", &[1, 4], &[0.0; 4])],
             "p",
             0,
         ),
@@ -352,7 +352,7 @@ async fn sensor_frames_wait_at_most_one_decode_step() {
             for i in 0..frames {
                 tokio::time::sleep(Duration::from_millis(15)).await;
                 let m = request(
-                    &[reflexd::wire::f32_tensor("x", &[1, 4], &[i as f32; 4])],
+                    &[reflexd::tensor::f32_tensor("x", &[1, 4], &[i as f32; 4])],
                     &format!("f{i}"),
                     i,
                 );

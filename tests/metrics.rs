@@ -13,8 +13,8 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::*;
-use reflexd::stats::MetricsSnapshot;
-use reflexd::wire::f32_tensor;
+use reflexd::obs::MetricsSnapshot;
+use reflexd::tensor::f32_tensor;
 use zenoh::sample::SampleKind;
 
 /// Waits until the daemon's subscriber on `key` is known to the client, so
@@ -212,8 +212,14 @@ async fn exporters_report_exact_counts_after_a_known_workload() {
             assert_eq!(p.e2e.count, ok, "{name} e2e count");
             assert_eq!(p.inference.count, ok, "{name} inference count");
             assert_eq!(p.queue_wait.count, ok + dl, "{name} queue wait count");
-            assert!(p.e2e.quantile(0.5).unwrap() > 0);
-            assert!(p.e2e.quantile(0.99) >= p.e2e.quantile(0.5));
+            // A pipeline may have had no prediction at all on a slow machine
+            // (every "late" job dropped): quantiles exist only with samples.
+            if ok > 0 {
+                assert!(p.e2e.quantile(0.5).unwrap() > 0);
+                assert!(p.e2e.quantile(0.99) >= p.e2e.quantile(0.5));
+            } else {
+                assert_eq!(p.e2e.quantile(0.5), None);
+            }
         }
         assert_eq!(snap.workers.len(), 1);
         assert!(snap.workers[0].busy_us > 0);
@@ -254,7 +260,7 @@ async fn exporters_report_exact_counts_after_a_known_workload() {
             assert_eq!(series(&m, &format!("{h}_bucket{{{l},le=\"+Inf\"}}")), n);
             // Buckets are cumulative.
             let mut prev = 0.0;
-            for le in reflexd::metrics::prom::BUCKETS_US {
+            for le in reflexd::obs::hist::EXPORT_BUCKETS_US {
                 let v = series(&m, &format!("{h}_bucket{{{l},le=\"{}\"}}", le as f64 / 1e6));
                 assert!(v >= prev && v <= n, "{h} le={le}: {v}");
                 prev = v;

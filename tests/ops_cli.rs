@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use reflexd::wire::f32_tensor;
+use reflexd::tensor::f32_tensor;
 
 fn reflexd(port: u16, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_reflexd"));

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use reflexd::error::ErrorCode;
-use reflexd::wire::f32_tensor;
+use reflexd::tensor::f32_tensor;
 
 /// Resident set size of this process (the in-process daemon plus clients).
 fn vm_rss_kib() -> u64 {

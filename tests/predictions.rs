@@ -7,10 +7,10 @@ mod common;
 use common::*;
 use ort::session::Session;
 use ort::value::Tensor as OrtTensor;
-use reflexd::wire::{Dtype, Tensor, f32_tensor, f32_values};
+use reflexd::tensor::{Dtype, Tensor, f32_tensor, f32_values};
 
 fn direct_session(path: &str) -> Session {
-    let (env, _) = reflexd::ortlib::environment(None).unwrap();
+    let (env, _) = reflexd::infer::runtime::environment(None).unwrap();
     Session::builder(&env)
         .unwrap()
         .commit_from_file(path)

@@ -11,7 +11,7 @@ fn venv_python() -> std::path::PathBuf {
     if let Some(p) = std::env::var_os("REFLEXD_PYTHON") {
         return p.into();
     }
-    let cache = reflexd::ortlib::cache_dir().expect("HOME or REFLEXD_CACHE is set");
+    let cache = reflexd::infer::runtime::cache_dir().expect("HOME or REFLEXD_CACHE is set");
     let p = cache.join("venv/bin/python");
     assert!(
         p.exists(),

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use reflexd::wire::f32_tensor;
+use reflexd::tensor::f32_tensor;
 use reflexd::{Config, Daemon};
 
 fn zenohd() -> PathBuf {

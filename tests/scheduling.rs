@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use reflexd::error::ErrorCode;
-use reflexd::wire::f32_tensor;
+use reflexd::tensor::f32_tensor;
 
 fn slow_req(id: &str, seq: u64) -> Vec<u8> {
     request(&[f32_tensor("x", &[1, 256], &[0.1; 256])], id, seq)

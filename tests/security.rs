@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use reflexd::wire::{f32_tensor, f32_values};
+use reflexd::tensor::{f32_tensor, f32_values};
 use reflexd::{Config, Daemon};
 
 fn openssl(dir: &Path, args: &[&str]) {

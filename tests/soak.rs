@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use reflexd::error::ErrorCode;
-use reflexd::wire::{RequestMeta, f32_tensor};
+use reflexd::tensor::f32_tensor;
+use reflexd::wire::RequestMeta;
 use reflexd::{Config, Daemon};
 use serde_json::json;
 

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use reflexd::llm::command::{self, CommandLimits};
+use reflexd::wire::command::{self, CommandLimits};
 
 fuzz_target!(|data: &[u8]| {
     let limits = CommandLimits {

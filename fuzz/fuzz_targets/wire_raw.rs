@@ -4,7 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use reflexd::error::ErrorCode;
-use reflexd::wire::{self, Dtype};
+use reflexd::tensor::Dtype;
+use reflexd::wire;
 
 fuzz_target!(|data: &[u8]| {
     match wire::decode_attachment(data) {

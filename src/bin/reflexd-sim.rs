@@ -255,7 +255,7 @@ impl Report {
         let n = st.predictions;
         let values = tensors
             .first()
-            .and_then(wire::f32_values)
+            .and_then(reflexd::tensor::f32_values)
             .unwrap_or_default();
         let summary = if values.len() == 1 {
             let p = values[0];
@@ -308,7 +308,7 @@ fn percentile(v: &[f64], p: f64) -> String {
 async fn run(args: Args) -> anyhow::Result<bool> {
     let audio = Arc::new(load_audio(&args.wav, args.gap_ms)?);
     let (image, (w, h)) = load_image(&args.image)?;
-    let frame_tensor = wire::f32_tensor("x", &[1, 3, IMG_H, IMG_W], &image);
+    let frame_tensor = reflexd::tensor::f32_tensor("x", &[1, 3, IMG_H, IMG_W], &image);
     if !(args.camera_hz > 0.0 && args.camera_hz <= 100.0 && args.seconds > 0.0) {
         bail!("--camera-hz must be in (0, 100] and --seconds > 0");
     }

@@ -17,7 +17,7 @@ use zenoh::handlers::FifoChannel;
 use zenoh::qos::CongestionControl;
 use zenoh::query::ConsolidationMode;
 
-use crate::llm::command::valid_id;
+use crate::wire::command::valid_id;
 
 mod conversation;
 use conversation::{Conversation, Source};

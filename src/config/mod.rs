@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::wire::Dtype;
+use crate::tensor::Dtype;
 
 /// Default upper bound on one message's payload (bytes).
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 16 << 20;
@@ -42,19 +42,22 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
     ConfigError::Invalid(msg.into())
 }
 
+mod common;
+mod generate;
 pub mod metrics;
-mod pipeline;
 mod raw;
 mod service;
+mod tensor;
 #[cfg(test)]
 mod tests;
 mod thread_policy;
+mod workers;
 
+pub use generate::{DEFAULT_MAX_MESSAGES, DEFAULT_MAX_UNSENT};
 pub use metrics::MetricsConfig;
-use pipeline::{generator_config, pipeline_config};
 pub use raw::*;
+use service::service_config;
 pub use service::*;
-use service::{cpu_list, service_config};
 pub use thread_policy::ThreadPolicy;
 
 // ---------------------------------------------------------------- stage two
@@ -71,7 +74,7 @@ pub struct Config {
     pub pipelines: Vec<PipelineConfig>,
     /// Generation pipelines (`kind = "generate"`).
     pub generators: Vec<GeneratorConfig>,
-    /// Supervision: watchdog, status reports, drain (see [`crate::systemd`]).
+    /// Supervision: watchdog, status reports, drain (see [`crate::supervise`]).
     pub service: ServiceConfig,
     pub metrics: MetricsConfig,
 }
@@ -98,8 +101,16 @@ pub struct GeneratorConfig {
     pub max_tokens: u32,
     pub default_max_tokens: u32,
     pub max_prompt_chars: usize,
+    /// Most prompt tokens after chat templating; `None`: derived from the
+    /// model's context and `max_tokens` at start-up.
+    pub max_prompt_tokens: Option<usize>,
+    /// Most messages in one command.
+    pub max_messages: usize,
     /// Most prompt tokens prefilled per scheduler turn.
     pub prefill_chunk: usize,
+    /// Most messages of one generation produced but not yet delivered to
+    /// its client; past it the generation ends `slow_consumer`.
+    pub max_unsent: usize,
     /// Continuous batching: most generations decoded together in one
     /// model run per step (1 = each generation steps alone).
     pub max_batch: usize,
@@ -153,22 +164,6 @@ pub struct RuntimeConfig {
 pub struct Limits {
     pub max_payload_bytes: usize,
     pub max_elements: usize,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Overflow {
-    /// A newer frame of a stream replaces its unprocessed older frame.
-    Latest,
-    /// A full queue answers "busy".
-    Reject,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fallback {
-    /// A provider that cannot be used is a startup error.
-    Error,
-    /// A provider that cannot be used is skipped (logged) for the next one.
-    Next,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -249,6 +244,10 @@ pub struct PipelineConfig {
     pub context: Vec<ContextCarry>,
     /// Dynamic batching; `None` runs every job alone (`max_batch = 1`).
     pub batch: Option<BatchConfig>,
+    /// What happens to a result that finishes after its deadline.
+    pub late: Late,
+    /// What happens to float inputs holding NaN or infinity.
+    pub non_finite: NonFinite,
 }
 
 /// Longest a worker may hold a job while it waits for a batch to fill.
@@ -300,7 +299,7 @@ impl Config {
     }
 
     pub fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
-        let zenoh = zenoh_config(raw.zenoh, base)?;
+        let zenoh = zenoh_config(&raw.zenoh, base)?;
         let metrics = metrics::metrics_config(&raw.metrics)?;
         let runtime = runtime_config(&raw.runtime, base)?;
         let limits = Limits {
@@ -315,20 +314,8 @@ impl Config {
                 DEFAULT_MAX_ELEMENTS,
             )?,
         };
-
-        let levels: Vec<String> = if raw.level.is_empty() {
-            vec!["default".to_string()]
-        } else {
-            raw.level.into_iter().map(|l| l.name).collect()
-        };
-        let mut seen = HashSet::new();
-        for (i, name) in levels.iter().enumerate() {
-            if name.is_empty() || !seen.insert(name.as_str()) {
-                return Err(invalid(format!(
-                    "level[{i}].name = {name:?}: level names must be non-empty and unique"
-                )));
-            }
-        }
+        let service = service_config(&raw.service)?;
+        let levels = workers::levels(std::mem::take(&mut raw_levels(&raw)))?;
         let level_index = |key: &str, name: &str| -> Result<usize, ConfigError> {
             levels.iter().position(|l| l == name).ok_or_else(|| {
                 invalid(format!(
@@ -336,135 +323,9 @@ impl Config {
                 ))
             })
         };
-
-        let workers = if raw.worker.is_empty() {
-            let n = positive("runtime.workers", raw.runtime.workers, 1)?;
-            vec![
-                WorkerConfig {
-                    levels: (0..levels.len()).collect(),
-                    policy: ThreadPolicy::Default,
-                    cpus: Vec::new(),
-                };
-                n
-            ]
-        } else {
-            if raw.runtime.workers.is_some() {
-                return Err(invalid(
-                    "runtime.workers: give either runtime.workers or [[worker]] tables, not both",
-                ));
-            }
-            let mut workers = Vec::new();
-            for (i, w) in raw.worker.iter().enumerate() {
-                if w.levels.is_empty() {
-                    return Err(invalid(format!(
-                        "worker[{i}].levels = []: a worker must serve at least one level"
-                    )));
-                }
-                let mut idx = w
-                    .levels
-                    .iter()
-                    .map(|l| level_index(&format!("worker[{i}].levels"), l))
-                    .collect::<Result<Vec<_>, _>>()?;
-                idx.sort_unstable();
-                idx.dedup();
-                let policy = match (w.nice, w.sched_fifo) {
-                    _ if w.sched_idle == Some(true) => {
-                        if w.nice.is_some() || w.sched_fifo.is_some() {
-                            return Err(invalid(format!(
-                                "worker[{i}]: sched_idle = true excludes nice and sched_fifo (SCHED_IDLE has neither)"
-                            )));
-                        }
-                        ThreadPolicy::Idle
-                    }
-                    (None, None) => ThreadPolicy::Default,
-                    (Some(n), None) if (-20..=19).contains(&n) => ThreadPolicy::Nice(n),
-                    (Some(n), None) => {
-                        return Err(invalid(format!(
-                            "worker[{i}].nice = {n}: expected -20 (highest) to 19 (lowest)"
-                        )));
-                    }
-                    (None, Some(p)) if (1..=99).contains(&p) => ThreadPolicy::Fifo(p),
-                    (None, Some(p)) => {
-                        return Err(invalid(format!(
-                            "worker[{i}].sched_fifo = {p}: expected a SCHED_FIFO priority from 1 to 99"
-                        )));
-                    }
-                    (Some(_), Some(_)) => {
-                        return Err(invalid(format!(
-                            "worker[{i}]: give either nice or sched_fifo; nice does not apply to SCHED_FIFO threads"
-                        )));
-                    }
-                };
-                workers.push(WorkerConfig {
-                    levels: idx,
-                    policy,
-                    cpus: cpu_list(i, w.cpus.as_deref())?,
-                });
-            }
-            workers
-        };
-
-        if raw.pipeline.is_empty() {
-            return Err(invalid(
-                "no [[pipeline]] defined: the daemon would have nothing to run",
-            ));
-        }
-        let mut pipelines = Vec::new();
-        let mut generators = Vec::new();
-        let mut names = HashSet::new();
-        for (i, p) in raw.pipeline.into_iter().enumerate() {
-            match p.kind.as_deref().unwrap_or("tensor") {
-                "tensor" => {}
-                "generate" => {
-                    let g = generator_config(i, p, base, &level_index, &levels)?;
-                    if !names.insert(g.name.clone()) {
-                        return Err(invalid(format!(
-                            "pipeline[{i}].name = {:?}: pipeline names must be unique",
-                            g.name
-                        )));
-                    }
-                    if !workers.iter().any(|w| w.levels.contains(&g.level)) {
-                        return Err(invalid(format!(
-                            "pipeline[{i}].level = {:?}: no worker serves this level",
-                            levels[g.level]
-                        )));
-                    }
-                    let mut g = g;
-                    // A worker serving a lowered level must hold this
-                    // model's session too.
-                    g.allowed_levels = (g.level..levels.len())
-                        .filter(|&l| {
-                            let mut serving =
-                                workers.iter().filter(|w| w.levels.contains(&l)).peekable();
-                            serving.peek().is_some() && serving.all(|w| w.levels.contains(&g.level))
-                        })
-                        .collect();
-                    generators.push(g);
-                    continue;
-                }
-                other => {
-                    return Err(invalid(format!(
-                        "pipeline[{i}].kind = {other:?}: expected \"tensor\" or \"generate\""
-                    )));
-                }
-            }
-            let pc = pipeline_config(i, p, base, &level_index, &levels)?;
-            if !names.insert(pc.name.clone()) {
-                return Err(invalid(format!(
-                    "pipeline[{i}].name = {:?}: pipeline names must be unique",
-                    pc.name
-                )));
-            }
-            if !workers.iter().any(|w| w.levels.contains(&pc.level)) {
-                return Err(invalid(format!(
-                    "pipeline[{i}].level = {:?}: no worker serves this level",
-                    levels[pc.level]
-                )));
-            }
-            pipelines.push(pc);
-        }
-
-        let service = service_config(&raw.service)?;
+        let workers = workers::workers(&raw, &level_index, levels.len())?;
+        let (pipelines, generators) =
+            pipelines(raw.pipeline, base, &level_index, &levels, &workers)?;
         Ok(Config {
             zenoh,
             runtime,
@@ -477,6 +338,70 @@ impl Config {
             metrics,
         })
     }
+}
+
+fn raw_levels(raw: &RawConfig) -> Vec<RawLevel> {
+    raw.level
+        .iter()
+        .map(|l| RawLevel {
+            name: l.name.clone(),
+        })
+        .collect()
+}
+
+/// Validates every `[[pipeline]]`: unique names, a worker for each level,
+/// and for generation pipelines the levels a command may lower itself to.
+fn pipelines(
+    raw: Vec<RawPipeline>,
+    base: &Path,
+    level_index: common::LevelIndex,
+    levels: &[String],
+    workers: &[WorkerConfig],
+) -> Result<(Vec<PipelineConfig>, Vec<GeneratorConfig>), ConfigError> {
+    if raw.is_empty() {
+        return Err(invalid(
+            "no [[pipeline]] defined: the daemon would have nothing to run",
+        ));
+    }
+    let (mut pipelines, mut generators) = (Vec::new(), Vec::new());
+    let mut names = HashSet::new();
+    for p in raw {
+        let (name, level) = match p {
+            RawPipeline::Tensor(t) => {
+                let pc = tensor::tensor_config(*t, base, level_index, levels)?;
+                let nl = (pc.name.clone(), pc.level);
+                pipelines.push(pc);
+                nl
+            }
+            RawPipeline::Generate(g) => {
+                let mut gc = generate::generator_config(*g, base, level_index, levels)?;
+                // A worker serving a lowered level must hold this model's
+                // session too.
+                gc.allowed_levels = (gc.level..levels.len())
+                    .filter(|&l| {
+                        let mut serving =
+                            workers.iter().filter(|w| w.levels.contains(&l)).peekable();
+                        serving.peek().is_some() && serving.all(|w| w.levels.contains(&gc.level))
+                    })
+                    .collect();
+                let nl = (gc.name.clone(), gc.level);
+                generators.push(gc);
+                nl
+            }
+        };
+        if !names.insert(name.clone()) {
+            return Err(invalid(format!(
+                "pipeline {name:?}: pipeline names must be unique"
+            )));
+        }
+        if !workers.iter().any(|w| w.levels.contains(&level)) {
+            return Err(invalid(format!(
+                "pipeline {name:?}: level = {:?}: no worker serves this level",
+                levels[level]
+            )));
+        }
+    }
+    Ok((pipelines, generators))
 }
 
 fn positive(key: &str, v: Option<usize>, default: usize) -> Result<usize, ConfigError> {
@@ -500,14 +425,14 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
-fn zenoh_config(z: RawZenoh, base: &Path) -> Result<ZenohConfig, ConfigError> {
-    if let Some(file) = z.config_file {
+fn zenoh_config(z: &RawZenoh, base: &Path) -> Result<ZenohConfig, ConfigError> {
+    if let Some(file) = &z.config_file {
         if z.mode.is_some() || z.listen.is_some() || z.connect.is_some() || z.scouting.is_some() {
             return Err(invalid(
                 "zenoh.config_file: when a zenoh JSON5 file is given, zenoh.mode/listen/connect/scouting must be set in that file instead",
             ));
         }
-        return Ok(ZenohConfig::File(resolve(base, &file)));
+        return Ok(ZenohConfig::File(resolve(base, file)));
     }
     let mode = match z.mode.as_deref().unwrap_or("peer") {
         "peer" => ZenohMode::Peer,
@@ -519,8 +444,8 @@ fn zenoh_config(z: RawZenoh, base: &Path) -> Result<ZenohConfig, ConfigError> {
             )));
         }
     };
-    let listen = z.listen.unwrap_or_default();
-    let connect = z.connect.unwrap_or_default();
+    let listen = z.listen.clone().unwrap_or_default();
+    let connect = z.connect.clone().unwrap_or_default();
     for (key, eps) in [("zenoh.listen", &listen), ("zenoh.connect", &connect)] {
         for ep in eps {
             if !ep.contains('/') {
@@ -558,10 +483,6 @@ fn runtime_config(r: &RawRuntime, base: &Path) -> Result<RuntimeConfig, ConfigEr
         },
         mlockall: r.mlockall.unwrap_or(false),
     })
-}
-
-fn key_expr_ok(key: &str) -> bool {
-    zenoh::key_expr::keyexpr::new(key).is_ok()
 }
 
 fn dtype(key: &str, s: &str) -> Result<Dtype, ConfigError> {

@@ -90,55 +90,198 @@ pub struct RawWorker {
     pub cpus: Option<Vec<usize>>,
 }
 
+/// One `[[pipeline]]` table. `kind` selects which keys exist at all, so a
+/// tensor key on a generation pipeline (or the reverse) is an unknown key,
+/// not a combination to check later. `kind` defaults to `"tensor"`.
+#[derive(Debug)]
+pub enum RawPipeline {
+    Tensor(Box<RawTensorPipeline>),
+    Generate(Box<RawGeneratePipeline>),
+}
+
+impl<'de> Deserialize<'de> for RawPipeline {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let name = match table.get("name") {
+            Some(toml::Value::String(n)) => format!("pipeline {n:?}"),
+            _ => "pipeline".to_string(),
+        };
+        let kind = match table.remove("kind") {
+            None => "tensor".to_string(),
+            Some(toml::Value::String(k)) => k,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "{name}: kind = {other}: expected \"tensor\" or \"generate\""
+                )));
+            }
+        };
+        let wrap = |e: toml::de::Error| {
+            D::Error::custom(format!(
+                "{name} (kind = {kind:?}): {}",
+                e.to_string().trim().replace('\n', " ")
+            ))
+        };
+        match kind.as_str() {
+            "tensor" => table
+                .try_into()
+                .map(|p| RawPipeline::Tensor(Box::new(p)))
+                .map_err(wrap),
+            "generate" => table
+                .try_into()
+                .map(|p| RawPipeline::Generate(Box::new(p)))
+                .map_err(wrap),
+            other => Err(D::Error::custom(format!(
+                "{name}: kind = {other:?}: expected \"tensor\" or \"generate\""
+            ))),
+        }
+    }
+}
+
+/// What happens to a prediction that finishes after its deadline.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Late {
+    /// Published, flagged `late = "true"`.
+    #[default]
+    Publish,
+    /// Not published: the client gets `deadline_exceeded`.
+    Drop,
+}
+
+/// What happens to float inputs holding NaN or infinity.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NonFinite {
+    /// Refused with `non_finite` before the model runs.
+    #[default]
+    Reject,
+    /// Run as they are.
+    Allow,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Overflow {
+    /// A newer frame of a stream replaces its unprocessed older frame.
+    Latest,
+    /// A full queue answers "busy".
+    #[default]
+    Reject,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// A provider that cannot be used is a startup error.
+    Error,
+    /// A provider that cannot be used is skipped (logged) for the next one.
+    #[default]
+    Next,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RawFormat {
+    #[default]
+    Safetensors,
+    Raw,
+}
+
+/// Keys every pipeline kind has.
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
-pub struct RawPipeline {
+pub struct RawTensorPipeline {
     pub name: String,
-    pub kind: Option<String>,
-    pub cancel: Option<String>,
-    pub query: Option<String>,
-    pub max_generations: Option<usize>,
-    pub max_tokens: Option<u32>,
-    pub default_max_tokens: Option<u32>,
-    pub max_prompt_chars: Option<usize>,
-    pub prefill_chunk: Option<usize>,
-    pub max_batch: Option<usize>,
-    pub max_queue_delay_us: Option<u64>,
-    pub preferred_batch_sizes: Option<Vec<usize>>,
     pub model: PathBuf,
     pub input: String,
     pub output: String,
     pub error_key: Option<String>,
     pub level: Option<String>,
     pub deadline_ms: Option<f64>,
-    pub queue_capacity: Option<usize>,
-    pub overflow: Option<String>,
-    pub max_streams: Option<usize>,
-    pub format: Option<String>,
     #[serde(default)]
     pub provider: Vec<RawProvider>,
-    pub fallback: Option<String>,
+    #[serde(default)]
+    pub fallback: Fallback,
+    pub queue_capacity: Option<usize>,
+    #[serde(default)]
+    pub overflow: Overflow,
+    pub max_streams: Option<usize>,
+    #[serde(default)]
+    pub format: RawFormat,
+    pub raw: Option<RawRawFormat>,
     pub publish: Option<Vec<String>>,
     pub idle_reset_ms: Option<u64>,
     #[serde(default)]
     pub warmup: BTreeMap<String, Vec<i64>>,
-    pub raw: Option<RawRawFormat>,
     #[serde(default)]
     pub constants: BTreeMap<String, RawConstant>,
     #[serde(default)]
     pub state: Vec<RawStateBinding>,
     #[serde(default)]
     pub context: Vec<RawContext>,
+    pub max_batch: Option<usize>,
+    pub max_queue_delay_us: Option<u64>,
+    pub preferred_batch_sizes: Option<Vec<usize>>,
+    #[serde(default)]
+    pub late: Late,
+    #[serde(default)]
+    pub non_finite: NonFinite,
 }
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
-pub struct RawProvider {
-    pub kind: String,
+pub struct RawGeneratePipeline {
+    pub name: String,
+    pub model: PathBuf,
+    pub input: String,
+    pub output: String,
+    pub error_key: Option<String>,
+    pub level: Option<String>,
+    pub deadline_ms: Option<f64>,
+    #[serde(default)]
+    pub provider: Vec<RawProvider>,
+    #[serde(default)]
+    pub fallback: Fallback,
+    pub cancel: Option<String>,
+    pub query: Option<String>,
+    pub max_generations: Option<usize>,
+    pub max_tokens: Option<u32>,
+    pub default_max_tokens: Option<u32>,
+    pub max_prompt_chars: Option<usize>,
+    pub max_prompt_tokens: Option<usize>,
+    pub max_messages: Option<usize>,
+    pub prefill_chunk: Option<usize>,
+    pub max_batch: Option<usize>,
+    pub max_unsent: Option<usize>,
+}
+
+/// One execution provider, by `kind`.
+#[derive(Deserialize, Debug)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum RawProvider {
+    Tensorrt(RawTensorRt),
+    Cuda(RawCuda),
+    Cpu(RawCpu),
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawTensorRt {
     pub device_id: Option<i32>,
     pub fp16: Option<bool>,
     pub engine_cache: Option<PathBuf>,
 }
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawCuda {
+    pub device_id: Option<i32>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawCpu {}
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]

@@ -1,7 +1,7 @@
 //! `[service]` and the per-worker real-time knobs: how the daemon behaves
 //! under a supervisor (systemd watchdog, status reports, start-up timeouts,
 //! drain on SIGTERM) and where worker threads may run. Validated here like
-//! every other section; [`crate::systemd`] and [`crate::worker`] consume it.
+//! every other section; [`crate::supervise`] and [`crate::worker`] consume it.
 
 use std::time::Duration;
 

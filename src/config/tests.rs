@@ -38,7 +38,10 @@ fn unknown_key_is_rejected_with_its_name() {
 fn bad_enum_value_names_key_value_and_choices() {
     let e = err(&format!("{MINIMAL}\noverflow = \"drop\"\n"));
     assert!(
-        e.contains("pipeline[0].overflow") && e.contains("drop") && e.contains("latest"),
+        e.contains("pipeline \"a\"")
+            && e.contains("overflow")
+            && e.contains("drop")
+            && e.contains("latest"),
         "{e}"
     );
 }
@@ -62,7 +65,7 @@ fn provider_options_are_checked_per_kind() {
     let e = err(&format!(
         "{MINIMAL}\n[[pipeline.provider]]\nkind = \"cpu\"\nfp16 = true\n"
     ));
-    assert!(e.contains("provider[0].fp16"), "{e}");
+    assert!(e.contains("provider") && e.contains("fp16"), "{e}");
     let e = err(&format!(
         "{MINIMAL}\n[[pipeline.provider]]\nkind = \"npu\"\n"
     ));
@@ -82,7 +85,7 @@ fn invalid_key_expressions_are_rejected() {
     for bad in ["a/*x", "/a", "a//b", "a/"] {
         let e = err(&MINIMAL.replace("in/*", bad));
         assert!(
-            e.contains("pipeline[0].input") && e.contains("key expression"),
+            e.contains("pipeline \"a\": input") && e.contains("key expression"),
             "{bad}: {e}"
         );
     }
@@ -109,12 +112,12 @@ fn generate_pipelines_are_split_out_and_checked() {
     assert_eq!((g.max_tokens, g.default_max_tokens), (64, 64));
     let e = err(&format!("{text}\noverflow = \"latest\"\n"));
     assert!(
-        e.contains("pipeline[0].overflow") && e.contains("tensor pipelines"),
+        e.contains("pipeline \"chat\"") && e.contains("unknown field `overflow`"),
         "{e}"
     );
     let e = err(&format!("{MINIMAL}\nmax_tokens = 3\n"));
     assert!(
-        e.contains("pipeline[0].max_tokens") && e.contains("generate"),
+        e.contains("pipeline \"a\"") && e.contains("unknown field `max_tokens`"),
         "{e}"
     );
 }
@@ -204,7 +207,7 @@ fn batching_keys_are_validated() {
     );
     let e = err(&format!("{MINIMAL}\nmax_queue_delay_us = 100\n"));
     assert!(
-        e.contains("pipeline[0].max_queue_delay_us") && e.contains("max_batch > 1"),
+        e.contains("pipeline \"a\": max_queue_delay_us") && e.contains("max_batch > 1"),
         "{e}"
     );
     let e = err(&format!(
@@ -235,12 +238,12 @@ fn generator_max_batch_is_bounded_by_max_generations() {
     assert_eq!(c.generators[0].max_batch, 1);
     let e = err(&gen_cfg("max_generations = 2\nmax_batch = 3"));
     assert!(
-        e.contains("pipeline[0].max_batch = 3") && e.contains("max_generations (2)"),
+        e.contains("pipeline \"g\": max_batch = 3") && e.contains("max_generations (2)"),
         "{e}"
     );
     let e = err(&gen_cfg("max_batch = 2\nmax_queue_delay_us = 10"));
     assert!(
-        e.contains("max_queue_delay_us") && e.contains("tensor pipelines"),
+        e.contains("unknown field `max_queue_delay_us`") && e.contains("kind = \"generate\""),
         "{e}"
     );
 }
@@ -256,4 +259,35 @@ fn sched_idle_excludes_nice_and_fifo() {
     assert!(e.contains("worker[0]") && e.contains("sched_idle"), "{e}");
     let e = err(&w("sched_idle = true\nsched_fifo = 3"));
     assert!(e.contains("excludes nice and sched_fifo"), "{e}");
+}
+
+#[test]
+fn new_contention_keys_have_defaults_and_bounds() {
+    let c = Config::from_toml(MINIMAL, Path::new("/base")).unwrap();
+    assert_eq!(c.pipelines[0].late, Late::Publish);
+    assert_eq!(c.pipelines[0].non_finite, NonFinite::Reject);
+    let c = Config::from_toml(
+        &format!("{MINIMAL}\nlate = \"drop\"\nnon_finite = \"allow\"\n"),
+        Path::new("/base"),
+    )
+    .unwrap();
+    assert_eq!(
+        (c.pipelines[0].late, c.pipelines[0].non_finite),
+        (Late::Drop, NonFinite::Allow)
+    );
+    let gen_cfg = |extra: &str| {
+        format!(
+            "[[pipeline]]\nname = \"g\"\nkind = \"generate\"\nmodel = \"d\"\ninput = \"cmd\"\noutput = \"out\"\n{extra}\n"
+        )
+    };
+    let c = Config::from_toml(&gen_cfg(""), Path::new("/base")).unwrap();
+    let g = &c.generators[0];
+    assert_eq!(
+        (g.max_prompt_tokens, g.max_messages, g.max_unsent),
+        (None, DEFAULT_MAX_MESSAGES, DEFAULT_MAX_UNSENT)
+    );
+    let e = err(&gen_cfg("max_unsent = 2"));
+    assert!(e.contains("pipeline \"g\": max_unsent = 2"), "{e}");
+    let e = err(&gen_cfg("max_prompt_tokens = 0"));
+    assert!(e.contains("max_prompt_tokens = 0"), "{e}");
 }

@@ -16,13 +16,13 @@
 //! membership changes; between changes each step's `present.*` outputs are
 //! moved into the next step's inputs.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 
 use crossbeam::queue::ArrayQueue;
 use ort::value::{DynValue, Tensor as OrtTensor};
-use serde::Serialize;
 
-use super::{Generation, LlmModel, StepOutput, i64_tensor, take_token};
+use super::model::{i64_tensor, take_token};
+use super::{Generation, LlmModel, StepOutput};
 
 /// Joining and membership of the decode batch of one (pipeline, level).
 pub struct DecodeSlots {
@@ -246,65 +246,5 @@ impl DecodeBatch {
             outs.push(take_token(&sh, g, &mut row));
         }
         Ok(outs)
-    }
-}
-
-/// Decode counters of one generation pipeline (relaxed atomics).
-pub struct DecodeStats {
-    /// `sizes[n]`: decode steps that ran `n` generations together.
-    pub sizes: Vec<AtomicU64>,
-    /// Tokens produced by decode steps (prefill's first token excluded).
-    pub tokens: AtomicU64,
-    /// Wall time of those decode steps (µs).
-    pub busy_us: AtomicU64,
-}
-
-impl DecodeStats {
-    pub fn new(max_batch: usize) -> DecodeStats {
-        DecodeStats {
-            sizes: (0..=max_batch).map(|_| AtomicU64::new(0)).collect(),
-            tokens: AtomicU64::new(0),
-            busy_us: AtomicU64::new(0),
-        }
-    }
-
-    pub fn record(&self, size: usize, tokens: usize, took: std::time::Duration) {
-        if let Some(s) = self.sizes.get(size) {
-            s.fetch_add(1, Relaxed);
-        }
-        self.tokens.fetch_add(tokens as u64, Relaxed);
-        self.busy_us.fetch_add(took.as_micros() as u64, Relaxed);
-    }
-
-    pub fn snapshot(&self, pipeline: &str) -> DecodeSnapshot {
-        let tokens = self.tokens.load(Relaxed);
-        let busy_us = self.busy_us.load(Relaxed);
-        DecodeSnapshot {
-            pipeline: pipeline.to_string(),
-            sizes: self.sizes.iter().map(|a| a.load(Relaxed)).collect(),
-            tokens,
-            busy_us,
-            tokens_per_s: (busy_us > 0).then(|| tokens as f64 * 1e6 / busy_us as f64),
-        }
-    }
-}
-
-/// A copy of [`DecodeStats`]; per-stream tokens/s is in each generation's
-/// final message (`timing.decode_tokens_per_s`).
-#[derive(Serialize, Clone, Debug, PartialEq)]
-pub struct DecodeSnapshot {
-    pub pipeline: String,
-    /// Histogram: `sizes[n]` decode steps ran `n` generations together.
-    pub sizes: Vec<u64>,
-    pub tokens: u64,
-    pub busy_us: u64,
-    /// Aggregate decode tokens per second of step time.
-    pub tokens_per_s: Option<f64>,
-}
-
-impl DecodeSnapshot {
-    /// Largest decode batch seen (0 if none).
-    pub fn largest(&self) -> usize {
-        self.sizes.iter().rposition(|&c| c > 0).unwrap_or(0)
     }
 }

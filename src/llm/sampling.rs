@@ -3,27 +3,7 @@
 //! 0; otherwise repetition penalty → temperature → top-k → top-p, drawn with a
 //! seeded generator so the same seed gives the same tokens.
 
-/// Sampling parameters after validation (see `llm::command`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sampling {
-    pub temperature: f32,
-    pub top_k: usize,
-    pub top_p: f32,
-    pub repetition_penalty: f32,
-    pub seed: u64,
-}
-
-impl Default for Sampling {
-    fn default() -> Self {
-        Sampling {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            repetition_penalty: 1.0,
-            seed: 0,
-        }
-    }
-}
+pub use crate::wire::command::Sampling;
 
 /// SplitMix64: small, fast and reproducible across platforms; sampling needs
 /// nothing stronger.

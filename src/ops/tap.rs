@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::client::{DEFAULT_CONNECT, parse_secs};
-use crate::wire::{self, Dtype, Tensor};
+use crate::tensor::{Dtype, Tensor};
+use crate::wire;
 
 /// Values printed from the front of a tensor.
 const HEAD: usize = 4;
@@ -193,12 +194,12 @@ pub async fn run<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::f32_tensor;
+    use crate::tensor::f32_tensor;
 
     #[test]
     fn describes_predictions_errors_and_tokens() {
         let t = f32_tensor("y", &[1, 3], &[1.0, 2.0, 6.0]);
-        let bytes = wire::encode_output(&[t], [("id".to_string(), "r1".to_string())].into());
+        let bytes = wire::encode_message(&[t], [("id".to_string(), "r1".to_string())].into());
         let d = describe(&bytes, None);
         assert_eq!(
             d,

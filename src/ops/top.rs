@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::client::{DEFAULT_CONNECT, parse_secs};
 use crate::error::ErrorCode;
-use crate::stats::{HistSnapshot, MetricsSnapshot, PipelineSnapshot};
+use crate::obs::{HistSnapshot, MetricsSnapshot, PipelineSnapshot};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct TopArgs {

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use reflexd::wire::{self, RequestMeta, Tensor};
+use reflexd::tensor::Tensor;
+use reflexd::wire::{self, RequestMeta};
 use reflexd::{Config, Daemon};
 use zenoh::handlers::FifoChannelHandler;
 use zenoh::pubsub::Subscriber;

@@ -1,0 +1,131 @@
+//! Stage two for `kind = "generate"` pipelines: command, cancel and query
+//! topics, generation limits (tokens, prompt size in characters, tokens and
+//! messages, live generations), prefill chunking, continuous batching and
+//! the per-generation outbox, turned into a [`GeneratorConfig`].
+
+use std::path::Path;
+
+use super::common::{At, LevelIndex, RawCommon, common, plain_key};
+use super::raw::RawGeneratePipeline;
+use super::*;
+
+/// Default bound on messages produced but not yet delivered to a
+/// generation's client; past it the generation ends `slow_consumer`.
+pub const DEFAULT_MAX_UNSENT: usize = 64;
+/// Default bound on the messages of one command.
+pub const DEFAULT_MAX_MESSAGES: usize = 64;
+
+pub(super) fn generator_config(
+    p: RawGeneratePipeline,
+    base: &Path,
+    level_index: LevelIndex,
+    levels: &[String],
+) -> Result<GeneratorConfig, ConfigError> {
+    let at = At(&p.name);
+    let c = common(
+        RawCommon {
+            name: &p.name,
+            model: &p.model,
+            input: &p.input,
+            output: &p.output,
+            error_key: p.error_key.as_deref(),
+            level: p.level.as_deref(),
+            deadline_ms: p.deadline_ms,
+            default_deadline_ms: 60_000.0,
+            provider: &p.provider,
+            fallback: p.fallback,
+        },
+        base,
+        level_index,
+        levels,
+    )?;
+    let (cancel_key, query_key) = topics(&at, &c.input, p.cancel, p.query)?;
+    let (max_tokens, default_max_tokens) = token_limits(&at, p.max_tokens, p.default_max_tokens)?;
+    let max_generations = positive(&at.key("max_generations"), p.max_generations, 4)?;
+    let max_batch = positive(&at.key("max_batch"), p.max_batch, 1)?;
+    if max_batch > max_generations {
+        return Err(at.err(
+            "max_batch",
+            format!(
+                "= {max_batch}: at most max_generations ({max_generations}); a decode batch holds live generations"
+            ),
+        ));
+    }
+    let max_unsent = positive(&at.key("max_unsent"), p.max_unsent, DEFAULT_MAX_UNSENT)?;
+    if max_unsent < 3 {
+        return Err(at.err(
+            "max_unsent",
+            format!("= {max_unsent}: at least 3 (one step's token, held-back text and the final message)"),
+        ));
+    }
+    Ok(GeneratorConfig {
+        name: c.name,
+        model: c.model,
+        input: c.input,
+        output: c.output,
+        error_key: c.error_key,
+        level: c.level,
+        deadline: c.deadline,
+        providers: c.providers,
+        fallback: c.fallback,
+        cancel_key,
+        query_key,
+        max_generations,
+        max_tokens,
+        default_max_tokens,
+        max_prompt_chars: positive(&at.key("max_prompt_chars"), p.max_prompt_chars, 16_384)?,
+        max_prompt_tokens: p
+            .max_prompt_tokens
+            .map(|n| positive(&at.key("max_prompt_tokens"), Some(n), n))
+            .transpose()?,
+        max_messages: positive(
+            &at.key("max_messages"),
+            p.max_messages,
+            DEFAULT_MAX_MESSAGES,
+        )?,
+        prefill_chunk: positive(&at.key("prefill_chunk"), p.prefill_chunk, 64)?,
+        max_batch,
+        max_unsent,
+        allowed_levels: Vec::new(),
+    })
+}
+
+/// The cancel and query keys (defaults beside the command topic).
+fn topics(
+    at: &At,
+    input: &str,
+    cancel: Option<String>,
+    query: Option<String>,
+) -> Result<(String, String), ConfigError> {
+    if input.contains('*') {
+        return Err(at.err(
+            "input",
+            format!("= {input:?}: a command topic cannot contain wildcards"),
+        ));
+    }
+    let cancel = cancel.unwrap_or_else(|| format!("{input}/cancel"));
+    plain_key(at, "cancel", &cancel)?;
+    let query = query.unwrap_or_else(|| format!("{input}/query"));
+    plain_key(at, "query", &query)?;
+    Ok((cancel, query))
+}
+
+fn token_limits(
+    at: &At,
+    max_tokens: Option<u32>,
+    default_max_tokens: Option<u32>,
+) -> Result<(u32, u32), ConfigError> {
+    let max_tokens = match max_tokens {
+        Some(0) => return Err(at.err("max_tokens", "= 0: must be at least 1")),
+        Some(n) => n,
+        None => 1024,
+    };
+    let default_max_tokens = default_max_tokens.unwrap_or(max_tokens.min(256));
+    if default_max_tokens == 0 || default_max_tokens > max_tokens {
+        return Err(at.err(
+            "default_max_tokens",
+            format!("= {default_max_tokens}: expected 1..={max_tokens} (max_tokens)"),
+        ));
+    }
+    Ok((max_tokens, default_max_tokens))
+}

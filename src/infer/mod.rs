@@ -1,0 +1,21 @@
+//! Inference: everything between a job and the runtime. [`runtime`] loads the
+//! ONNX Runtime library once; [`engine`] builds sessions with the configured
+//! execution-provider chain and moves bytes in and out of runtime values;
+//! [`spec`] binds a pipeline's config to its model's ports; [`run`] is the
+//! one run path for one request or a batch (constants, carried state and
+//! context); [`batch`] finds a model's batch axes; [`state`] is what a stream
+//! carries between frames. Pre- and post-processing stages plug in here.
+//! Nothing here touches zenoh or the scheduler.
+
+pub mod batch;
+pub mod engine;
+pub mod run;
+pub mod runtime;
+pub mod spec;
+pub mod state;
+pub mod warm;
+
+pub use engine::{EngineError, Model, Port};
+pub use run::{Item, Ran, Runner};
+pub use spec::Spec;
+pub use state::StreamState;

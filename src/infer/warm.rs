@@ -1,0 +1,73 @@
+//! Loading a tensor pipeline's session and warming it up before intake
+//! opens: one run on zeros (and, for a batched pipeline, one full batch, which
+//! proves the batch axes split back correctly and pre-sizes the runtime's
+//! buffers). Start-up and `reflexd check` both come through here.
+
+use std::time::Instant;
+
+use ort::environment::Environment;
+
+use super::engine::{self, EngineError};
+use super::run::{self, Item, Runner};
+use super::spec::Spec;
+use super::state::StreamState;
+use crate::config::{PipelineConfig, RuntimeConfig};
+
+/// A loaded, warmed-up session for one pipeline plus its interface.
+pub struct Loaded {
+    pub runner: Runner,
+    pub spec: Spec,
+}
+
+fn warm_err(p: &PipelineConfig, reason: String) -> EngineError {
+    EngineError::Warmup {
+        pipeline: p.name.clone(),
+        reason,
+    }
+}
+
+/// Builds one session for `p` and runs it once on zeros (and once with a
+/// full batch when it batches).
+pub fn load_and_warm(
+    env: &Environment,
+    rt: &RuntimeConfig,
+    p: &PipelineConfig,
+) -> Result<Loaded, EngineError> {
+    let model = engine::load(env, &p.into(), rt)?;
+    let spec = Spec::new(p, &model)?;
+    let mut runner = Runner::new(model, p).map_err(|e| warm_err(p, e))?;
+    let inputs = spec.warmup_inputs(p);
+    let rows = p.batch.as_ref().map_or(1, |b| b.max_batch);
+    for n in [1, rows] {
+        let mut states = (0..n)
+            .map(|_| {
+                p.is_stateful()
+                    .then(|| StreamState::new(&spec, p.context.len(), Instant::now()))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| warm_err(p, e))?;
+        let mut items: Vec<Item> = states
+            .iter_mut()
+            .map(|st| Item {
+                tensors: &inputs,
+                state: st.as_mut(),
+            })
+            .collect();
+        let ran = run::run(&mut runner, &spec, &mut items).map_err(|e| {
+            let what = if n > 1 {
+                format!("batched warm-up (max_batch = {n}): {e}")
+            } else {
+                e
+            };
+            warm_err(p, what)
+        })?;
+        for i in 0..n {
+            ran.outputs(&spec, i).map_err(|e| warm_err(p, e))?;
+        }
+        if n == rows {
+            break;
+        }
+    }
+    Ok(Loaded { runner, spec })
+}

@@ -1,0 +1,16 @@
+//! The daemon's zenoh side, and the only place that talks to the network:
+//! [`zenoh`] builds the session's configuration; [`ingress`] (tensor
+//! messages) and [`commands`] (generation commands, cancels, queries) are the
+//! subscriber callbacks that decode, validate and queue work without
+//! blocking; [`egress`] publishes predictions and every failure; [`tokens`]
+//! streams generation messages from per-generation outboxes on delivery
+//! threads, so no worker ever waits for a client; [`metrics`] exports the
+//! counters. Everything here reads the daemon context ([`crate::ctx`]).
+
+pub mod commands;
+pub mod egress;
+pub mod ingress;
+pub mod metrics;
+pub mod prom;
+pub mod tokens;
+pub mod zenoh;

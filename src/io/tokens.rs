@@ -1,0 +1,237 @@
+//! Egress of generation pipelines: token and final messages. A worker encodes
+//! each message and pushes it into the generation's bounded outbox in the
+//! pipeline's registry (never blocking); one delivery thread per registry
+//! slot drains that outbox in order and publishes with
+//! `CongestionControl::Block` (a dropped token would corrupt the streamed
+//! text), so a client that stops reading blocks only its own slot's thread.
+//! Before each step a worker checks the outbox has room for the step's
+//! messages ([`has_room`]); a generation whose client has fallen that far
+//! behind ends with `slow_consumer` instead.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::sync::Parker;
+use zenoh::Wait;
+use zenoh::qos::{CongestionControl, Priority};
+
+use super::egress;
+use crate::ctx::{Ctx, Delivery};
+use crate::error::ErrorCode;
+use crate::llm::registry::Out;
+use crate::llm::{Finish, Generation, timing};
+use crate::obs::PipelineStats;
+use crate::wire::reply::{ErrorBody, FinalMsg, TokenMsg, Usage};
+
+/// Messages one step may queue at most: its token, the text held back by
+/// the detokenizer and the final message.
+pub const STEP_MESSAGES: usize = 3;
+
+/// Whether `g`'s outbox can take one more step's messages.
+pub fn has_room(ctx: &Ctx, g: &Generation) -> bool {
+    ctx.gens[g.pipeline].registry.room(g.route) >= STEP_MESSAGES
+}
+
+fn push(ctx: &Ctx, g: &Generation, out: Out) {
+    if ctx.gens[g.pipeline].registry.push(g.route, out).is_err() {
+        // Unreachable while workers check `has_room` before each step.
+        tracing::error!(id = %g.cmd.id, "generation outbox full; message not queued");
+    }
+}
+
+/// Queues the text released by the latest token.
+pub fn token(ctx: &Ctx, g: &Generation, token_id: u32, text: &str) {
+    ctx.gens[g.pipeline].stats.tokens.fetch_add(1, Relaxed);
+    piece(ctx, g, g.tokens.len() - 1, Some(token_id), text);
+}
+
+fn piece(ctx: &Ctx, g: &Generation, seq: usize, token_id: Option<u32>, text: &str) {
+    let msg = TokenMsg {
+        id: &g.cmd.id,
+        seq,
+        text,
+        token_id,
+        run_order: g.run_order,
+    };
+    push(ctx, g, Out::Msg(msg.encode()));
+}
+
+/// Ends a generation: flushes held text, counts it, reports an error on the
+/// error key, and queues the final message (its slot is freed when that is
+/// delivered).
+pub fn finish(ctx: &Ctx, mut g: Box<Generation>, reason: Finish) {
+    let rest = g.flush();
+    if !rest.is_empty() {
+        // Text the detokenizer held back (a possible stop-string prefix that
+        // never completed) still belongs to the answer. It gets the next seq
+        // and no token id: no new token produced it.
+        piece(ctx, &g, g.tokens.len(), None, &rest);
+    }
+    let gp = &ctx.gens[g.pipeline];
+    let now = Instant::now();
+    let msg = FinalMsg {
+        id: &g.cmd.id,
+        done: true,
+        finish_reason: reason.as_str(),
+        text: g.text(),
+        usage: Usage {
+            prompt_tokens: g.prompt_tokens(),
+            completion_tokens: g.tokens.len(),
+        },
+        timing: timing(&g, now),
+        provider: gp.provider,
+        error: g.error.as_ref().map(|e| ErrorBody {
+            code: e.code.code(),
+            message: &e.message,
+        }),
+    };
+    // Counted before the final message is queued, so a client that has seen
+    // it also sees the counters.
+    record(&gp.stats, &g, now);
+    match (reason, &g.error) {
+        (Finish::Error, Some(rej)) => {
+            gp.stats.error(rej.code);
+            egress::publish_error(
+                &ctx.session,
+                &gp.cfg.error_key,
+                &gp.cfg.name,
+                "",
+                Some(&g.cmd.id),
+                None,
+                rej,
+            );
+        }
+        (Finish::Error, None) => gp.stats.error(ErrorCode::InferenceFailed),
+        (Finish::Deadline, _) => gp.stats.error(ErrorCode::DeadlineExceeded),
+        _ => {
+            gp.stats.ok.fetch_add(1, Relaxed);
+        }
+    }
+    push(ctx, &g, Out::Final(msg.encode()));
+    tracing::debug!(id = %g.cmd.id, reason = reason.as_str(), tokens = g.tokens.len(), "generation finished");
+}
+
+/// Records a finished generation's latencies and token counts.
+fn record(st: &PipelineStats, g: &Generation, now: Instant) {
+    if let Some(s) = g.started {
+        st.time(&st.queue_wait, s - g.received);
+    }
+    st.time(&st.e2e, now - g.received);
+    let n = g.tokens.len() as u64;
+    st.generation
+        .prompt_tokens
+        .fetch_add(g.prompt_tokens() as u64, Relaxed);
+    st.generation.completion_tokens.fetch_add(n, Relaxed);
+    if let Some(first) = g.first_token {
+        st.time(&st.generation.ttft, first - g.received);
+        if n > 1 {
+            let after = now - first;
+            st.time(&st.generation.tpot, after / (n - 1) as u32);
+            st.generation.decode_tokens.fetch_add(n - 1, Relaxed);
+            st.generation
+                .decode_us
+                .fetch_add(after.as_micros() as u64, Relaxed);
+        }
+    }
+}
+
+/// The delivery threads of every generation slot.
+pub struct Deliverers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    unparkers: Vec<crossbeam::sync::Unparker>,
+}
+
+/// How often an idle delivery thread checks for shutdown.
+const IDLE_CHECK: Duration = Duration::from_millis(100);
+
+fn send(session: &zenoh::Session, d: Option<&Delivery>, body: Vec<u8>) {
+    let r = match d {
+        Some(Delivery::Topic(key)) => session
+            .put(key.as_str(), body)
+            .congestion_control(CongestionControl::Block)
+            .priority(Priority::DataHigh)
+            .wait(),
+        Some(Delivery::Query(q)) => q.reply(q.key_expr().clone(), body).wait(),
+        None => Ok(()),
+    };
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "cannot publish generation message");
+    }
+}
+
+/// Drains slot `i` of pipeline `gi` until stopped and empty.
+fn deliver(ctx: &Ctx, gi: usize, i: usize, parker: &Parker, stop: &AtomicBool) {
+    let reg = &ctx.gens[gi].registry;
+    let slot = reg.slot(i);
+    loop {
+        while let Some(out) = slot.pop() {
+            match out {
+                Out::Msg(body) => send(&ctx.session, slot.delivery().as_ref(), body),
+                Out::Final(body) => {
+                    // Freed before the final message goes out, so a client
+                    // that has seen it can start its next generation.
+                    let d = slot.delivery().take();
+                    reg.release_slot(i);
+                    send(&ctx.session, d.as_ref(), body);
+                }
+            }
+        }
+        if stop.load(SeqCst) && slot.is_empty() {
+            return;
+        }
+        parker.park_timeout(IDLE_CHECK);
+    }
+}
+
+impl Deliverers {
+    /// Starts one delivery thread per registry slot of every generation
+    /// pipeline.
+    pub fn start(ctx: &Arc<Ctx>) -> std::io::Result<Deliverers> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let mut unparkers = Vec::new();
+        for (gi, gp) in ctx.gens.iter().enumerate() {
+            for i in 0..gp.registry.slots() {
+                let parker = Parker::new();
+                gp.registry.slot(i).set_waker(parker.unparker().clone());
+                unparkers.push(parker.unparker().clone());
+                let (c, s) = (ctx.clone(), stop.clone());
+                threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("reflexd-out{gi}.{i}"))
+                        .spawn(move || deliver(&c, gi, i, &parker, &s))?,
+                );
+            }
+        }
+        Ok(Deliverers {
+            stop,
+            threads,
+            unparkers,
+        })
+    }
+
+    /// Lets every thread deliver what is queued, then stop; waits up to
+    /// `timeout` (a thread blocked on a client that stopped reading is left
+    /// to end when the session closes).
+    pub async fn stop(self, timeout: Duration) {
+        self.stop.store(true, SeqCst);
+        for u in &self.unparkers {
+            u.unpark();
+        }
+        let threads = self.threads;
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        if tokio::time::timeout(timeout, joined).await.is_err() {
+            tracing::warn!(
+                ?timeout,
+                "generation messages still undelivered at shutdown"
+            );
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! The work item of a tensor pipeline: what ingress builds from one message
+//! and a worker consumes. It sits between the wire codecs (which produce its
+//! tensors and request metadata) and the scheduler (which queues it by its
+//! pipeline, stream and deadline, see [`crate::sched::Task`]).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::sched::Task;
+use crate::tensor::Tensor;
+use crate::wire::RequestMeta;
+
+/// One request on its way to a worker.
+#[derive(Debug)]
+pub struct Job {
+    pub pipeline: usize,
+    pub stream: Arc<str>,
+    pub meta: RequestMeta,
+    pub tensors: Vec<Tensor>,
+    /// When the subscriber callback got the message.
+    pub received: Instant,
+    /// Position of the receipt in the daemon's event order.
+    pub recv_order: u64,
+    /// `received` plus the pipeline's latency budget.
+    pub deadline: Instant,
+}
+
+impl Task for Job {
+    fn pipeline(&self) -> usize {
+        self.pipeline
+    }
+    fn stream(&self) -> &Arc<str> {
+        &self.stream
+    }
+    fn received(&self) -> Instant {
+        self.received
+    }
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
+}

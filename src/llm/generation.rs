@@ -1,0 +1,146 @@
+//! The state of one generation request as it moves between the scheduler and
+//! workers: prompt and generated ids, the KV cache (runtime values), the
+//! sampler's generator, the incremental detokenizer and the timestamps its
+//! TTFT/TPOT come from.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use ort::value::DynValue;
+
+use super::Finish;
+use super::detok::Detokenizer;
+use super::sampling::Rng;
+use crate::error::Rejection;
+use crate::wire::command::Command;
+use crate::wire::reply::Timing;
+
+/// The state of one request, moved between the scheduler and workers.
+pub struct Generation {
+    pub pipeline: usize,
+    pub level: usize,
+    pub cmd: Command,
+    pub cancel: Arc<AtomicBool>,
+    pub received: Instant,
+    pub deadline: Instant,
+    /// The generation's slot in its pipeline's registry (where its
+    /// messages go; the registry's user owns the delivery side).
+    pub route: usize,
+    pub(super) prompt_tokens: usize,
+    /// Generated token ids.
+    pub tokens: Vec<u32>,
+    /// Prompt + generated ids, for the repetition penalty.
+    pub(super) history: Vec<u32>,
+    pub(super) past: Vec<DynValue>,
+    pub(super) past_len: usize,
+    pub(super) next_input: Option<u32>,
+    /// Prompt ids and how many of them the KV cache already holds: the
+    /// prefill runs in chunks so one turn never takes the whole prompt.
+    pub(super) prompt: Vec<u32>,
+    pub(super) prefilled: usize,
+    pub(super) rng: Rng,
+    pub(super) detok: Detokenizer,
+    pub started: Option<Instant>,
+    pub first_token: Option<Instant>,
+    pub finished: Option<Finish>,
+    pub error: Option<Rejection>,
+    /// Daemon event order of the latest step (see `Shared::order`).
+    pub run_order: u64,
+}
+
+/// What one step produced.
+pub struct StepOutput {
+    /// The token sampled this step and the text it releases.
+    pub token: Option<(u32, String)>,
+}
+
+impl Generation {
+    pub fn new(
+        pipeline: usize,
+        level: usize,
+        cmd: Command,
+        cancel: Arc<AtomicBool>,
+        received: Instant,
+        route: usize,
+    ) -> Generation {
+        let seed = cmd.sampling.seed;
+        let stops = cmd.stop.clone();
+        Generation {
+            pipeline,
+            level,
+            deadline: received + cmd.deadline,
+            cmd,
+            cancel,
+            received,
+            route,
+            prompt_tokens: 0,
+            tokens: Vec::new(),
+            history: Vec::new(),
+            past: Vec::new(),
+            past_len: 0,
+            next_input: None,
+            prompt: Vec::new(),
+            prefilled: 0,
+            rng: Rng::new(seed),
+            detok: Detokenizer::new(stops),
+            started: None,
+            first_token: None,
+            finished: None,
+            error: None,
+            run_order: 0,
+        }
+    }
+
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+
+    pub fn text(&self) -> &str {
+        self.detok.text()
+    }
+
+    /// Text held back by the detokenizer, released when generation ends.
+    pub fn flush(&mut self) -> String {
+        self.detok.finish()
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.load(Relaxed)
+    }
+
+    /// Prefill done and not finished: its next step is a decode step, the
+    /// kind that can join a decode batch.
+    pub fn is_decoding(&self) -> bool {
+        self.next_input.is_some() && self.finished.is_none()
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub fn timing(g: &Generation, now: Instant) -> Timing {
+    let queue = g
+        .started
+        .map(|s| s - g.received)
+        .unwrap_or(now - g.received);
+    let total = now - g.received;
+    let ttft = g.first_token.map(|f| f - g.received);
+    let n = g.tokens.len();
+    let tpot = ttft
+        .filter(|_| n > 1)
+        .map(|t| ms(total - t) / (n - 1) as f64);
+    let prefill = match (g.started, g.first_token) {
+        (Some(s), Some(f)) if f > s => Some(g.prompt_tokens as f64 / (f - s).as_secs_f64()),
+        _ => None,
+    };
+    Timing {
+        queue_ms: ms(queue),
+        ttft_ms: ttft.map(ms),
+        tpot_ms: tpot,
+        total_ms: ms(total),
+        prefill_tokens_per_s: prefill,
+        decode_tokens_per_s: tpot.filter(|t| *t > 0.0).map(|t| 1000.0 / t),
+    }
+}
