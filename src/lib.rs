@@ -24,7 +24,9 @@ pub mod llm;
 pub mod logging;
 pub mod obs;
 pub mod ops;
-pub(crate) mod sched;
+// Public only so that benches/sched.rs can drive the scheduler alone.
+#[doc(hidden)]
+pub mod sched;
 pub mod supervise;
 pub mod tensor;
 pub mod wire;

@@ -16,33 +16,24 @@
 //! membership changes; between changes each step's `present.*` outputs are
 //! moved into the next step's inputs.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-
-use crossbeam::queue::ArrayQueue;
 use ort::value::{DynValue, Tensor as OrtTensor};
 
 use super::model::{i64_tensor, take_token};
 use super::{Generation, LlmModel, StepOutput};
+use crate::sched::JoinQueue;
 
-/// Joining and membership of the decode batch of one (pipeline, level).
+/// Joining and membership of the decode batch of one (pipeline, level):
+/// the protocol is [`JoinQueue`]'s (model-checked in `sched::loom`).
 pub struct DecodeSlots {
     pub max_batch: usize,
-    /// Generations done with their prefill, waiting for the batch's next
-    /// step (bounded: a place is reserved before pushing).
-    joiners: ArrayQueue<Box<Generation>>,
-    /// True while a batch ticket exists (queued or running).
-    active: AtomicBool,
-    /// Members plus joiners: places taken in the batch.
-    taken: AtomicUsize,
+    joins: JoinQueue<Box<Generation>>,
 }
 
 impl DecodeSlots {
     pub fn new(max_batch: usize) -> DecodeSlots {
         DecodeSlots {
             max_batch,
-            joiners: ArrayQueue::new(max_batch.max(1)),
-            active: AtomicBool::new(false),
-            taken: AtomicUsize::new(0),
+            joins: JoinQueue::new(max_batch),
         }
     }
 
@@ -51,17 +42,8 @@ impl DecodeSlots {
     /// running batch takes it at its next step. `Err(g)`: the batch is
     /// full; `g` keeps stepping alone (it tries again after each step).
     pub fn join(&self, g: Box<Generation>) -> Result<Option<Box<DecodeBatch>>, Box<Generation>> {
-        if self.taken.fetch_add(1, SeqCst) >= self.max_batch {
-            self.taken.fetch_sub(1, SeqCst);
-            return Err(g);
-        }
         let (pipeline, level) = (g.pipeline, g.level);
-        if let Err(g) = self.joiners.push(g) {
-            // Unreachable: capacity is max_batch and a place was reserved.
-            self.taken.fetch_sub(1, SeqCst);
-            return Err(g);
-        }
-        if self.active.swap(true, SeqCst) {
+        if !self.joins.join(g)? {
             return Ok(None);
         }
         let mut b = Box::new(DecodeBatch::new(pipeline, level));
@@ -71,38 +53,24 @@ impl DecodeSlots {
 
     /// Merges waiting joiners into the batch (at the start of a step).
     pub fn take_joiners(&self, b: &mut DecodeBatch) {
-        while let Some(g) = self.joiners.pop() {
-            b.rows.push(None);
-            b.members.push(g);
-            b.dirty = true;
-        }
+        self.joins.take(|g| b.add(g));
     }
 
     /// A member left the batch for good.
     pub fn left(&self, n: usize) {
-        self.taken.fetch_sub(n, SeqCst);
+        self.joins.left(n);
     }
 
     /// The batch has no members: retire it, unless joiners arrived in the
     /// meantime and no other batch was started for them, in which case
     /// they are merged and `true` says to keep the batch going.
     pub fn retire(&self, b: &mut DecodeBatch) -> bool {
-        self.active.store(false, SeqCst);
-        if self.joiners.is_empty() || self.active.swap(true, SeqCst) {
-            return false;
-        }
-        self.take_joiners(b);
-        if b.members.is_empty() {
-            // Another worker's retire took them first; undo.
-            self.active.store(false, SeqCst);
-            return false;
-        }
-        true
+        self.joins.retire(|g| b.add(g))
     }
 
     /// Everything still waiting to join (teardown).
     pub fn drain(&self) -> Vec<Box<Generation>> {
-        std::iter::from_fn(|| self.joiners.pop()).collect()
+        self.joins.drain()
     }
 }
 
@@ -132,6 +100,13 @@ impl DecodeBatch {
             width: 0,
             dirty: false,
         }
+    }
+
+    /// A joiner becomes a member; its KV cache is merged at the next step.
+    fn add(&mut self, g: Box<Generation>) {
+        self.rows.push(None);
+        self.members.push(g);
+        self.dirty = true;
     }
 
     /// Takes out the members for which `leave` holds.

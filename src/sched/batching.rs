@@ -6,8 +6,7 @@
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use crossbeam::sync::Parker;
-
+use super::sync::{Parker, fence};
 use super::{Batch, BatchQueue, DEADLINE_SLACK, Kinds, Member, Scheduler, Task, Ticket};
 
 impl<K: Kinds> Scheduler<K> {
@@ -16,6 +15,9 @@ impl<K: Kinds> Scheduler<K> {
     pub(super) fn schedule_batch(&self, pipeline: usize) {
         let pq = &self.pipelines[pipeline];
         let Some(bq) = &pq.batch else { return };
+        // Pairs with `release_batch` (a ticket handed back while this job
+        // arrived) and with `fill` (a worker about to wait for this job).
+        fence(SeqCst);
         if bq.ready.is_empty() {
             return;
         }
@@ -112,8 +114,10 @@ impl<K: Kinds> Scheduler<K> {
             }
             w.filling.store(true, SeqCst);
             bq.filler.store(worker + 1, SeqCst);
-            // Re-check after announcing: a submit that missed the flag has
+            // Re-check after announcing (pairs with the fences in `wake`
+            // and `schedule_batch`): a submit that missed the flags has
             // already pushed its job.
+            fence(SeqCst);
             if bq.ready.is_empty() && !self.higher_pending(worker, pq.level) {
                 self.clock.park(parker, limit - now);
             }

@@ -5,7 +5,10 @@
 //! serves a configured subset of levels and always pops the highest non-empty
 //! one, so a worker reserved for the top level never sits behind a long
 //! lower-priority run. Idle workers park; submitters claim one idle worker
-//! with a CAS and unpark it (no lock on the wake-up path).
+//! with a CAS and unpark it, and a worker passes a claim on when it spent
+//! it on other work ([`idle`]: no lock, no timeout on the wake-up path).
+//! The protocols are checked exhaustively with `loom` (`sched::loom`, run
+//! by `scripts/loom.sh`) on this code, through the primitives of [`sync`].
 //!
 //! Backpressure: `reject` pipelines count queued jobs per pipeline and answer
 //! `busy` beyond `queue_capacity`. `latest` pipelines keep one pending frame
@@ -21,30 +24,40 @@
 //! pops that ticket takes up to `max_batch` ready jobs, and if that is fewer
 //! it waits for more — at most `max_queue_delay` after the oldest arrived,
 //! never into the last quarter of a collected job's budget (nor past its
-//! deadline minus the pipeline's last run time), and not at all while a higher level
-//! it serves has work. Then it hands the ticket back, so another worker can
-//! collect the next batch while this one runs.
+//! deadline minus the pipeline's last run time), and not at all while the
+//! pipeline's level or a higher level it serves has other work. Then it
+//! hands the ticket back, so another worker can collect the next batch
+//! while this one runs.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use crossbeam::queue::ArrayQueue;
-use crossbeam::sync::{Parker, Unparker};
 
 use crate::config::{BatchConfig, Config, Overflow};
 use crate::error::{ErrorCode, Rejection};
 
 mod batching;
 mod clock;
-#[cfg(test)]
+mod idle;
+pub mod join;
+#[cfg(all(test, loom))]
+mod loom;
+mod streams;
+mod sync;
+#[cfg(all(test, not(loom)))]
 mod tests;
 
+#[cfg(test)]
+pub use clock::ManualClock;
 pub use clock::{Clock, SystemClock};
+pub use join::JoinQueue;
+use sync::{AtomicBool, AtomicU64, AtomicUsize, Queue, RwLock};
+pub use sync::{Parker, Unparker};
 
-/// How long an idle worker sleeps before re-checking the shutdown flag.
-const PARK_TIMEOUT: Duration = Duration::from_millis(100);
+// Idle workers park without a timeout: every queued ticket wakes a parked
+// worker or is taken by a running one, and `stop` unparks every worker
+// (see `idle`).
 /// Least kept between the end of a batch wait and a collected job's
 /// deadline, on top of the pipeline's last run time (a quarter of the job's
 /// budget is kept when that is more).
@@ -75,13 +88,14 @@ pub trait Kinds: 'static {
 pub struct StreamSlot<K: Kinds> {
     pub pipeline: usize,
     pub stream: Arc<str>,
-    pending: ArrayQueue<Box<K::Job>>,
+    pending: Queue<Box<K::Job>>,
     /// True while a ticket for this stream is queued or its job is running.
     scheduled: AtomicBool,
     /// Only the worker holding the stream's ticket touches this, so the lock
-    /// is never contended.
+    /// is never contended (a std lock even under loom: not a protocol).
     pub state: Mutex<Option<K::State>>,
-    last_seen: Mutex<Instant>,
+    /// Receipt of its latest frame, µs after the scheduler's epoch.
+    last_seen: AtomicU64,
 }
 
 enum Ticket<K: Kinds> {
@@ -152,7 +166,7 @@ struct WorkerSlot {
 /// The ready queue of a batched pipeline.
 struct BatchQueue<K: Kinds> {
     cfg: BatchConfig,
-    ready: ArrayQueue<Ticket<K>>,
+    ready: Queue<Ticket<K>>,
     /// True while a batch ticket is queued or a worker is collecting.
     scheduled: AtomicBool,
     /// Worker id + 1 of the worker waiting for this batch to fill, or 0.
@@ -168,18 +182,21 @@ struct PipelineQueue<K: Kinds> {
     max_streams: usize,
     idle_reset: Duration,
     queued: AtomicUsize,
+    /// Taken by submitters only, never by a worker (see `streams`).
     streams: RwLock<HashMap<Arc<str>, Arc<StreamSlot<K>>>>,
     batch: Option<BatchQueue<K>>,
 }
 
 pub struct Scheduler<K: Kinds> {
-    levels: Vec<ArrayQueue<Ticket<K>>>,
+    levels: Vec<Queue<Ticket<K>>>,
     workers: Vec<WorkerSlot>,
     pipelines: Vec<PipelineQueue<K>>,
     stopping: AtomicBool,
     aborting: AtomicBool,
     idle_spin: Duration,
     clock: Arc<dyn Clock>,
+    /// `clock.now()` at construction: stream stamps count from here.
+    epoch: Instant,
 }
 
 impl<K: Kinds> Scheduler<K> {
@@ -206,7 +223,7 @@ impl<K: Kinds> Scheduler<K> {
                 PipelineQueue {
                     batch: p.batch.clone().map(|cfg| BatchQueue {
                         cfg,
-                        ready: ArrayQueue::new(cap),
+                        ready: Queue::new(cap),
                         scheduled: AtomicBool::new(false),
                         filler: AtomicUsize::new(0),
                         run_estimate_us: AtomicU64::new(0),
@@ -246,13 +263,14 @@ impl<K: Kinds> Scheduler<K> {
         let sched = Scheduler {
             levels: level_cap
                 .into_iter()
-                .map(|c| ArrayQueue::new(c.max(1)))
+                .map(|c| Queue::new(c.max(1)))
                 .collect(),
             workers,
             pipelines,
             stopping: AtomicBool::new(false),
             aborting: AtomicBool::new(false),
             idle_spin: cfg.runtime.idle_spin,
+            epoch: clock.now(),
             clock,
         };
         (Arc::new(sched), parkers)
@@ -306,103 +324,7 @@ impl<K: Kinds> Scheduler<K> {
                 self.wake(level);
                 Submitted::Queued
             }
-            Overflow::Latest => {
-                let slot = match self.stream_slot(job.pipeline(), job.stream()) {
-                    Ok(s) => s,
-                    Err(r) => return Submitted::Rejected(r, job),
-                };
-                *slot.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = job.received();
-                let replaced = slot.pending.force_push(job);
-                self.schedule(&slot);
-                match replaced {
-                    Some(old) => Submitted::Replaced(old),
-                    None => Submitted::Queued,
-                }
-            }
-        }
-    }
-
-    fn stream_slot(
-        &self,
-        pipeline: usize,
-        stream: &Arc<str>,
-    ) -> Result<Arc<StreamSlot<K>>, Rejection> {
-        let pq = &self.pipelines[pipeline];
-        if let Some(s) = pq
-            .streams
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(stream)
-        {
-            return Ok(s.clone());
-        }
-        let mut map = pq.streams.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = map.get(stream) {
-            return Ok(s.clone());
-        }
-        if map.len() >= pq.max_streams {
-            // Forget one stream that has been quiet longer than its state
-            // would be kept anyway.
-            let now = self.clock.now();
-            let victim = map
-                .iter()
-                .find(|(_, s)| {
-                    !s.scheduled.load(SeqCst)
-                        && s.pending.is_empty()
-                        && now
-                            .duration_since(*s.last_seen.lock().unwrap_or_else(|e| e.into_inner()))
-                            > pq.idle_reset
-                })
-                .map(|(k, _)| k.clone());
-            match victim {
-                Some(k) => {
-                    map.remove(&k);
-                }
-                None => {
-                    return Err(Rejection::new(
-                        ErrorCode::TooManyStreams,
-                        format!(
-                            "pipeline already tracks {} live streams (max_streams)",
-                            pq.max_streams
-                        ),
-                    ));
-                }
-            }
-        }
-        let slot = Arc::new(StreamSlot {
-            pipeline,
-            stream: stream.clone(),
-            pending: ArrayQueue::new(1),
-            scheduled: AtomicBool::new(false),
-            state: Mutex::new(None),
-            last_seen: Mutex::new(self.clock.now()),
-        });
-        map.insert(stream.clone(), slot.clone());
-        Ok(slot)
-    }
-
-    /// Queues the stream's ticket unless one is already queued or running.
-    fn schedule(&self, slot: &Arc<StreamSlot<K>>) {
-        if slot.pending.is_empty() || slot.scheduled.swap(true, SeqCst) {
-            return;
-        }
-        let pq = &self.pipelines[slot.pipeline];
-        let level = pq.level;
-        let queue = match &pq.batch {
-            Some(bq) => &bq.ready,
-            None => &self.levels[level],
-        };
-        if queue.push(Ticket::Stream(slot.clone())).is_err() {
-            // Unreachable by sizing (one ticket per stream, streams bounded);
-            // the frame stays pending and is picked up by the next submit.
-            slot.scheduled.store(false, SeqCst);
-            tracing::error!(stream = %slot.stream, "level queue full; stream ticket not queued");
-            return;
-        }
-        if pq.batch.is_some() {
-            self.schedule_batch(slot.pipeline);
-        } else {
-            self.wake(level);
+            Overflow::Latest => self.submit_latest(job),
         }
     }
 
@@ -446,30 +368,6 @@ impl<K: Kinds> Scheduler<K> {
         }
     }
 
-    /// A worker finished the stream's frame: reschedule if another arrived.
-    pub fn release(&self, slot: &Arc<StreamSlot<K>>) {
-        slot.scheduled.store(false, SeqCst);
-        self.schedule(slot);
-    }
-
-    fn wake(&self, level: usize) {
-        for w in &self.workers {
-            if w.levels.contains(&level)
-                && w.idle.compare_exchange(true, false, SeqCst, SeqCst).is_ok()
-            {
-                w.unparker.unpark();
-                return;
-            }
-        }
-        // No idle worker: one waiting for a batch to fill runs its batch
-        // now instead of holding this level's work back.
-        for w in &self.workers {
-            if w.levels.contains(&level) && w.filling.load(SeqCst) {
-                w.unparker.unpark();
-            }
-        }
-    }
-
     fn pop(&self, worker: usize) -> Option<Work<K>> {
         for &level in &self.workers[worker].levels {
             while let Some(t) = self.levels[level].pop() {
@@ -480,7 +378,7 @@ impl<K: Kinds> Scheduler<K> {
                     }
                     Ticket::Stream(slot) => match slot.pending.pop() {
                         Some(job) => return Some(Work::Stream(slot, job)),
-                        None => slot.scheduled.store(false, SeqCst),
+                        None => self.release(&slot),
                     },
                     Ticket::Gen(g) => return Some(Work::Gen(g)),
                     Ticket::GenBatch(b) => return Some(Work::GenBatch(b)),
@@ -508,71 +406,6 @@ impl<K: Kinds> Scheduler<K> {
             }
         }
         None
-    }
-
-    /// [`Self::pop`], then lets a batch fill and hands its ticket back.
-    fn pop_filled(&self, worker: usize, parker: &Parker) -> Option<Work<K>> {
-        let mut work = self.pop(worker)?;
-        if let Work::Batch(b) = &mut work {
-            self.fill(worker, parker, b);
-            self.release_batch(b.pipeline);
-        }
-        Some(work)
-    }
-
-    /// Blocks the worker until there is work, or returns `None` once the
-    /// scheduler is stopping and the worker's levels are empty (drained).
-    pub fn next(&self, worker: usize, parker: &Parker) -> Option<Work<K>> {
-        let w = &self.workers[worker];
-        loop {
-            if self.aborting.load(SeqCst) {
-                return None;
-            }
-            if let Some(work) = self.pop_filled(worker, parker) {
-                return Some(work);
-            }
-            if self.stopping.load(SeqCst) {
-                return None;
-            }
-            // Optional busy-poll before parking: a futex wake-up costs tens
-            // of microseconds and a parked thread resumes on cold caches;
-            // polling briefly keeps a stream's next frame on a hot core.
-            if !self.idle_spin.is_zero() {
-                let until = Instant::now() + self.idle_spin;
-                while Instant::now() < until {
-                    if let Some(work) = self.pop_filled(worker, parker) {
-                        return Some(work);
-                    }
-                    std::hint::spin_loop();
-                }
-            }
-            w.idle.store(true, SeqCst);
-            if let Some(work) = self.pop_filled(worker, parker) {
-                w.idle.store(false, SeqCst);
-                return Some(work);
-            }
-            parker.park_timeout(PARK_TIMEOUT);
-            w.idle.store(false, SeqCst);
-        }
-    }
-
-    /// Stops intake; workers drain their levels and then return `None`.
-    pub fn stop(&self) {
-        self.stopping.store(true, SeqCst);
-        for w in &self.workers {
-            w.unparker.unpark();
-        }
-    }
-
-    /// True once [`Scheduler::stop`] was called (shutdown has begun).
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.load(SeqCst)
-    }
-
-    /// Stops workers after their current job, without draining.
-    pub fn abort(&self) {
-        self.aborting.store(true, SeqCst);
-        self.stop();
     }
 
     /// Removes everything still queued (after workers have stopped).

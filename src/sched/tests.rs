@@ -1,7 +1,10 @@
 //! Unit tests of the scheduler: priority order, latest-wins, bounds,
-//! drain, wake-up and batch collection.
+//! drain, wake-up and batch collection. Time-dependent rules (batch fill,
+//! deadlines, stream eviction) run on a [`ManualClock`]: no test sleeps.
+//! Interleavings are checked exhaustively in `sched::loom`.
 use super::*;
 use std::path::Path;
+use std::sync::atomic::Ordering::SeqCst;
 
 /// A job as the scheduler sees it: pipeline, stream, times, and a sequence
 /// number to follow it by.
@@ -72,14 +75,37 @@ fn cfg(extra: &str) -> Config {
 }
 
 fn job(pipeline: usize, stream: &str, seq: u64) -> Box<TestJob> {
-    let now = Instant::now();
+    job_at(
+        pipeline,
+        stream,
+        seq,
+        Instant::now(),
+        Duration::from_secs(1),
+    )
+}
+
+fn job_at(
+    pipeline: usize,
+    stream: &str,
+    seq: u64,
+    received: Instant,
+    budget: Duration,
+) -> Box<TestJob> {
     Box::new(TestJob {
         pipeline,
         stream: stream.into(),
         seq,
-        received: now,
-        deadline: now + Duration::from_secs(1),
+        received,
+        deadline: received + budget,
     })
+}
+
+/// Waits (without a timeout) until `worker` has marked itself idle: it is
+/// parked or about to park.
+fn wait_idle(s: &Scheduler, worker: usize) {
+    while !s.workers[worker].idle.load(SeqCst) {
+        std::thread::yield_now();
+    }
 }
 
 fn seq(w: &Work) -> (usize, u64) {
@@ -176,12 +202,217 @@ fn batched_pipeline_hands_out_up_to_max_batch_in_order() {
 }
 
 #[test]
-fn parked_worker_is_woken_by_submit() {
+fn parked_worker_is_woken_by_submit_and_by_stop() {
     let (s, mut parkers) = Scheduler::new(&cfg(""));
     let p = parkers.remove(0);
     let s2 = s.clone();
-    let t = std::thread::spawn(move || s2.next(0, &p).map(|w| seq(&w)));
-    std::thread::sleep(Duration::from_millis(20));
+    let t = std::thread::spawn(move || {
+        let first = s2.next(0, &p).map(|w| seq(&w));
+        (first, s2.next(0, &p).is_none())
+    });
+    wait_idle(&s, 0);
     assert!(matches!(s.submit(job(1, "", 5)), Submitted::Queued));
-    assert_eq!(t.join().unwrap(), Some((1, 5)));
+    wait_idle(&s, 0);
+    // No park timeout: only `stop`'s wake-up ends the second wait.
+    s.stop();
+    assert_eq!(t.join().unwrap(), (Some((1, 5)), true));
+}
+
+/// A batched pipeline `b` and an unbatched `u` at the only level, one
+/// worker, on a manual clock.
+fn fill_setup(extra_b: &str) -> (Arc<Scheduler>, Vec<Parker>, Arc<ManualClock>) {
+    let text = format!(
+        r#"
+        [[level]]
+        name = "hi"
+        [[level]]
+        name = "lo"
+        [[worker]]
+        levels = ["hi", "lo"]
+        [[pipeline]]
+        name = "b"
+        model = "m.onnx"
+        input = "b"
+        output = "bo"
+        level = "lo"
+        max_batch = 4
+        max_queue_delay_us = 5000
+        {extra_b}
+        [[pipeline]]
+        name = "u"
+        model = "m.onnx"
+        input = "u"
+        output = "uo"
+        level = "lo"
+        [[pipeline]]
+        name = "h"
+        model = "m.onnx"
+        input = "h"
+        output = "ho"
+        level = "hi"
+        "#
+    );
+    let cfg = Config::from_toml(&text, Path::new("/")).unwrap();
+    let clock = Arc::new(ManualClock::new());
+    let (s, parkers) = Scheduler::with_clock(&cfg, clock.clone());
+    (s, parkers, clock)
+}
+
+fn batch_of(w: Option<Work>) -> Batch<K> {
+    match w {
+        Some(Work::Batch(b)) => b,
+        _ => panic!("expected a batch"),
+    }
+}
+
+const BUDGET: Duration = Duration::from_secs(1);
+
+#[test]
+fn fill_waits_until_max_queue_delay_without_other_work() {
+    let (s, parkers, clock) = fill_setup("");
+    let t0 = clock.now();
+    assert!(matches!(
+        s.submit(job_at(0, "", 1, t0, BUDGET)),
+        Submitted::Queued
+    ));
+    let b = batch_of(s.next(0, &parkers[0]));
+    assert_eq!(b.items.len(), 1);
+    assert_eq!(b.fill_wait, Duration::from_millis(5));
+    assert!(!b.cut_by_deadline);
+}
+
+#[test]
+fn fill_collects_jobs_that_arrive_during_the_wait() {
+    let (s, parkers, clock) = fill_setup("");
+    let t0 = clock.now();
+    assert!(matches!(
+        s.submit(job_at(0, "", 1, t0, BUDGET)),
+        Submitted::Queued
+    ));
+    let s2 = s.clone();
+    clock.on_park(move || {
+        assert!(matches!(
+            s2.submit(job_at(0, "", 2, t0, BUDGET)),
+            Submitted::Queued
+        ));
+    });
+    let b = batch_of(s.next(0, &parkers[0]));
+    let seqs: Vec<u64> = b.items.iter().map(|(_, j)| j.seq).collect();
+    assert_eq!(seqs, vec![1, 2]);
+    // The second wait (for a third job) timed out.
+    assert_eq!(clock.parks(), 2);
+    assert_eq!(b.fill_wait, Duration::from_millis(5));
+}
+
+#[test]
+fn fill_stops_at_a_preferred_size() {
+    let (s, parkers, clock) = fill_setup("preferred_batch_sizes = [2]");
+    let t0 = clock.now();
+    for i in 0..2 {
+        assert!(matches!(
+            s.submit(job_at(0, "", i, t0, BUDGET)),
+            Submitted::Queued
+        ));
+    }
+    let b = batch_of(s.next(0, &parkers[0]));
+    assert_eq!(b.items.len(), 2);
+    assert_eq!((clock.parks(), b.fill_wait), (0, Duration::ZERO));
+}
+
+#[test]
+fn fill_keeps_a_quarter_of_the_budget_before_a_deadline() {
+    let (s, parkers, clock) = fill_setup("");
+    let t0 = clock.now();
+    // Budget 4 ms: the wait must end 1 ms before the deadline, at 3 ms,
+    // before max_queue_delay (5 ms).
+    let budget = Duration::from_millis(4);
+    assert!(matches!(
+        s.submit(job_at(0, "", 1, t0, budget)),
+        Submitted::Queued
+    ));
+    let b = batch_of(s.next(0, &parkers[0]));
+    assert!(b.cut_by_deadline);
+    assert_eq!(b.fill_wait, Duration::from_millis(3));
+}
+
+#[test]
+fn higher_level_work_ends_a_batch_fill() {
+    let (s, parkers, clock) = fill_setup("");
+    let t0 = clock.now();
+    assert!(matches!(
+        s.submit(job_at(0, "", 1, t0, BUDGET)),
+        Submitted::Queued
+    ));
+    let s2 = s.clone();
+    clock.on_park(move || {
+        assert!(matches!(
+            s2.submit(job_at(2, "", 2, t0, BUDGET)),
+            Submitted::Queued
+        ));
+    });
+    let b = batch_of(s.next(0, &parkers[0]));
+    assert_eq!((clock.parks(), b.fill_wait), (1, Duration::ZERO));
+    assert_eq!(seq(&s.next(0, &parkers[0]).unwrap()), (2, 2));
+}
+
+/// A stream of a full `latest` pipeline is forgotten only once it has been
+/// quiet for longer than `idle_reset`, to make room for a new stream.
+#[test]
+fn quiet_stream_is_evicted_only_after_idle_reset() {
+    let text = r#"
+        [[level]]
+        name = "hi"
+        [[worker]]
+        levels = ["hi"]
+        [[pipeline]]
+        name = "h"
+        model = "m.onnx"
+        input = "h/*"
+        output = "ho"
+        level = "hi"
+        overflow = "latest"
+        max_streams = 1
+        idle_reset_ms = 100
+        "#;
+    let clock = Arc::new(ManualClock::new());
+    let (s, parkers) = Scheduler::with_clock(
+        &Config::from_toml(text, Path::new("/")).unwrap(),
+        clock.clone(),
+    );
+    let frame = |stream: &str, seq| job_at(0, stream, seq, clock.now(), BUDGET);
+    assert!(matches!(s.submit(frame("a", 1)), Submitted::Queued));
+    let Some(Work::Stream(slot, _)) = s.next(0, &parkers[0]) else {
+        panic!("expected a's frame")
+    };
+    // While a's frame runs, and right after, b is refused.
+    assert!(matches!(s.submit(frame("b", 1)), Submitted::Rejected(..)));
+    s.release(&slot);
+    clock.advance(Duration::from_millis(100));
+    match s.submit(frame("b", 2)) {
+        Submitted::Rejected(r, _) => assert_eq!(r.code, ErrorCode::TooManyStreams),
+        _ => panic!("a has not been quiet for longer than idle_reset"),
+    }
+    clock.advance(Duration::from_millis(1));
+    assert!(matches!(s.submit(frame("b", 3)), Submitted::Queued));
+    assert!(s.slot_of(0, "a").is_none());
+    assert_eq!(seq(&s.next(0, &parkers[0]).unwrap()), (0, 3));
+}
+
+#[test]
+fn join_queue_starts_one_batch_and_retire_takes_late_joiners() {
+    let q = JoinQueue::new(2);
+    assert_eq!(q.join(1), Ok(true), "the first joiner starts the batch");
+    let mut batch = Vec::new();
+    assert_eq!(q.take(|g| batch.push(g)), 1);
+    assert_eq!(q.join(2), Ok(false), "the running batch takes the second");
+    assert_eq!(q.join(3), Err(3), "two places taken");
+    q.left(1);
+    batch.clear();
+    // The batch emptied, but a joiner is waiting: it keeps going.
+    assert!(q.retire(|g| batch.push(g)));
+    assert_eq!(batch, vec![2]);
+    q.left(1);
+    batch.clear();
+    assert!(!q.retire(|g| batch.push(g)));
+    assert_eq!(q.join(4), Ok(true), "a retired batch is started anew");
 }

@@ -10,13 +10,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam::sync::Parker;
-
 use crate::config::ThreadPolicy;
 use crate::ctx::{Ctx, Work};
 use crate::infer::Runner;
 use crate::io::egress::Outbox;
 use crate::llm::LlmModel;
+use crate::sched::Parker;
 
 mod generate;
 mod os;

@@ -1,0 +1,174 @@
+//! Exhaustive checks of the scheduler's protocols with `loom`, on the
+//! production code built over loom's primitives (see `sync`): claim, park
+//! and unpark (no ticket waits for a timeout: under loom a park never times
+//! out, so a lost wake-up is a deadlock, which loom reports); a batch fill
+//! ended by work at its own level; latest-wins replacement, release and
+//! eviction (one stream never has two slots); decode-batch join and retire
+//! (no joiner is left with no batch to take it).
+//!
+//! Run with `scripts/loom.sh` (builds this crate alone with `--cfg loom`,
+//! dependencies unchanged; it bounds each execution to 3 preemptions,
+//! `LOOM_MAX_PREEMPTIONS` changes that).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use ::loom::sync::atomic::AtomicUsize;
+use ::loom::sync::{Condvar, Mutex};
+use ::loom::thread;
+
+use super::*;
+
+struct Job {
+    pipeline: usize,
+    stream: Arc<str>,
+    received: Instant,
+}
+
+impl Task for Job {
+    fn pipeline(&self) -> usize {
+        self.pipeline
+    }
+    fn stream(&self) -> &Arc<str> {
+        &self.stream
+    }
+    fn received(&self) -> Instant {
+        self.received
+    }
+    fn deadline(&self) -> Instant {
+        self.received + Duration::from_secs(60)
+    }
+}
+
+struct K;
+
+impl Kinds for K {
+    type Job = Job;
+    type Gen = ();
+    type GenBatch = ();
+    type State = ();
+}
+
+type Sched = Scheduler<K>;
+
+/// Time stands still unless a test moves it before starting its threads;
+/// a timed wait never times out (a wake-up that only a timeout would bring
+/// is a deadlock).
+struct LoomClock {
+    base: Instant,
+    offset_us: StdAtomicU64,
+}
+
+impl Clock for LoomClock {
+    fn now(&self) -> Instant {
+        self.base + Duration::from_micros(self.offset_us.load(SeqCst))
+    }
+    fn park(&self, parker: &Parker, _timeout: Duration) {
+        parker.park();
+    }
+}
+
+/// A flag threads can wait for (blocking, so loom sees a missed wake-up
+/// as a deadlock rather than a spin).
+#[derive(Default)]
+struct Latch {
+    set: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Latch {
+    fn set(&self) {
+        *self.set.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+    fn wait(&self) {
+        let mut set = self.set.lock().unwrap();
+        while !*set {
+            set = self.cv.wait(set).unwrap();
+        }
+    }
+}
+
+fn config(text: &str) -> Config {
+    Config::from_toml(text, Path::new("/")).expect("loom test config")
+}
+
+fn pipeline(name: &str, level: &str, extra: &str) -> String {
+    format!(
+        "[[pipeline]]\nname = \"{name}\"\nmodel = \"m.onnx\"\ninput = \"{name}\"\noutput = \"{name}o\"\nlevel = \"{level}\"\n{extra}\n"
+    )
+}
+
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = ::loom::model::Builder::new();
+    b.max_branches = 100_000;
+    b.check(f);
+}
+
+struct Setup {
+    s: Arc<Sched>,
+    parkers: Vec<Parker>,
+    clock: Arc<LoomClock>,
+}
+
+fn setup(cfg: &Config) -> Setup {
+    let clock = Arc::new(LoomClock {
+        base: Instant::now(),
+        offset_us: StdAtomicU64::new(0),
+    });
+    let (s, parkers) = Sched::with_clock(cfg, clock.clone());
+    Setup { s, parkers, clock }
+}
+
+fn job(clock: &LoomClock, pipeline: usize, stream: &str) -> Box<Job> {
+    Box::new(Job {
+        pipeline,
+        stream: stream.into(),
+        received: clock.base,
+    })
+}
+
+fn queued(r: Submitted<Job>) -> bool {
+    matches!(r, Submitted::Queued | Submitted::Replaced(_))
+}
+
+fn pipeline_of(w: &Work<K>) -> usize {
+    match w {
+        Work::Job(j) | Work::Stream(_, j) => j.pipeline,
+        Work::Batch(b) => b.pipeline,
+        Work::Gen(_) | Work::GenBatch(_) => unreachable!("no generations here"),
+    }
+}
+
+/// A parked worker is woken by a submit, and `stop` wakes every worker.
+#[test]
+fn submit_wakes_a_parked_worker_and_stop_wakes_all() {
+    let cfg = config(&format!(
+        "[[level]]\nname = \"hi\"\n[[worker]]\nlevels = [\"hi\"]\n[[worker]]\nlevels = [\"hi\"]\n{}",
+        pipeline("p", "hi", "")
+    ));
+    model(move || {
+        let Setup { s, parkers, clock } = setup(&cfg);
+        let served = Arc::new(AtomicUsize::new(0));
+        let workers: Vec<_> = parkers
+            .into_iter()
+            .enumerate()
+            .map(|(id, p)| {
+                let (s, served) = (s.clone(), served.clone());
+                thread::spawn(move || {
+                    while s.next(id, &p).is_some() {
+                        served.fetch_add(1, SeqCst);
+                    }
+                })
+            })
+            .collect();
+        assert!(queued(s.submit(job(&clock, 0, ""))));
+        s.stop();
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert_eq!(served.load(SeqCst), 1);
+    });
+}
