@@ -16,13 +16,10 @@
 //! consumes at once.
 
 use std::sync::atomic::Ordering::SeqCst;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::sync::{Parker, fence};
 use super::{Kinds, Scheduler, Work};
-
-/// How long an idle worker sleeps before re-checking the shutdown flag.
-const PARK_TIMEOUT: Duration = Duration::from_millis(100);
 
 impl<K: Kinds> Scheduler<K> {
     /// Blocks the worker until there is work, or returns `None` once the
@@ -47,17 +44,21 @@ impl<K: Kinds> Scheduler<K> {
             // worker idle and claims it, or this last look sees its ticket.
             fence(SeqCst);
             if let Some(work) = self.pop(worker) {
-                w.idle.store(false, SeqCst);
+                // A claim that raced with the last look is taken back here
+                // (and passed on by `started`); the swap also makes the
+                // claimer's ticket visible to `pass_on`.
+                w.idle.swap(false, SeqCst);
                 return Some(self.started(worker, parker, work));
             }
-            parker.park_timeout(PARK_TIMEOUT);
-            w.idle.store(false, SeqCst);
+            parker.park();
+            w.idle.swap(false, SeqCst);
         }
     }
 
     /// A ticket was taken: pass the wake-up on, then let a batch fill and
     /// hand its ticket back.
     fn started(&self, worker: usize, parker: &Parker, mut work: Work<K>) -> Work<K> {
+        self.pass_on(worker);
         if let Work::Batch(b) = &mut work {
             self.fill(worker, parker, b);
             self.release_batch(b.pipeline);
@@ -81,6 +82,16 @@ impl<K: Kinds> Scheduler<K> {
             std::hint::spin_loop();
         }
         None
+    }
+
+    /// Wakes a peer for every level of `worker` that still has work: the
+    /// claim that woke `worker` may have been meant for one of them.
+    fn pass_on(&self, worker: usize) {
+        for &level in &self.workers[worker].levels {
+            if !self.levels[level].is_empty() {
+                self.wake(level);
+            }
+        }
     }
 
     /// A ticket was queued at `level`: claim and unpark one idle worker

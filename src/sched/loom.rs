@@ -172,3 +172,43 @@ fn submit_wakes_a_parked_worker_and_stop_wakes_all() {
         assert_eq!(served.load(SeqCst), 1);
     });
 }
+
+/// Issue 11, race 1. Worker A serves `hi` and `lo`, B serves `lo`. A `lo`
+/// job may claim A, and A may then take a `hi` job first (or take a job in
+/// its last look before parking). A's `hi` job runs until the `lo` job has
+/// been taken: unless the claim is passed on to B, nothing wakes B.
+#[test]
+fn a_spent_claim_is_passed_on() {
+    let cfg = config(&format!(
+        "[[level]]\nname = \"hi\"\n[[level]]\nname = \"lo\"\n\
+         [[worker]]\nlevels = [\"hi\", \"lo\"]\n[[worker]]\nlevels = [\"lo\"]\n{}{}",
+        pipeline("h", "hi", ""),
+        pipeline("l", "lo", "")
+    ));
+    model(move || {
+        let Setup { s, parkers, clock } = setup(&cfg);
+        let lo_taken = Arc::new(Latch::default());
+        let workers: Vec<_> = parkers
+            .into_iter()
+            .enumerate()
+            .map(|(id, p)| {
+                let (s, lo_taken) = (s.clone(), lo_taken.clone());
+                thread::spawn(move || {
+                    while let Some(w) = s.next(id, &p) {
+                        match pipeline_of(&w) {
+                            0 => lo_taken.wait(),
+                            _ => lo_taken.set(),
+                        }
+                    }
+                })
+            })
+            .collect();
+        assert!(queued(s.submit(job(&clock, 1, ""))));
+        assert!(queued(s.submit(job(&clock, 0, ""))));
+        lo_taken.wait();
+        s.stop();
+        for w in workers {
+            w.join().unwrap();
+        }
+    });
+}

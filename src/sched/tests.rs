@@ -218,6 +218,57 @@ fn parked_worker_is_woken_by_submit_and_by_stop() {
     assert_eq!(t.join().unwrap(), (Some((1, 5)), true));
 }
 
+/// Two levels; worker 0 serves both, worker 1 only `lo`; pipeline 0 at
+/// `hi`, pipeline 1 at `lo`.
+fn two_worker_cfg() -> Config {
+    let text = r#"
+        [[level]]
+        name = "hi"
+        [[level]]
+        name = "lo"
+        [[worker]]
+        levels = ["hi", "lo"]
+        [[worker]]
+        levels = ["lo"]
+        [[pipeline]]
+        name = "h"
+        model = "m.onnx"
+        input = "h"
+        output = "ho"
+        level = "hi"
+        [[pipeline]]
+        name = "l"
+        model = "m.onnx"
+        input = "l"
+        output = "lo"
+        level = "lo"
+        "#;
+    Config::from_toml(text, Path::new("/")).unwrap()
+}
+
+/// Issue 11, race 1: a `lo` job claims worker 0 (idle, about to park or
+/// parked), a `hi` job arrives, and worker 0 takes the `hi` job first.
+/// Worker 1 (parked, serves `lo`) must be woken for the `lo` job now, not
+/// after worker 0's run or a park timeout.
+#[test]
+fn a_claim_spent_on_other_work_is_passed_on() {
+    let (s, parkers) = Scheduler::new(&two_worker_cfg());
+    s.workers[0].idle.store(true, SeqCst);
+    s.workers[1].idle.store(true, SeqCst);
+    assert!(matches!(s.submit(job(1, "", 1)), Submitted::Queued));
+    assert!(
+        !s.workers[0].idle.load(SeqCst),
+        "the lo job claims worker 0"
+    );
+    assert!(matches!(s.submit(job(0, "", 2)), Submitted::Queued));
+    assert_eq!(seq(&s.next(0, &parkers[0]).unwrap()), (0, 2));
+    assert!(
+        !s.workers[1].idle.load(SeqCst),
+        "worker 1 must be claimed for the lo job"
+    );
+    assert_eq!(seq(&s.next(1, &parkers[1]).unwrap()), (1, 1));
+}
+
 /// A batched pipeline `b` and an unbatched `u` at the only level, one
 /// worker, on a manual clock.
 fn fill_setup(extra_b: &str) -> (Arc<Scheduler>, Vec<Parker>, Arc<ManualClock>) {
