@@ -30,7 +30,7 @@ impl<K: Kinds> Scheduler<K> {
         }
         if self.levels[pq.level].push(Ticket::Batch(pipeline)).is_err() {
             // Unreachable by sizing (one batch ticket per pipeline).
-            bq.scheduled.store(false, SeqCst);
+            bq.scheduled.swap(false, SeqCst);
             tracing::error!(pipeline, "level queue full; batch ticket not queued");
             return;
         }
@@ -48,7 +48,7 @@ impl<K: Kinds> Scheduler<K> {
                 }
                 Ticket::Stream(slot) => match slot.pending.pop() {
                     Some(job) => return Some((Some(slot), job)),
-                    None => slot.scheduled.store(false, SeqCst),
+                    None => self.release(&slot),
                 },
                 Ticket::Gen(_) | Ticket::Batch(_) | Ticket::GenBatch(_) => {
                     unreachable!("ready queues hold only jobs and stream tickets")
@@ -130,7 +130,7 @@ impl<K: Kinds> Scheduler<K> {
     /// Hands a batched pipeline's ticket back after collecting.
     pub(super) fn release_batch(&self, pipeline: usize) {
         if let Some(bq) = &self.pipelines[pipeline].batch {
-            bq.scheduled.store(false, SeqCst);
+            bq.scheduled.swap(false, SeqCst);
             self.schedule_batch(pipeline);
         }
     }

@@ -34,12 +34,18 @@ impl<K: Kinds> Scheduler<K> {
                 return Some(self.started(worker, parker, work));
             }
             if self.stopping.load(SeqCst) {
-                return None;
+                // Drain: a ticket queued before `stop` may have come after
+                // the look above; seeing the flag makes it visible now.
+                // (Tickets queued later come from workers' own releases and
+                // requeues, at levels they serve: they take them.)
+                return self
+                    .pop(worker)
+                    .map(|work| self.started(worker, parker, work));
             }
             if let Some(work) = self.spin(worker, parker) {
                 return Some(work);
             }
-            w.idle.store(true, SeqCst);
+            w.idle.swap(true, SeqCst);
             // Pairs with the fence in `wake`: a submitter either sees this
             // worker idle and claims it, or this last look sees its ticket.
             fence(SeqCst);

@@ -212,3 +212,59 @@ fn a_spent_claim_is_passed_on() {
         }
     });
 }
+
+fn latest_config() -> Config {
+    config(&format!(
+        "[[level]]\nname = \"hi\"\n[[worker]]\nlevels = [\"hi\"]\n[[worker]]\nlevels = [\"hi\"]\n{}",
+        pipeline(
+            "p",
+            "hi",
+            "overflow = \"latest\"\nmax_streams = 1\nidle_reset_ms = 1"
+        )
+    ))
+}
+
+/// Two frames of one stream race with two workers: each frame runs or is
+/// superseded, the stream never runs on two workers at once.
+#[test]
+fn latest_frames_replace_and_run_one_at_a_time() {
+    let cfg = latest_config();
+    model(move || {
+        let Setup { s, parkers, clock } = setup(&cfg);
+        let running = Arc::new(AtomicUsize::new(0));
+        let ran = Arc::new(AtomicUsize::new(0));
+        let workers: Vec<_> = parkers
+            .into_iter()
+            .enumerate()
+            .map(|(id, p)| {
+                let (s, running, ran) = (s.clone(), running.clone(), ran.clone());
+                thread::spawn(move || {
+                    while let Some(w) = s.next(id, &p) {
+                        let Work::Stream(slot, _) = w else {
+                            panic!("expected a stream frame")
+                        };
+                        assert_eq!(running.fetch_add(1, SeqCst), 0, "two workers on one stream");
+                        running.fetch_sub(1, SeqCst);
+                        ran.fetch_add(1, SeqCst);
+                        s.release(&slot);
+                    }
+                })
+            })
+            .collect();
+        let other = {
+            let (s, clock) = (s.clone(), clock.clone());
+            thread::spawn(move || s.submit(job(&clock, 0, "a")))
+        };
+        let mine = s.submit(job(&clock, 0, "a"));
+        let theirs = other.join().unwrap();
+        let superseded = [mine, theirs]
+            .into_iter()
+            .filter(|r| matches!(r, Submitted::Replaced(_)))
+            .count();
+        s.stop();
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert_eq!(ran.load(SeqCst) + superseded, 2);
+    });
+}

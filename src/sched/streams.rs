@@ -132,7 +132,7 @@ impl<K: Kinds> Scheduler<K> {
         if queue.push(Ticket::Stream(slot.clone())).is_err() {
             // Unreachable by sizing (one ticket per stream, streams bounded);
             // the frame stays pending and is picked up by the next submit.
-            slot.scheduled.store(false, SeqCst);
+            slot.scheduled.swap(false, SeqCst);
             tracing::error!(stream = %slot.stream, "level queue full; stream ticket not queued");
             return;
         }
@@ -145,7 +145,7 @@ impl<K: Kinds> Scheduler<K> {
 
     /// A worker finished the stream's frame: reschedule if another arrived.
     pub fn release(&self, slot: &Arc<StreamSlot<K>>) {
-        slot.scheduled.store(false, SeqCst);
+        slot.scheduled.swap(false, SeqCst);
         self.schedule(slot);
     }
 

@@ -7,6 +7,10 @@
 //! permutes every step. Loom does not model `SeqCst` loads and stores as
 //! one total order, so the protocols put a `fence(SeqCst)` between a flag
 //! store and the load that must not move before it (fences it does model).
+//! And a flag that other threads change with a read-modify-write is also
+//! written with one (`swap`, never `store`): loom 0.7.3 lets a plain store
+//! slip between another thread's RMW read and write (tokio-rs/loom#254),
+//! a false alarm; on x86-64 a `SeqCst` store is an `xchg` anyway.
 
 #[cfg(not(loom))]
 mod imp {
