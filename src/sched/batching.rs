@@ -58,12 +58,13 @@ impl<K: Kinds> Scheduler<K> {
         None
     }
 
-    /// Whether a level above `level` that `worker` serves has work.
-    fn higher_pending(&self, worker: usize, level: usize) -> bool {
+    /// Whether `worker` has other work at `level` (a batch's own level)
+    /// or a level above it: then it does not wait for the batch to fill.
+    fn other_pending(&self, worker: usize, level: usize) -> bool {
         self.workers[worker]
             .levels
             .iter()
-            .any(|&l| l < level && !self.levels[l].is_empty())
+            .any(|&l| l <= level && !self.levels[l].is_empty())
     }
 
     /// Waits for more jobs to join `b` (see the module doc for the bounds).
@@ -95,7 +96,7 @@ impl<K: Kinds> Scheduler<K> {
                 continue;
             }
             if cfg.preferred.contains(&b.items.len())
-                || self.higher_pending(worker, pq.level)
+                || self.other_pending(worker, pq.level)
                 || self.stopping.load(SeqCst)
             {
                 break;
@@ -118,7 +119,7 @@ impl<K: Kinds> Scheduler<K> {
             // and `schedule_batch`): a submit that missed the flags has
             // already pushed its job.
             fence(SeqCst);
-            if bq.ready.is_empty() && !self.higher_pending(worker, pq.level) {
+            if bq.ready.is_empty() && !self.other_pending(worker, pq.level) {
                 self.clock.park(parker, limit - now);
             }
             bq.filler.store(0, SeqCst);

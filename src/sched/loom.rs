@@ -213,6 +213,43 @@ fn a_spent_claim_is_passed_on() {
     });
 }
 
+/// Issue 11, race 2. A worker waiting for a batch to fill stops waiting
+/// when a job of another pipeline at the same level arrives (or is
+/// already queued): it runs its batch and comes back for the job, instead
+/// of waiting out `max_queue_delay` (which, under loom, never ends).
+#[test]
+fn same_level_work_ends_a_batch_fill() {
+    let cfg = config(&format!(
+        "[[level]]\nname = \"lo\"\n[[worker]]\nlevels = [\"lo\"]\n{}{}",
+        pipeline("b", "lo", "max_batch = 4\nmax_queue_delay_us = 100000"),
+        pipeline("u", "lo", "")
+    ));
+    model(move || {
+        let Setup {
+            s,
+            mut parkers,
+            clock,
+        } = setup(&cfg);
+        let u_taken = Arc::new(Latch::default());
+        assert!(queued(s.submit(job(&clock, 0, ""))));
+        let p = parkers.remove(0);
+        let worker = {
+            let (s, u_taken) = (s.clone(), u_taken.clone());
+            thread::spawn(move || {
+                while let Some(w) = s.next(0, &p) {
+                    if pipeline_of(&w) == 1 {
+                        u_taken.set();
+                    }
+                }
+            })
+        };
+        assert!(queued(s.submit(job(&clock, 1, ""))));
+        u_taken.wait();
+        s.stop();
+        worker.join().unwrap();
+    });
+}
+
 fn latest_config() -> Config {
     config(&format!(
         "[[level]]\nname = \"hi\"\n[[worker]]\nlevels = [\"hi\"]\n[[worker]]\nlevels = [\"hi\"]\n{}",

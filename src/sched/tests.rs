@@ -386,6 +386,30 @@ fn fill_keeps_a_quarter_of_the_budget_before_a_deadline() {
     assert_eq!(b.fill_wait, Duration::from_millis(3));
 }
 
+/// Issue 11, race 2: a job of another pipeline at the fill's own level
+/// ends the wait at once (like higher-level work), instead of the worker
+/// parking again until max_queue_delay.
+#[test]
+fn same_level_work_ends_a_batch_fill() {
+    let (s, parkers, clock) = fill_setup("");
+    let t0 = clock.now();
+    assert!(matches!(
+        s.submit(job_at(0, "", 1, t0, BUDGET)),
+        Submitted::Queued
+    ));
+    let s2 = s.clone();
+    clock.on_park(move || {
+        assert!(matches!(
+            s2.submit(job_at(1, "", 2, t0, BUDGET)),
+            Submitted::Queued
+        ));
+    });
+    let b = batch_of(s.next(0, &parkers[0]));
+    assert_eq!(b.items.len(), 1);
+    assert_eq!((clock.parks(), b.fill_wait), (1, Duration::ZERO));
+    assert_eq!(seq(&s.next(0, &parkers[0]).unwrap()), (1, 2));
+}
+
 #[test]
 fn higher_level_work_ends_a_batch_fill() {
     let (s, parkers, clock) = fill_setup("");
