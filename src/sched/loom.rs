@@ -305,3 +305,79 @@ fn latest_frames_replace_and_run_one_at_a_time() {
         assert_eq!(ran.load(SeqCst) + superseded, 2);
     });
 }
+
+/// Issue 11, race 3. Stream `a` is quiet (evictable); a frame of `a` and
+/// the first frame of a new stream `b` arrive together with room for one
+/// stream. `a`'s frame keeps `a` (then `b` is refused), or `a` is evicted
+/// first (then `a`'s frame is refused): a frame is never queued into a
+/// slot that is no longer the stream's.
+#[test]
+fn eviction_never_orphans_a_queued_frame() {
+    let cfg = latest_config();
+    model(move || {
+        let Setup {
+            s,
+            mut parkers,
+            clock,
+        } = setup(&cfg);
+        let p = parkers.remove(0);
+        assert!(queued(s.submit(job(&clock, 0, "a"))));
+        let Some(Work::Stream(slot, _)) = s.next(0, &p) else {
+            panic!("expected a's frame")
+        };
+        s.release(&slot);
+        clock.offset_us.store(10_000, SeqCst);
+        let other = {
+            let (s, clock) = (s.clone(), clock.clone());
+            thread::spawn(move || queued(s.submit(job(&clock, 0, "b"))))
+        };
+        let a_queued = queued(s.submit(job(&clock, 0, "a")));
+        let b_queued = other.join().unwrap();
+        if a_queued {
+            assert!(
+                s.slot_of(0, "a").is_some(),
+                "a's frame went into an evicted slot"
+            );
+        }
+        if b_queued {
+            assert!(s.slot_of(0, "b").is_some());
+        }
+    });
+}
+
+/// Issue 11, race 3 (release side). A worker holds `a`'s slot while a
+/// newer frame waits; it releases (the slot is rescheduled) and takes the
+/// newer frame, while a new stream `b` looks for a quiet stream to evict.
+/// While the worker holds a frame of `a`, `a`'s slot stays in the map.
+#[test]
+fn eviction_never_takes_a_slot_in_use() {
+    let cfg = latest_config();
+    model(move || {
+        let Setup {
+            s,
+            mut parkers,
+            clock,
+        } = setup(&cfg);
+        let p = parkers.remove(0);
+        assert!(queued(s.submit(job(&clock, 0, "a"))));
+        let Some(Work::Stream(slot, _)) = s.next(0, &p) else {
+            panic!("expected a's frame")
+        };
+        assert!(queued(s.submit(job(&clock, 0, "a"))));
+        clock.offset_us.store(10_000, SeqCst);
+        let worker = {
+            let s = s.clone();
+            thread::spawn(move || {
+                s.release(&slot);
+                let Some(Work::Stream(slot, _)) = s.next(0, &p) else {
+                    panic!("expected a's second frame")
+                };
+                let current = s.slot_of(0, "a").expect("a evicted while in use");
+                assert!(Arc::ptr_eq(&current, &slot), "a has two slots");
+                s.release(&slot);
+            })
+        };
+        let _ = s.submit(job(&clock, 0, "b"));
+        worker.join().unwrap();
+    });
+}

@@ -6,9 +6,11 @@
 //! callback (submit) and from workers (release).
 //!
 //! The per-pipeline stream map is an `RwLock`, taken only by submitters —
-//! never by a worker (`drain` runs after the workers stopped); the write
-//! lock is taken when a stream appears, evicting a quiet stream when the
-//! map is full.
+//! never by a worker (`drain` runs after the workers stopped). A submit holds
+//! the read lock while it puts its frame into the slot, and a new stream
+//! takes the write lock, evicting a quiet stream when the map is full; so an
+//! eviction never removes a slot that a frame is being put into, and one
+//! stream never has two slots (two workers on one stateful stream).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,10 +34,13 @@ impl<K: Kinds> StreamSlot<K> {
     }
 
     /// No frame pending, no ticket queued or running, and quiet for longer
-    /// than `idle_us`.
+    /// than `idle_us`. Called under the map's write lock, when no frame can
+    /// be put in: a worker can still take the last frame and release the
+    /// slot, so `pending` is read before `scheduled` — once the frame is
+    /// seen taken, its holder's `scheduled` is seen too, until it releases.
     fn evictable(&self, now: u64, idle_us: u64) -> bool {
-        !self.scheduled.load(SeqCst)
-            && self.pending.is_empty()
+        self.pending.is_empty()
+            && !self.scheduled.load(SeqCst)
             && now.saturating_sub(self.last_seen.load(Relaxed)) > idle_us
     }
 }
@@ -51,49 +56,34 @@ impl<K: Kinds> Scheduler<K> {
 
     /// Puts a frame of a `latest` pipeline into its stream's slot.
     pub(super) fn submit_latest(&self, job: Box<K::Job>) -> Submitted<K::Job> {
-        let slot = match self.stream_slot(job.pipeline(), job.stream()) {
-            Ok(s) => s,
-            Err(r) => return Submitted::Rejected(r, job),
-        };
+        let pq = &self.pipelines[job.pipeline()];
+        {
+            // Held until the frame is in: see the module doc.
+            let map = pq.streams.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(slot) = map.get(job.stream()) {
+                return self.put_frame(slot, job);
+            }
+        }
+        let mut map = pq.streams.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = map.get(job.stream()) {
+            return self.put_frame(slot, job);
+        }
+        if map.len() >= pq.max_streams && !self.evict_one(pq, &mut map) {
+            let msg = format!(
+                "pipeline already tracks {} live streams (max_streams)",
+                pq.max_streams
+            );
+            return Submitted::Rejected(Rejection::new(ErrorCode::TooManyStreams, msg), job);
+        }
+        let now = self.stamp(self.clock.now());
+        let slot = Arc::new(StreamSlot::new(job.pipeline(), job.stream().clone(), now));
+        map.insert(job.stream().clone(), slot.clone());
         self.put_frame(&slot, job)
     }
 
-    fn stream_slot(
-        &self,
-        pipeline: usize,
-        stream: &Arc<str>,
-    ) -> Result<Arc<StreamSlot<K>>, Rejection> {
-        let pq = &self.pipelines[pipeline];
-        if let Some(s) = pq
-            .streams
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(stream)
-        {
-            return Ok(s.clone());
-        }
-        let mut map = pq.streams.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = map.get(stream) {
-            return Ok(s.clone());
-        }
-        if map.len() >= pq.max_streams && !self.evict_one(pq, &mut map) {
-            return Err(Rejection::new(
-                ErrorCode::TooManyStreams,
-                format!(
-                    "pipeline already tracks {} live streams (max_streams)",
-                    pq.max_streams
-                ),
-            ));
-        }
-        let now = self.stamp(self.clock.now());
-        let slot = Arc::new(StreamSlot::new(pipeline, stream.clone(), now));
-        map.insert(stream.clone(), slot.clone());
-        Ok(slot)
-    }
-
     fn put_frame(&self, slot: &Arc<StreamSlot<K>>, job: Box<K::Job>) -> Submitted<K::Job> {
-        // Relaxed: only a hint for eviction (a stale value keeps a stream
-        // a little longer).
+        // Relaxed: written under the map's read lock, read by eviction
+        // under its write lock, which orders them.
         slot.last_seen.store(self.stamp(job.received()), Relaxed);
         let replaced = slot.pending.force_push(job);
         self.schedule(slot);
