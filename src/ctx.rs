@@ -62,6 +62,9 @@ pub struct GenPipe {
     pub cfg: GeneratorConfig,
     pub llm: Arc<LlmShared>,
     pub limits: CommandLimits,
+    /// Most prompt tokens after templating (configured or derived from the
+    /// model's context and `max_tokens`).
+    pub max_prompt_tokens: usize,
     pub provider: &'static str,
     pub registry: Registry<Delivery>,
     /// Continuous batching, per priority level (`None` for levels the

@@ -52,10 +52,14 @@ pub enum ErrorCode {
     /// the generation's outbox, so the generation ended (the worker never
     /// waits for a client).
     SlowConsumer,
+    /// A generation command reused the id of a generation that is still
+    /// running. Refers to the refused command only: the running
+    /// generation's stream goes on and ends with its own final message.
+    DuplicateId,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::EmptyPayload,
         ErrorCode::PayloadTooLarge,
         ErrorCode::BadPayload,
@@ -77,6 +81,7 @@ impl ErrorCode {
         ErrorCode::BadParameter,
         ErrorCode::TooManyGenerations,
         ErrorCode::SlowConsumer,
+        ErrorCode::DuplicateId,
     ];
 
     /// The stable string used on the wire and in metrics.
@@ -103,6 +108,7 @@ impl ErrorCode {
             ErrorCode::BadParameter => "bad_parameter",
             ErrorCode::TooManyGenerations => "too_many_generations",
             ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::DuplicateId => "duplicate_id",
         }
     }
 

@@ -172,8 +172,12 @@ fn gen_pipe(
             max_tokens: g.max_tokens,
             default_max_tokens: g.default_max_tokens,
             max_prompt_chars: g.max_prompt_chars,
+            max_messages: g.max_messages,
             default_deadline: g.deadline,
         },
+        max_prompt_tokens: g
+            .max_prompt_tokens
+            .unwrap_or_else(|| llm.default_max_prompt_tokens(g.max_tokens)),
         registry: Registry::new(g.max_generations, g.max_unsent),
         decode: (0..=top)
             .map(|l| {

@@ -135,7 +135,7 @@ fn decode(
     let tp = &ctx.tensors[pi];
     let limits = &ctx.config.limits;
     let no_meta = |r| (r, RequestMeta::default());
-    if stream.len() > MAX_STREAM_LEN || stream == "error" {
+    if stream.len() > MAX_STREAM_LEN || wire::is_reserved(stream) {
         return Err(no_meta(Rejection::new(
             ErrorCode::BadStream,
             format!(
