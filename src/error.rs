@@ -56,10 +56,18 @@ pub enum ErrorCode {
     /// running. Refers to the refused command only: the running
     /// generation's stream goes on and ends with its own final message.
     DuplicateId,
+    /// A float input held NaN or infinity (`non_finite = "reject"`, the
+    /// default for float inputs).
+    NonFinite,
+    /// The daemon failed internally while serving this request (a panic in
+    /// a model run, sampler, detokenizer or encoder was contained): the
+    /// request ends here, its stream's carried state is reset, and the
+    /// worker goes on.
+    InternalError,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::EmptyPayload,
         ErrorCode::PayloadTooLarge,
         ErrorCode::BadPayload,
@@ -82,6 +90,8 @@ impl ErrorCode {
         ErrorCode::TooManyGenerations,
         ErrorCode::SlowConsumer,
         ErrorCode::DuplicateId,
+        ErrorCode::NonFinite,
+        ErrorCode::InternalError,
     ];
 
     /// The stable string used on the wire and in metrics.
@@ -109,6 +119,8 @@ impl ErrorCode {
             ErrorCode::TooManyGenerations => "too_many_generations",
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::DuplicateId => "duplicate_id",
+            ErrorCode::NonFinite => "non_finite",
+            ErrorCode::InternalError => "internal_error",
         }
     }
 

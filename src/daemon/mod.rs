@@ -208,6 +208,18 @@ impl Daemon {
         self.ctx.progress.stuck(max_run)
     }
 
+    /// The first worker whose thread died (a panic outside its per-job
+    /// guard), if any: the daemon can no longer serve its levels.
+    pub fn dead_worker(&self) -> Option<usize> {
+        self.ctx.progress.dead()
+    }
+
+    /// Logs one summary line per pipeline and error code whose failures
+    /// were rate-limited since the last summary.
+    pub fn flush_logs(&self) {
+        self.ctx.flush_logs();
+    }
+
     /// Graceful teardown in the documented order.
     pub async fn shutdown(mut self, drain_timeout: Duration) {
         self.gen_entities.clear();

@@ -162,7 +162,7 @@ fn decode(
     }
     let bytes = payload_bytes(sample);
     let (tensors, meta) = match &tp.cfg.format {
-        InputFormat::Safetensors => wire::decode_safetensors(&bytes, limits.max_elements)?,
+        InputFormat::Safetensors => wire::decode_safetensors(&bytes, tp.cfg.max_elements)?,
         InputFormat::Raw {
             tensor,
             dtype,

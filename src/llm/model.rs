@@ -132,6 +132,7 @@ impl LlmModel {
 /// stream. Shared by the single and the batched decode step.
 pub(super) fn take_token(sh: &LlmShared, g: &mut Generation, logits: &mut [f32]) -> StepOutput {
     let gen_cfg = &sh.generation;
+    crate::fault::at(crate::fault::Stage::Sample, Some(&g.cmd.id));
     let token = sampling::sample(logits, &g.history, &g.cmd.sampling, &mut g.rng);
     g.history.push(token);
     if gen_cfg.stop_token_ids.contains(&token) {
@@ -140,6 +141,7 @@ pub(super) fn take_token(sh: &LlmShared, g: &mut Generation, logits: &mut [f32])
     }
     g.tokens.push(token);
     g.next_input = Some(token);
+    crate::fault::at(crate::fault::Stage::Detok, Some(&g.cmd.id));
     let piece = g.detok.push(token, |ids| sh.decode(ids));
     if piece.stopped {
         g.finished = Some(Finish::Stop);

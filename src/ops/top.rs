@@ -47,6 +47,7 @@ struct Window<'a> {
     busy: u64,
     dropped: u64,
     missed: u64,
+    late: u64,
     e2e: HistSnapshot,
     queue: HistSnapshot,
     ttft: HistSnapshot,
@@ -78,6 +79,7 @@ fn window<'a>(p: &'a PipelineSnapshot, prev: Option<&PipelineSnapshot>) -> Windo
         missed: d(code(p, ErrorCode::DeadlineExceeded), |s| {
             s.error(ErrorCode::DeadlineExceeded)
         }),
+        late: d(p.late, |s| s.late),
         e2e: hist(&p.e2e, |s| Some(&s.e2e)),
         queue: hist(&p.queue_wait, |s| Some(&s.queue_wait)),
         ttft: hist(g.map_or(&empty, |g| &g.ttft), |s| {
@@ -117,7 +119,7 @@ pub fn render(cur: &MetricsSnapshot, prev: Option<&MetricsSnapshot>) -> String {
     }
     let _ = writeln!(
         o,
-        "\n{:<14} {:<8} {:<9} {:<8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9}",
+        "\n{:<14} {:<8} {:<9} {:<8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9}",
         "PIPELINE",
         "KIND",
         "LEVEL",
@@ -128,6 +130,7 @@ pub fn render(cur: &MetricsSnapshot, prev: Option<&MetricsSnapshot>) -> String {
         "BUSY",
         "DROP",
         "MISS",
+        "LATE",
         "P50 ms",
         "P99 ms",
         "QWAIT p99"
@@ -140,7 +143,7 @@ pub fn render(cur: &MetricsSnapshot, prev: Option<&MetricsSnapshot>) -> String {
     for w in &wins {
         let _ = writeln!(
             o,
-            "{:<14} {:<8} {:<9} {:<8} {:>8.1} {:>8} {:>6} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9}",
+            "{:<14} {:<8} {:<9} {:<8} {:>8.1} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9}",
             w.p.name,
             w.p.kind,
             w.p.level,
@@ -151,6 +154,7 @@ pub fn render(cur: &MetricsSnapshot, prev: Option<&MetricsSnapshot>) -> String {
             w.busy,
             w.dropped,
             w.missed,
+            w.late,
             q(&w.e2e, 0.5),
             q(&w.e2e, 0.99),
             q(&w.queue, 0.99),
