@@ -114,3 +114,65 @@ async fn generation_id_error_is_refused_and_nothing_streams_on_the_error_key() {
     );
     daemon.shutdown(Duration::from_secs(5)).await;
 }
+
+/// `n` messages, alternately user and assistant, all empty but the last
+/// (a user message): tiny in characters, costly in template tokens.
+fn empty_messages(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let last = i + 1 == n;
+            let role = if (n - 1 - i).is_multiple_of(2) {
+                "user"
+            } else {
+                "assistant"
+            };
+            json!({"role": role, "content": if last { "Hi" } else { "" }})
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_over_max_messages_or_max_prompt_tokens_are_refused_before_prefill() {
+    let (daemon, port) = start(&config("max_prompt_tokens = 128\nmax_messages = 64")).await;
+    let c = client(port).await;
+    llm_ready(&c).await;
+    let mut w = Watch::new(&daemon, &c).await;
+    let inference_before = daemon.generation_stats()[0].inference.count;
+
+    // 1 500 messages, 43 KB of JSON: the command of the issue.
+    let many = json!({"id": "many", "messages": empty_messages(1500), "max_tokens": 4});
+    put(&c, "t/llm/cmd", many.to_string().into_bytes()).await;
+    let e = w.error_for("many").await;
+    assert_eq!(e["code"], "prompt_too_long", "{e}");
+    assert!(
+        e["message"].as_str().unwrap_or("").contains("max_messages"),
+        "the refusal names the limit: {e}"
+    );
+
+    // 60 messages (within max_messages) whose chat template alone is
+    // several tokens each: far over 128 tokens after templating.
+    let toks = json!({"id": "toks", "messages": empty_messages(60), "max_tokens": 4});
+    put(&c, "t/llm/cmd", toks.to_string().into_bytes()).await;
+    let e = w.error_for("toks").await;
+    assert_eq!(e["code"], "prompt_too_long", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("max_prompt_tokens"),
+        "the refusal names the limit: {e}"
+    );
+
+    // Refused at intake: no model run happened for either command.
+    assert_eq!(
+        daemon.generation_stats()[0].inference.count,
+        inference_before,
+        "a refused prompt must not be prefilled"
+    );
+    w.marker(&c, "after").await;
+    for id in ["many", "toks"] {
+        let streamed = w.streamed(id);
+        assert!(streamed.is_empty(), "{id} was generated: {streamed:?}");
+    }
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
