@@ -176,3 +176,47 @@ async fn prompts_over_max_messages_or_max_prompt_tokens_are_refused_before_prefi
     }
     daemon.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_id_is_refused_and_the_running_generation_keeps_all_its_tokens() {
+    let (daemon, port) = start(&config("")).await;
+    let c = client(port).await;
+    llm_ready(&c).await;
+    let mut w = Watch::new(&daemon, &c).await;
+    let long =
+        json!({"id": "dup", "prompt": "Tell me a long story about a robot.", "max_tokens": 64});
+    put(&c, "t/llm/cmd", long.to_string().into_bytes()).await;
+    w.until("the first token of dup", |k, v| {
+        k == "t/llm/out/dup" && v["seq"] == 0
+    })
+    .await;
+    let again = json!({"id": "dup", "prompt": "Hi", "max_tokens": 4});
+    put(&c, "t/llm/cmd", again.to_string().into_bytes()).await;
+    let e = w.error_for("dup").await;
+    assert_eq!(
+        e["code"], "duplicate_id",
+        "a refusal a client cannot mistake for the end of the running `dup`: {e}"
+    );
+    let fin = w
+        .until("the final message of dup", |k, v| {
+            k == "t/llm/out/dup" && v["done"] == true
+        })
+        .await;
+    assert!(
+        matches!(fin["finish_reason"].as_str(), Some("stop" | "length")),
+        "the running generation ends on its own terms: {fin}"
+    );
+    let tokens: Vec<&Value> = w
+        .seen
+        .iter()
+        .filter(|(k, v)| k == "t/llm/out/dup" && v.get("done").is_none())
+        .map(|(_, v)| v)
+        .collect();
+    for (i, t) in tokens.iter().enumerate() {
+        assert_eq!(t["seq"], i, "token seqs are contiguous");
+    }
+    assert_eq!(fin["usage"]["completion_tokens"], tokens.len(), "{fin}");
+    let text: String = tokens.iter().map(|t| t["text"].as_str().unwrap()).collect();
+    assert_eq!(text, fin["text"].as_str().unwrap());
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
