@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod proc;
+pub mod stall;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
