@@ -320,7 +320,8 @@ pub async fn llm_ready(c: &zenoh::Session) {
                     .unwrap();
                 ended += usize::from(ended_by(&s));
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // A probe's slot is freed before its final message is sent
+            // (llm::serve::finish), so nothing is left to wait for.
             return;
         }
     }
