@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """convert_gguf.py - convert a llama-architecture GGUF file into an ONNX decoder.
 
-    python convert_gguf.py MODEL.gguf OUTDIR [--max-positions N] [--genai-config] [--accuracy-level N]
+    python convert_gguf.py MODEL.gguf OUTDIR [--exact | --accuracy-level N] [--max-positions N] [--genai-config]
 
 Writes into OUTDIR (created if needed, files replaced atomically):
   model.onnx        decoder with KV cache, HF export names:
                       input_ids i64 [B,S], attention_mask i64 [B,P+S], position_ids i64 [B,S],
-                      past_key_values.{i}.key/.value f32 [B,kv_heads,P,head_dim]
-                    -> logits f32 [B,S,vocab], present.{i}.key/.value f32 [B,kv_heads,P+S,head_dim]
+                      past_key_values.{i}.key/.value f32 [B,kv_heads,P,head_dim],
+                      optional num_logits_to_keep i64 scalar or [1] (default 0 = every position)
+                    -> logits f32 [B,K or S,vocab], present.{i}.key/.value f32 [B,kv_heads,P+S,head_dim]
                     (model.onnx.data next to it only if the weights exceed 2 GB)
   tokenizer.json    Hugging Face `tokenizers` file (byte-level BPE) built from the GGUF vocab/merges
   generation.json   bos/eos/stop ids, chat template (simple prefix/suffix form + raw jinja),
@@ -30,8 +31,9 @@ GGUF block formats with a per-block minimum (w = d*q + m: Q4_1, Q4_K, Q5_1, Q5_K
 point 0 plus the exact correction term blocksum(A) @ M^T (M = per-block minimums), computed as
 MatMul(x, E) with a 0/1 block-indicator E and one Gemm that adds it to the MatMulNBits output;
 the residual stream is kept 2-D [tokens, hidden] for that (GroupQueryAttention sees 3-D).
-Unpacked float zero points (zp = -m/d) would avoid the correction but hit the same slow
-dequantize-every-call path in onnxruntime 1.31.
+Float zero points (z = -m/d, --min-form float-zp) avoid the correction and are exact to ~1 ulp,
+but onnxruntime 1.31.1's CPU kernel dequantizes the whole matrix on every call for them, at
+accuracy level 0 and 4 alike (measured 20-35x slower per matmul), so the correction stays.
 The token embedding is gathered with com.microsoft.GatherBlockQuantized when its format has no
 minimums (e.g. Q8_0), else from a float32 table; a missing output.weight means tied embeddings.
 
@@ -45,8 +47,10 @@ Tokenizer: only GGUF `tokenizer.ggml.model == "gpt2"` (byte-level BPE) is suppor
 pre-tokenizers smollm/starcoder-style (single digits + GPT-2 regex), gpt-2/default, and llama3
 (`--pre-tokenizer` overrides the choice). SentencePiece ("llama") vocabularies are refused.
 
---accuracy-level 4 lets MatMulNBits quantize activations to int8: about 2-3x faster prefill,
-but measurably lossy here (see models/llm/README.md); the default 0 keeps float32 activations.
+Numerics: by default (--accuracy-level 4) MatMulNBits quantizes activations to int8 per block of
+32, as llama.cpp's own Q4/Q8 dot products do: about 2x faster decode, lossy (perplexity and KL
+in models/llm/README.md, "Numerics"). --exact (accuracy level 0) keeps float32 activations:
+logits then match a float64 reference to ~1e-4. generation.json records the form ("numerics").
 
 The graph uses com.microsoft contrib ops (MatMulNBits, GroupQueryAttention with position_ids,
 SkipSimplifiedLayerNormalization, GatherBlockQuantized, QuickGelu): tested with onnxruntime
@@ -77,6 +81,28 @@ OPSET = 17
 IR_VERSION = 8
 MS = "com.microsoft"
 SUPPORTED_ARCHS = ("llama",)
+LOGITS_TO_KEEP = "num_logits_to_keep"  # Hugging Face's name for the same input
+# int8 activations inside MatMulNBits (what llama.cpp's own Q4/Q8 dot products do): 2x faster
+# decode on x86 than float32 activations; lossy, see models/llm/README.md ("Numerics").
+DEFAULT_ACCURACY_LEVEL = 4
+
+
+def numerics_name(accuracy_level, min_form):
+    """The label generation.json records ("int8-activations" or "exact") for the chosen form."""
+    base = "int8-activations" if accuracy_level == 4 else "exact"
+    return base if min_form == "correction" else f"{base}+{min_form}"
+
+
+def keep_last_positions(g, x, shape_bsx, hidden):
+    """x [tokens, hidden] -> the last num_logits_to_keep positions of each sequence, 2-D again.
+    Slice starts at -K along the sequence axis: K = 0 (the default) starts at 0 and keeps every
+    position, K > seq is clamped to the whole sequence."""
+    k = g.node("Reshape", [LOGITS_TO_KEEP, g.const_i64([1])], name="logits_to_keep_1d")
+    start = g.node("Neg", [k], name="logits_start")
+    x3 = g.node("Reshape", [x, shape_bsx], name="final_norm_3d")
+    big = g.const_i64([np.iinfo(np.int64).max])
+    kept = g.node("Slice", [x3, start, big, g.const_i64([1])], name="keep_last_positions")
+    return g.node("Reshape", [kept, g.const_i64([-1, hidden])], name="kept_2d")
 
 # ---------------------------------------------------------------------------------------------
 # Weight representations
@@ -281,9 +307,10 @@ class Meta:
 
 
 class Graph:
-    def __init__(self, accuracy_level):
+    def __init__(self, accuracy_level, min_form="correction"):
         self.nodes, self.inits = [], []
         self.acc = accuracy_level
+        self.min_form = min_form
         self._n = 0
         self._consts = {}
         self.counts = {}
@@ -347,6 +374,8 @@ class Graph:
         mins, bs = w.mins, w.bs
         if isinstance(w, DWeight):
             return self.node("MatMul", [x, self.init(f"{name}.weight_t", w.w.T)], name=name)
+        if mins is not None and self.min_form == "float-zp":
+            return self._linear_float_zp(x, w, name)
         nb = k // w.bs
         a, kk = x, k
         if w.bits == 8 and self.acc != 4:
@@ -387,6 +416,24 @@ class Graph:
         # k // bs == b), then one Gemm adds blocksums @ mins^T to the MatMulNBits output.
         bsum = self.node("MatMul", [x, self.block_indicator(k, bs)], name=name + "_blocksum")
         return self.node("Gemm", [bsum, self.init(f"{name}.mins_t", mins.T), y], name=name, alpha=1.0, beta=1.0)
+
+    def _linear_float_zp(self, x, w, name):
+        """w = d*q + m as one MatMulNBits with float zero points z = -m/d: (q - z)*d. Exact to
+        ~1 ulp, no extra nodes, but onnxruntime 1.31.1's CPU kernel dequantizes the whole matrix
+        on every call for float zero points (at any accuracy level): 20-35x slower per matmul.
+        Kept so the form can be re-measured on newer runtimes (--min-form float-zp)."""
+        n, k = w.shape
+        if (w.scale == 0).any():
+            sys.exit(f"convert_gguf.py: {name}: a block with scale 0 cannot use float zero points")
+        zp = (-w.mins / w.scale).astype(np.float32)
+        u = w.u.reshape(n, k // w.bs, w.bs // 2, 2) if w.bits == 4 else w.u.reshape(n, k // w.bs, w.bs)
+        packed = (u[..., 0] | (u[..., 1] << 4)).astype(np.uint8) if w.bits == 4 else u.astype(np.uint8)
+        # 8-bit codes carry a +128 offset (zp 128) that the float zero point absorbs
+        zp = zp + np.float32(w.zp)
+        ins = [x, self.init(f"{name}.qweight", packed), self.init(f"{name}.scales", w.scale),
+               self.init(f"{name}.fzeros", zp)]
+        return self.node("MatMulNBits", ins, name=name, domain=MS, K=k, N=n, bits=w.bits,
+                         block_size=w.bs, accuracy_level=self.acc)
 
     def block_indicator(self, k, bs):
         key = ("E", k, bs)
@@ -564,7 +611,10 @@ def build_generation(meta, tokens, dims, model_name, gguf_name, gguf_sha):
             "file": "model.onnx",
             "inputs": ["input_ids", "attention_mask", "position_ids",
                        "past_key_values.{i}.key", "past_key_values.{i}.value"],
+            "optional_inputs": {LOGITS_TO_KEEP: {"dtype": "int64", "shape": "[] or [1]", "default": 0,
+                                                 "meaning": "logits for the last K positions only; 0 = all"}},
             "outputs": ["logits", "present.{i}.key", "present.{i}.value"],
+            "logits_shape": "[batch, K or sequence_length, vocab_size]",
             "kv_layout": "[batch, num_key_value_heads, seq, head_dim] float32",
         },
         "source": {"gguf_file": gguf_name, "gguf_sha256": gguf_sha, "converter": "models/llm/convert_gguf.py"},
@@ -618,8 +668,8 @@ def sha256_file(path):
     return h.hexdigest()
 
 
-def convert(gguf_path, outdir, accuracy_level=0, max_positions=None, pre_override="auto", quiet=False,
-            genai=False):
+def convert(gguf_path, outdir, accuracy_level=DEFAULT_ACCURACY_LEVEL, max_positions=None, pre_override="auto",
+            quiet=False, genai=False, min_form="correction"):
     t0 = time.time()
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     reader = GGUFReader(gguf_path)
@@ -660,7 +710,7 @@ def convert(gguf_path, outdir, accuracy_level=0, max_positions=None, pre_overrid
             sys.exit(f"convert_gguf.py: tensor {name!r} missing from the GGUF")
         return tensors[name]
 
-    g = Graph(accuracy_level)
+    g = Graph(accuracy_level, min_form)
     types_seen = {}
 
     def note(w, what):
@@ -671,8 +721,12 @@ def convert(gguf_path, outdir, accuracy_level=0, max_positions=None, pre_overrid
     B, S, P, TS = "batch_size", "sequence_length", "past_sequence_length", "total_sequence_length"
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [B, S]),
               helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [B, TS]),
-              helper.make_tensor_value_info("position_ids", TensorProto.INT64, [B, S])]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [B, S, vocab])]
+              helper.make_tensor_value_info("position_ids", TensorProto.INT64, [B, S]),
+              # optional (an initializer of the same name is its default, 0 = every position):
+              # scalar or [1], the LM head then runs only on the last K positions
+              helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, None)]
+    g.init(LOGITS_TO_KEEP, np.array(0, np.int64))
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [B, "logits_length", vocab])]
     for i in range(n_layer):
         for kv in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kv}", TensorProto.FLOAT,
@@ -701,7 +755,6 @@ def convert(gguf_path, outdir, accuracy_level=0, max_positions=None, pre_overrid
     h = g.node("Reshape", [h, g.const_i64([-1, n_embd])], name="embed_2d")
     ids_shape = g.node("Shape", ["input_ids"], name="ids_shape")
     shape_bsx = g.node("Concat", [ids_shape, g.const_i64([-1])], name="shape_bs_x", axis=0)
-    shape_bsv = g.node("Concat", [ids_shape, g.const_i64([vocab])], name="shape_bs_vocab", axis=0)
 
     # ---- attention helpers shared by all layers
     mask_sum = g.node("ReduceSum", ["attention_mask", g.const_i64([1])], name="mask_sum", keepdims=0)
@@ -764,6 +817,7 @@ def convert(gguf_path, outdir, accuracy_level=0, max_positions=None, pre_overrid
     out_norm = g.init("output_norm", load_vector(T("output_norm.weight")))
     xf, _, _, _ = g.node("SkipSimplifiedLayerNormalization", [prev, resid, out_norm],
                          ["final_norm_out", "", "", ""], name="output_norm", domain=MS, epsilon=eps)
+    xf = keep_last_positions(g, xf, shape_bsx, n_embd)
     if "output.weight" in tensors:
         head = note(load_matrix(tensors["output.weight"]), "output")
         tied = False
@@ -771,7 +825,9 @@ def convert(gguf_path, outdir, accuracy_level=0, max_positions=None, pre_overrid
         head = emb
         tied = True
     (logits,) = g.linear(xf, [head], "lm_head")
-    g.node("Reshape", [logits, shape_bsv], ["logits"], name="logits")
+    batch = g.node("Gather", [ids_shape, g.const_i64([0])], name="batch_dim", axis=0)
+    shape_bkv = g.node("Concat", [batch, g.const_i64([-1, vocab])], name="shape_b_k_vocab", axis=0)
+    g.node("Reshape", [logits, shape_bkv], ["logits"], name="logits")
 
     graph = helper.make_graph(g.nodes, "llama_decoder", inputs, outputs, g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
@@ -789,6 +845,7 @@ def convert(gguf_path, outdir, accuracy_level=0, max_positions=None, pre_overrid
     gen["tokenizer"] = {"file": "tokenizer.json", "gguf_pre": pre, "pre_tokenizer": family}
     gen["weights"] = {k: len(v) for k, v in sorted(types_seen.items())}
     gen["accuracy_level"] = accuracy_level
+    gen["numerics"] = numerics_name(accuracy_level, min_form)
 
     os.makedirs(outdir, exist_ok=True)
     size = sum(len(t.raw_data) for t in g.inits)
@@ -839,9 +896,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="Convert a llama-architecture GGUF into ONNX (+ tokenizer.json, generation.json)")
     ap.add_argument("gguf", help="input .gguf file")
     ap.add_argument("outdir", help="output directory")
-    ap.add_argument("--accuracy-level", type=int, default=0, choices=[0, 1, 4],
-                    help="MatMulNBits accuracy_level: 0/1 = float32 activations (exact, default), "
-                         "4 = int8 activations (faster on some CPUs, like llama.cpp's own Q8 activations)")
+    ap.add_argument("--accuracy-level", type=int, default=DEFAULT_ACCURACY_LEVEL, choices=[0, 1, 4],
+                    help="MatMulNBits accuracy_level: 4 = int8 activations (default; lossy like llama.cpp's "
+                         "own Q8 activations, ~2x faster decode), 0/1 = float32 activations (exact)")
+    ap.add_argument("--exact", action="store_const", const=0, dest="accuracy_level",
+                    help="same as --accuracy-level 0: float32 activations, logits match a float reference")
+    ap.add_argument("--min-form", default="correction", choices=["correction", "float-zp"],
+                    help="Q4_1/Q4_K/Q5_1/Q5_K block minimums: exact correction subgraph (default) or float "
+                         "zero points in MatMulNBits (no extra nodes, but 20-35x slower in onnxruntime 1.31.1)")
     ap.add_argument("--max-positions", type=int, default=None,
                     help="rotary cache length (default: the GGUF context length)")
     ap.add_argument("--pre-tokenizer", default="auto", choices=["auto", "digits+gpt2", "gpt2", "llama3"],
@@ -850,7 +912,8 @@ def main(argv=None):
                     help="also write genai_config.json and tokenizer_config.json for onnxruntime-genai")
     ap.add_argument("-q", "--quiet", action="store_true")
     a = ap.parse_args(argv)
-    convert(a.gguf, a.outdir, a.accuracy_level, a.max_positions, a.pre_tokenizer, a.quiet, a.genai_config)
+    convert(a.gguf, a.outdir, a.accuracy_level, a.max_positions, a.pre_tokenizer, a.quiet, a.genai_config,
+            a.min_form)
 
 
 if __name__ == "__main__":
