@@ -33,7 +33,7 @@ MatMul(x, E) with a 0/1 block-indicator E and one Gemm that adds it to the MatMu
 the residual stream is kept 2-D [tokens, hidden] for that (GroupQueryAttention sees 3-D).
 Float zero points (z = -m/d, --min-form float-zp) avoid the correction and are exact to ~1 ulp,
 but onnxruntime 1.31.1's CPU kernel dequantizes the whole matrix on every call for them, at
-accuracy level 0 and 4 alike (measured 20-35x slower per matmul), so the correction stays.
+accuracy level 0 and 4 alike (measured 30x slower per matmul or worse), so the correction stays.
 The token embedding is gathered with com.microsoft.GatherBlockQuantized when its format has no
 minimums (e.g. Q8_0), else from a float32 table; a missing output.weight means tied embeddings.
 
@@ -445,7 +445,7 @@ class Graph:
     def _linear_float_zp(self, x, w, name):
         """w = d*q + m as one MatMulNBits with float zero points z = -m/d: (q - z)*d. Exact to
         ~1 ulp, no extra nodes, but onnxruntime 1.31.1's CPU kernel dequantizes the whole matrix
-        on every call for float zero points (at any accuracy level): 20-35x slower per matmul.
+        on every call for float zero points (at any accuracy level): 30x slower per matmul or worse.
         Kept so the form can be re-measured on newer runtimes (--min-form float-zp)."""
         n, k = w.shape
         if (w.scale == 0).any():
@@ -928,7 +928,7 @@ def main(argv=None):
                     help="same as --accuracy-level 0: float32 activations, logits match a float reference")
     ap.add_argument("--min-form", default="correction", choices=["correction", "float-zp"],
                     help="Q4_1/Q4_K/Q5_1/Q5_K block minimums: exact correction subgraph (default) or float "
-                         "zero points in MatMulNBits (no extra nodes, but 20-35x slower in onnxruntime 1.31.1)")
+                         "zero points in MatMulNBits (no extra nodes, but 30x slower or worse in onnxruntime 1.31.1)")
     ap.add_argument("--max-positions", type=int, default=None,
                     help="rotary cache length (default: the GGUF context length)")
     ap.add_argument("--pre-tokenizer", default="auto", choices=["auto", "digits+gpt2", "gpt2", "llama3"],
