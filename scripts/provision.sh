@@ -246,7 +246,7 @@ LLM_CONVERTER="$REPO_ROOT/models/llm/convert_gguf.py"
 LLM_GGUF_MARKER="$CACHE/llm/.gguf-ok"
 LLM_GGUF_TEXT="$LLM_REQ|$LLM_MEMBER|$LLM_GGUF_SHA"
 mkdir -p "$CACHE/llm"
-[[ -f "$LLM_CONVERTER" ]] || die "missing $LLM_CONVERTER"
+[[ -f "$LLM_CONVERTER" && -f "$(dirname "$LLM_CONVERTER")/gguf_meta.py" ]] || die "missing $LLM_CONVERTER or gguf_meta.py"
 
 if [[ -f "$LLM_GGUF_MARKER" && "$(cat "$LLM_GGUF_MARKER")" == "$LLM_GGUF_TEXT" && -s "$LLM_GGUF" ]]; then
     note "llm gguf: skipped (present) $LLM_GGUF"
@@ -286,7 +286,8 @@ fi
 # cache without reconverting over each other; the 4 most recently used conversions are kept.
 # models/llm/fetched is the default form (int8 activations, issue 15); models/llm/fetched-exact
 # is the exact form (float32 activations: logits match the float reference, "Paris" answer).
-LLM_CONVERTER_SHA="$(sha256sum "$LLM_CONVERTER" | cut -d' ' -f1)"
+# the converter is convert_gguf.py plus the module it imports
+LLM_CONVERTER_SHA="$(cat "$LLM_CONVERTER" "$(dirname "$LLM_CONVERTER")/gguf_meta.py" | sha256sum | cut -d' ' -f1)"
 llm_convert() { # llm_convert <label> [converter options...]; sets LLM_RESULT to the output dir
     local label="$1"; shift
     local stamp key out t0

@@ -53,7 +53,7 @@ def sha256(path):
 def convert_forms(gguf, names, workdir):
     """name -> model dir, reconverted only when the converter or the GGUF changed."""
     conv = os.path.join(HERE, "convert_gguf.py")
-    stamp = f"{sha256(conv)} {os.path.getsize(gguf)} {os.path.getmtime(gguf)}"
+    stamp = f"{sha256(conv)} {sha256(os.path.join(HERE, 'gguf_meta.py'))} {os.path.getsize(gguf)} {os.path.getmtime(gguf)}"
     dirs = {}
     for name in names:
         out = os.path.join(workdir, name)
