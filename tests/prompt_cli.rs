@@ -12,16 +12,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn llm_dir() -> String {
-    let p = repo().join("models/llm/fetched");
-    assert!(
-        p.join("model.onnx").exists(),
-        "{} missing: run `make setup`",
-        p.display()
-    );
-    p.display().to_string()
-}
-
 fn config() -> String {
     format!(
         r#"

@@ -74,7 +74,7 @@ async fn python_client_gets_predictions_matching_python_onnxruntime() {
 /// against the daemon's own counters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_example_predicts_streams_and_reads_metrics() {
-    let llm = common::repo().join("models/llm/fetched");
+    let llm = common::repo().join("models/llm/fetched-exact");
     assert!(llm.join("model.onnx").exists(), "run `make setup`");
     let (daemon, port) = common::start(&format!(
         r#"

@@ -37,9 +37,21 @@ pub fn fetched_model(name: &str) -> String {
     p.display().to_string()
 }
 
-/// The converted SmolLM2-135M (provisioned by `make setup`).
+/// The exact (float32-activation) conversion of SmolLM2-135M, provisioned
+/// by `make setup` beside the int8 default: tests that compare answers
+/// token for token (or expect "Paris") need numerics that do not depend on
+/// the CPU's int8 kernels; `llm_dir_int8` is the deployed default.
 pub fn llm_dir() -> String {
-    let p = repo().join("models/llm/fetched");
+    llm_at("models/llm/fetched-exact")
+}
+
+/// The default conversion (int8 activations), as the demo runs it.
+pub fn llm_dir_int8() -> String {
+    llm_at("models/llm/fetched")
+}
+
+fn llm_at(rel: &str) -> String {
+    let p = repo().join(rel);
     assert!(
         p.join("model.onnx").exists(),
         "{} missing: run `make setup`",
