@@ -3,6 +3,10 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 JOBS ?= 2
+# The demo's loopback port: `make demo PORT=7450` (or DEMO_PORT=7450 in the
+# environment). A PORT variable that merely sits in the environment (some
+# hosts export one) is ignored.
+DEMO_PORT ?= $(if $(filter command line,$(origin PORT)),$(PORT),7447)
 
 .PHONY: setup demo test bench check-config cross-aarch64 deb
 
@@ -10,7 +14,7 @@ setup:
 	@bash scripts/provision.sh
 
 demo: setup
-	@bash scripts/demo.sh
+	@DEMO_PORT=$(DEMO_PORT) bash scripts/demo.sh
 
 test: setup
 	$(CARGO) fmt --all -- --check
