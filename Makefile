@@ -8,7 +8,7 @@ JOBS ?= 2
 # hosts export one) is ignored.
 DEMO_PORT ?= $(if $(filter command line,$(origin PORT)),$(PORT),7447)
 
-.PHONY: setup demo test bench check-config cross-aarch64 deb
+.PHONY: setup demo test bench check-config cross-aarch64 deb deb-arm64
 
 setup:
 	@bash scripts/provision.sh
@@ -32,7 +32,11 @@ check-config: setup
 cross-aarch64:
 	@JOBS=$(JOBS) bash scripts/cross-aarch64.sh
 
-# Debian packages of the release binaries (build them first).
+# Debian package (cargo-deb metadata in Cargo.toml; the script installs
+# cargo-deb 3.8.0 into the cache on first use, builds, packages, verifies).
+# deb-arm64: the Jetson package from the cross build (minutes).
 deb:
-	$(CARGO) build -j$(JOBS) --release
-	bash scripts/package-deb.sh amd64
+	@JOBS=$(JOBS) bash scripts/package-deb.sh amd64
+
+deb-arm64: cross-aarch64
+	@JOBS=$(JOBS) bash scripts/package-deb.sh arm64
