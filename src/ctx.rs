@@ -16,6 +16,7 @@ use crate::llm::registry::Registry;
 use crate::llm::{DecodeBatch, DecodeSlots, Generation, LlmShared};
 use crate::obs::batch::{BatchStats, DecodeStats};
 use crate::obs::health::Progress;
+use crate::obs::ratelimit::LogLimiter;
 use crate::obs::{PipelineStats, WorkerStats};
 use crate::sched::{self, Scheduler};
 use crate::wire::command::CommandLimits;
@@ -55,6 +56,8 @@ pub struct TensorPipe {
     /// Reply metadata that never changes, pre-serialised per worker
     /// (pipeline, model, provider, worker), indexed by worker id.
     pub fixed_meta: Vec<String>,
+    /// Repeated failure logs, rate-limited per code.
+    pub log: LogLimiter,
 }
 
 /// Everything about one generation pipeline.
@@ -62,6 +65,9 @@ pub struct GenPipe {
     pub cfg: GeneratorConfig,
     pub llm: Arc<LlmShared>,
     pub limits: CommandLimits,
+    /// Most prompt tokens after templating (configured or derived from the
+    /// model's context and `max_tokens`).
+    pub max_prompt_tokens: usize,
     pub provider: &'static str,
     pub registry: Registry<Delivery>,
     /// Continuous batching, per priority level (`None` for levels the
@@ -69,6 +75,8 @@ pub struct GenPipe {
     pub decode: Vec<Option<DecodeSlots>>,
     pub decode_stats: DecodeStats,
     pub stats: PipelineStats,
+    /// Repeated failure logs, rate-limited per code.
+    pub log: LogLimiter,
 }
 
 impl GenPipe {
@@ -80,6 +88,18 @@ impl GenPipe {
     /// Generations waiting to join a decode batch (teardown).
     pub fn drain_joiners(&self) -> impl Iterator<Item = Box<Generation>> + '_ {
         self.decode.iter().flatten().flat_map(|s| s.drain())
+    }
+}
+
+impl Ctx {
+    /// Reports every suppressed failure count (periodic log summary).
+    pub fn flush_logs(&self) {
+        for tp in &self.tensors {
+            tp.log.flush();
+        }
+        for gp in &self.gens {
+            gp.log.flush();
+        }
     }
 }
 

@@ -52,10 +52,22 @@ pub enum ErrorCode {
     /// the generation's outbox, so the generation ended (the worker never
     /// waits for a client).
     SlowConsumer,
+    /// A generation command reused the id of a generation that is still
+    /// running. Refers to the refused command only: the running
+    /// generation's stream goes on and ends with its own final message.
+    DuplicateId,
+    /// A float input held NaN or infinity (`non_finite = "reject"`, the
+    /// default for float inputs).
+    NonFinite,
+    /// The daemon failed internally while serving this request (a panic in
+    /// a model run, sampler, detokenizer or encoder was contained): the
+    /// request ends here, its stream's carried state is reset, and the
+    /// worker goes on.
+    InternalError,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::EmptyPayload,
         ErrorCode::PayloadTooLarge,
         ErrorCode::BadPayload,
@@ -77,6 +89,9 @@ impl ErrorCode {
         ErrorCode::BadParameter,
         ErrorCode::TooManyGenerations,
         ErrorCode::SlowConsumer,
+        ErrorCode::DuplicateId,
+        ErrorCode::NonFinite,
+        ErrorCode::InternalError,
     ];
 
     /// The stable string used on the wire and in metrics.
@@ -103,6 +118,9 @@ impl ErrorCode {
             ErrorCode::BadParameter => "bad_parameter",
             ErrorCode::TooManyGenerations => "too_many_generations",
             ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::DuplicateId => "duplicate_id",
+            ErrorCode::NonFinite => "non_finite",
+            ErrorCode::InternalError => "internal_error",
         }
     }
 

@@ -7,7 +7,7 @@
 //! the message formats.
 //!
 //! Layers, lowest first (a module imports only lower layers; enforced by
-//! `tests/architecture.rs`): `error`, `tensor`, `obs`, `logging` → `config` →
+//! `tests/architecture.rs`): `error`, `fault`, `tensor`, `logging` → `obs`, `config` →
 //! `wire` → `sched` → `job` → `infer` → `llm` → `ctx` → `io` → `worker` →
 //! `daemon` → `supervise` → `check`, `client`, `ops`.
 
@@ -17,6 +17,7 @@ pub mod config;
 pub(crate) mod ctx;
 pub mod daemon;
 pub mod error;
+pub mod fault;
 pub mod infer;
 pub(crate) mod io;
 pub(crate) mod job;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// Layers, lowest first. Keep in step with the crate doc in src/lib.rs.
 const LAYERS: &[&[&str]] = &[
-    &["error", "tensor", "logging"],
+    &["error", "fault", "tensor", "logging"],
     &["obs", "config"],
     &["wire"],
     &["sched"],

@@ -12,16 +12,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-fn llm_dir() -> String {
-    let p = repo().join("models/llm/fetched");
-    assert!(
-        p.join("model.onnx").exists(),
-        "{} missing: run `make setup`",
-        p.display()
-    );
-    p.display().to_string()
-}
-
 fn config() -> String {
     format!(
         r#"
@@ -58,13 +48,18 @@ async fn collect_stream(sub: &Sub) -> (Vec<u64>, Value) {
 }
 
 /// Sends every command, then collects every stream (buffered meanwhile).
-async fn run_all(c: &zenoh::Session, cmds: &[Value]) -> HashMap<String, (Vec<u64>, Value)> {
+async fn run_all(
+    daemon: &reflexd::Daemon,
+    c: &zenoh::Session,
+    cmds: &[Value],
+) -> HashMap<String, (Vec<u64>, Value)> {
     let mut subs = Vec::new();
     for cmd in cmds {
         let id = cmd["id"].as_str().unwrap().to_string();
-        subs.push((id.clone(), subscribe(c, &format!("t/llm/out/{id}")).await));
+        let key = format!("t/llm/out/{id}");
+        subs.push((id.clone(), subscribe(c, &key).await));
+        wired(daemon, c, "t/llm/cmd", &key).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
     for cmd in cmds {
         put(c, "t/llm/cmd", cmd.to_string().into_bytes()).await;
     }
@@ -99,7 +94,7 @@ async fn batched_greedy_generations_match_each_alone_token_for_token() {
     let cmd = |tag: &str, (id, prompt, n): (&str, &str, u32)| json!({"id": format!("{tag}-{id}"), "prompt": prompt, "max_tokens": n});
     let mut alone = HashMap::new();
     for p in prompts {
-        let r = run_all(&c, &[cmd("solo", p)]).await;
+        let r = run_all(&daemon, &c, &[cmd("solo", p)]).await;
         alone.extend(r);
     }
     let before = daemon.decode_stats()[0].clone();
@@ -108,7 +103,7 @@ async fn batched_greedy_generations_match_each_alone_token_for_token() {
         "one at a time never batches: {before:?}"
     );
 
-    let together = run_all(&c, &prompts.map(|p| cmd("batch", p))).await;
+    let together = run_all(&daemon, &c, &prompts.map(|p| cmd("batch", p))).await;
     for (id, _, _) in prompts {
         let (solo_tokens, solo_fin) = &alone[&format!("solo-{id}")];
         let (batch_tokens, batch_fin) = &together[&format!("batch-{id}")];

@@ -10,16 +10,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-fn llm_dir() -> String {
-    let p = repo().join("models/llm/fetched");
-    assert!(
-        p.join("model.onnx").exists(),
-        "{} missing: run `make setup`",
-        p.display()
-    );
-    p.display().to_string()
-}
-
 fn config(extra: &str) -> String {
     format!(
         r#"
@@ -42,13 +32,11 @@ fn config(extra: &str) -> String {
 }
 
 /// Sends a command and collects the stream until the final message.
-async fn generate(c: &zenoh::Session, cmd: Value) -> (Vec<Value>, Value) {
+async fn generate(daemon: &reflexd::Daemon, c: &zenoh::Session, cmd: Value) -> (Vec<Value>, Value) {
     let id = cmd["id"].as_str().unwrap().to_string();
-    let sub = c
-        .declare_subscriber(format!("t/llm/out/{id}"))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let key = format!("t/llm/out/{id}");
+    let sub = c.declare_subscriber(key.clone()).await.unwrap();
+    wired(daemon, c, "t/llm/cmd", &key).await;
     put(c, "t/llm/cmd", cmd.to_string().into_bytes()).await;
     collect_stream(&sub).await
 }
@@ -78,6 +66,7 @@ async fn greedy_answer_streams_paris_with_usage_and_timing() {
     let c = client(port).await;
     llm_ready(&c).await;
     let (tokens, fin) = generate(
+        &daemon,
         &c,
         json!({"id": "q1", "prompt": "What is the capital of France?", "max_tokens": 32}),
     )
@@ -116,23 +105,27 @@ async fn same_seed_gives_same_tokens_and_unicode_streams_whole() {
     let c = client(port).await;
     llm_ready(&c).await;
     let sampled = |id: &str| json!({"id": id, "prompt": "Write a short poem about robots.", "max_tokens": 24, "temperature": 0.9, "top_k": 40, "top_p": 0.95, "seed": 1234});
-    let (a, _) = generate(&c, sampled("s1")).await;
-    let (b, _) = generate(&c, sampled("s2")).await;
+    let (a, _) = generate(&daemon, &c, sampled("s1")).await;
+    let (b, _) = generate(&daemon, &c, sampled("s2")).await;
     let ids = |t: &[Value]| {
         t.iter()
             .map(|v| v["token_id"].as_u64().unwrap())
             .collect::<Vec<_>>()
     };
     assert_eq!(ids(&a), ids(&b), "same seed, same tokens");
-    let (other, _) = generate(&c, json!({"id": "s3", "prompt": "Write a short poem about robots.", "max_tokens": 24, "temperature": 0.9, "top_k": 40, "top_p": 0.95, "seed": 99})).await;
+    let (other, _) = generate(&daemon, &c, json!({"id": "s3", "prompt": "Write a short poem about robots.", "max_tokens": 24, "temperature": 0.9, "top_k": 40, "top_p": 0.95, "seed": 99})).await;
     assert_ne!(ids(&a), ids(&other), "a different seed samples differently");
 
     for (id, prompt) in [
         ("ko", "안녕하세요! 한국어로 로봇에 대해 한 문장 써 주세요."),
         ("emoji", "Reply with three emoji: 🤖🚗🔋"),
     ] {
-        let (tokens, fin) =
-            generate(&c, json!({"id": id, "prompt": prompt, "max_tokens": 40})).await;
+        let (tokens, fin) = generate(
+            &daemon,
+            &c,
+            json!({"id": id, "prompt": prompt, "max_tokens": 40}),
+        )
+        .await;
         let text = fin["text"].as_str().unwrap();
         assert_eq!(
             concat(&tokens),
@@ -158,6 +151,7 @@ async fn cancel_length_and_deadline_end_generations() {
     let c = client(port).await;
     llm_ready(&c).await;
     let (tokens, fin) = generate(
+        &daemon,
         &c,
         json!({"id": "len", "prompt": "Count from one to one hundred.", "max_tokens": 5}),
     )
@@ -166,7 +160,7 @@ async fn cancel_length_and_deadline_end_generations() {
     assert_eq!(tokens.len(), 5);
 
     let (tokens, fin) =
-        generate(&c, json!({"id": "dl", "prompt": "Tell me a long story about a robot.", "max_tokens": 256, "deadline_ms": 300})).await;
+        generate(&daemon, &c, json!({"id": "dl", "prompt": "Tell me a long story about a robot.", "max_tokens": 256, "deadline_ms": 300})).await;
     assert_eq!(fin["finish_reason"], "deadline");
     assert_eq!(
         concat(&tokens),
@@ -176,7 +170,7 @@ async fn cancel_length_and_deadline_end_generations() {
     assert!(tokens.len() < 256);
 
     let sub = c.declare_subscriber("t/llm/out/cx").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wired(&daemon, &c, "t/llm/cmd", "t/llm/out/cx").await;
     put(
         &c,
         "t/llm/cmd",
@@ -214,7 +208,7 @@ async fn bad_commands_get_error_codes_and_the_daemon_keeps_answering() {
     let c = client(port).await;
     llm_ready(&c).await;
     let errs = c.declare_subscriber("t/llm/out/error").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wired(&daemon, &c, "t/llm/cmd", "t/llm/out/error").await;
     let cases: Vec<(&str, String)> = vec![
         ("bad_command", "{not json".into()),
         (
@@ -255,6 +249,7 @@ async fn bad_commands_get_error_codes_and_the_daemon_keeps_answering() {
         assert_eq!(v["pipeline"], "chat");
     }
     let (_, fin) = generate(
+        &daemon,
         &c,
         json!({"id": "after", "prompt": "What is the capital of France?", "max_tokens": 16}),
     )
@@ -329,7 +324,7 @@ async fn sensor_frames_wait_at_most_one_decode_step() {
     )
     .await;
     let stream = c.declare_subscriber("t/llm/out/long").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wired(&daemon, &c, "t/llm/cmd", "t/llm/out/long").await;
     put(
         &c,
         "t/llm/cmd",
@@ -413,6 +408,7 @@ async fn chunked_prefill_gives_the_same_tokens() {
         let c = client(port).await;
         llm_ready(&c).await;
         let (tokens, fin) = generate(
+            &daemon,
             &c,
             json!({"id": "pc", "prompt": "What is the capital of France?", "max_tokens": 12}),
         )

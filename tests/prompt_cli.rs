@@ -12,16 +12,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn llm_dir() -> String {
-    let p = repo().join("models/llm/fetched");
-    assert!(
-        p.join("model.onnx").exists(),
-        "{} missing: run `make setup`",
-        p.display()
-    );
-    p.display().to_string()
-}
-
 fn config() -> String {
     format!(
         r#"
@@ -166,5 +156,6 @@ fn no_daemon_listening_fails_fast_with_a_clear_message() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+    assert!(!err.contains(".rs:"), "no source paths of zenoh: {err}");
     assert!(o.stdout.is_empty());
 }

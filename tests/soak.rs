@@ -7,7 +7,9 @@
 //! round-trip p50/p99/p99.9, and lost messages. Asserted (not timed): no
 //! request gets two outcomes and the daemon's counters balance (every request
 //! ended exactly once inside the daemon). Latencies, misses and replies lost
-//! on the way to the client (zenoh `Drop` policy) are reported, not asserted.
+//! on the way to the client (zenoh `Drop` policy) are reported, not asserted
+//! — hence the name: it does not claim that nothing is lost, because under
+//! CPU starvation zenoh drops replies by design.
 
 mod common;
 
@@ -77,7 +79,7 @@ impl Book {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn soak_demo_workload_reports_and_loses_nothing() {
+async fn soak_demo_workload_ends_each_request_once_and_reports_client_losses() {
     let seconds: f64 = std::env::var("REFLEXD_SOAK_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -141,20 +143,14 @@ async fn soak_demo_workload_reports_and_loses_nothing() {
             },
         )
     };
-    // Warm the routes: wait until the mic key reaches the daemon.
-    let warm = daemon.stats()[0].received;
-    for _ in 0..200 {
-        let frame: Vec<u8> = audio[..512].iter().flat_map(|v| v.to_le_bytes()).collect();
-        c.put("robot/mic/front", frame)
-            .attachment("warmup")
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if daemon.stats()[0].received > warm {
-            break;
-        }
+    // The routes both ways (zenoh matching status, no fixed wait).
+    for (input, output) in [
+        ("robot/mic/front", "reflexd/vad/front"),
+        ("robot/camera/front", "reflexd/textdet/front"),
+        ("reflexd/llm/cmd", "reflexd/llm/out/chat-0"),
+    ] {
+        wired(&daemon, &c, input, output).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_start = vm_rss_kib();
     let mut rss_peak = rss_start;
 

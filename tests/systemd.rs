@@ -317,16 +317,6 @@ async fn ready_after_warm_up_and_watchdog_pings_stop_while_a_worker_is_stuck() {
     assert!(d.stderr().contains("reflexd stopped"));
 }
 
-fn llm_dir() -> String {
-    let p = repo().join("models/llm/fetched");
-    assert!(
-        p.join("model.onnx").exists(),
-        "{} missing: run `make setup`",
-        p.display()
-    );
-    p.display().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_cancels_an_in_flight_generation_then_exits_zero() {
     let dir = tmpdir("drain");
@@ -349,7 +339,7 @@ async fn sigterm_cancels_an_in_flight_generation_then_exits_zero() {
         max_generations = 64
         "#,
         zenoh_header(port),
-        llm_dir()
+        llm_dir_int8()
     );
     let mut d = Daemon::spawn(&dir, &config, &notify);
     until(&mut rx, &d, "READY=1", |m| has_line(m, "READY=1")).await;

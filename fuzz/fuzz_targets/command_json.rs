@@ -13,6 +13,7 @@ fuzz_target!(|data: &[u8]| {
         max_tokens: 512,
         default_max_tokens: 128,
         max_prompt_chars: 1000,
+        max_messages: 64,
         default_deadline: Duration::from_secs(30),
     };
     if let Ok(c) = command::parse(data, &limits) {

@@ -7,15 +7,19 @@ Default MODEL_DIR: models/llm/fetched (provisioned SmolLM2-135M-Instruct). Needs
 onnxruntime, tokenizers and (for the reference and format checks) gguf.
 
   (a) chat answer: greedy answer to "What is the capital of France?" must contain "Paris"
-  (b) conversion quality: perplexity of a fixed answer and top-1 agreement / max logit error
-      against a float64 numpy forward pass over the GGUF weights dequantized by gguf's own
-      reference code, using llama.cpp's conventions (raw GGUF Q/K rows, interleaved RoPE) -
-      so it checks the row permutation and the exact weight mapping at the same time
+      (a lossy form - int8 activations, the default conversion - must give a non-empty answer)
+  (b) conversion quality: perplexity of a fixed answer and of a passage, top-1 agreement, max
+      logit error and mean KL against a float64 numpy forward pass (reference.py) over the GGUF
+      weights dequantized by gguf's own reference code, using llama.cpp's conventions (raw GGUF
+      Q/K rows, interleaved RoPE) - so it checks the row permutation and the exact weight
+      mapping at the same time; a lossy form must stay inside LOSSY_BOUNDS
   (c) KV cache: logits of a step with past (1 token, and a 5-token chunk) == full recompute
+      (lossy form: KL between them within LOSSY_BOUNDS)
   (d) timing: prefill of the chat prompt and ms/token over 64 greedy decode steps
   (e) formats: every GGUF block format the converter maps exactly, decoded and run through the
       same MatMulNBits construction on random data, against gguf's dequantizer
-Exits non-zero if (a), (c) or (e) fails; (b) and (d) are reported.
+Exits non-zero if (a), (c) or (e) fails, or (b) for a lossy form; (d) is reported.
+The form is read from generation.json (accuracy_level 4 = int8 activations = lossy).
 """
 from __future__ import annotations
 
@@ -35,6 +39,13 @@ PASSAGE = ("Water boils at 100 degrees Celsius at sea level. At higher altitudes
            "so water boils at a lower temperature and food takes longer to cook. This is why pressure "
            "cookers are popular in mountain towns: by raising the pressure inside the pot, they raise the "
            "boiling point and shorten the cooking time.")
+
+
+# A lossy form (int8 activations: generation.json accuracy_level 4) is held to bounds instead
+# of equality. They sit about 2x above what SmolLM2-135M Q4_1 measures (README, "Numerics"):
+# loose enough for kernel noise, far below what a mapping or cache bug does (KL > 1).
+LOSSY_BOUNDS = {"passage_ppl_ratio": 1.06, "mean_kl": 0.05, "top1": 0.80, "kv_kl": 0.05,
+                "matmul_rel_err": 3e-2}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,12 +68,14 @@ def chat_prompt(gen, messages, add_generation_prompt=True):
 
 
 class Decoder:
-    def __init__(self, model_dir, threads):
+    def __init__(self, model_dir, threads, spinning=None):
         import onnxruntime as ort
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
+        if spinning is not None:  # None = the library's default (spinning on)
+            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         t = time.perf_counter()
         self.sess = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), so,
                                          providers=["CPUExecutionProvider"])
@@ -70,18 +83,23 @@ class Decoder:
         gen = json.load(open(os.path.join(model_dir, "generation.json")))
         self.L, self.kv, self.hd = gen["num_layers"], gen["num_key_value_heads"], gen["head_dim"]
         self.out_names = [o.name for o in self.sess.get_outputs()]
+        # optional input (an overridable initializer): absent from get_inputs()
+        self.has_keep = any(o.name == "num_logits_to_keep" for o in self.sess.get_overridable_initializers())
 
     def empty_past(self):
         z = np.zeros((1, self.kv, 0, self.hd), np.float32)
         return [(z, z) for _ in range(self.L)]
 
-    def run(self, ids, past):
-        """ids: list of new token ids; past: list of (k, v). Returns (logits [S,V], present)."""
+    def run(self, ids, past, keep=0):
+        """ids: list of new token ids; past: list of (k, v). Returns (logits [S,V], present);
+        keep=K > 0 asks for the last K positions only (models without the input give all)."""
         p = past[0][0].shape[2]
         s = len(ids)
         feed = {"input_ids": np.array([ids], np.int64),
                 "attention_mask": np.ones((1, p + s), np.int64),
                 "position_ids": np.arange(p, p + s, dtype=np.int64)[None]}
+        if keep and self.has_keep:
+            feed["num_logits_to_keep"] = np.array(keep, np.int64)
         for i, (k, v) in enumerate(past):
             feed[f"past_key_values.{i}.key"] = k
             feed[f"past_key_values.{i}.value"] = v
@@ -92,7 +110,7 @@ class Decoder:
 
     def greedy(self, ids, n, stop=(), timing=False):
         t0 = time.perf_counter()
-        logits, past = self.run(ids, self.empty_past())
+        logits, past = self.run(ids, self.empty_past(), keep=1)
         t_prefill = time.perf_counter() - t0
         out, steps = [], []
         for _ in range(n):
@@ -101,7 +119,7 @@ class Decoder:
             if nxt in stop:
                 break
             t = time.perf_counter()
-            logits, past = self.run([nxt], past)
+            logits, past = self.run([nxt], past, keep=1)
             steps.append(time.perf_counter() - t)
         return out, t_prefill, steps
 
@@ -116,60 +134,10 @@ def log_softmax(x):
 # (b) float reference straight from the GGUF (llama.cpp conventions)
 # ---------------------------------------------------------------------------------------------
 
-def reference_logits(gguf_path, ids):
-    import gguf
-    from gguf import GGUFReader
-    r = GGUFReader(gguf_path)
-    f = {k: v.contents() for k, v in r.fields.items() if k.startswith("llama.")}
-    T = {t.name: t for t in r.tensors}
-
-    def W(name):  # [N, K] float64, dequantized by gguf's reference code
-        t = T[name]
-        a = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
-        return np.asarray(a, dtype=np.float64).reshape(int(np.prod(t.shape[1:])), int(t.shape[0]))
-
-    n_head, n_kv = f["llama.attention.head_count"], f["llama.attention.head_count_kv"]
-    d = f["llama.embedding_length"]
-    hd = d // n_head
-    eps = f["llama.attention.layer_norm_rms_epsilon"]
-    theta = f["llama.rope.freq_base"]
-    S = len(ids)
-    emb = W("token_embd.weight")
-    h = emb[ids]
-    pos = np.arange(S, dtype=np.float64)
-    ang = np.outer(pos, theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd))  # [S, hd/2]
-    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
-
-    def rope_interleaved(x):  # x [S, H, hd]: llama.cpp NORM rope rotates adjacent pairs
-        x0, x1 = x[..., 0::2], x[..., 1::2]
-        y = np.empty_like(x)
-        y[..., 0::2] = x0 * cos - x1 * sin
-        y[..., 1::2] = x0 * sin + x1 * cos
-        return y
-
-    def rms(x, g):
-        return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * g
-
-    mask = np.triu(np.full((S, S), -np.inf), 1)
-    for i in range(f["llama.block_count"]):
-        p = f"blk.{i}"
-        x = rms(h, W(p + ".attn_norm.weight")[0])
-        q = rope_interleaved((x @ W(p + ".attn_q.weight").T).reshape(S, n_head, hd))
-        k = rope_interleaved((x @ W(p + ".attn_k.weight").T).reshape(S, n_kv, hd))
-        v = (x @ W(p + ".attn_v.weight").T).reshape(S, n_kv, hd)
-        rep = n_head // n_kv
-        k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
-        att = np.einsum("shd,thd->hst", q, k) / np.sqrt(hd) + mask
-        att = np.exp(att - att.max(-1, keepdims=True))
-        att /= att.sum(-1, keepdims=True)
-        o = np.einsum("hst,thd->shd", att, v).reshape(S, d)
-        h = h + o @ W(p + ".attn_output.weight").T
-        x = rms(h, W(p + ".ffn_norm.weight")[0])
-        gt, up = x @ W(p + ".ffn_gate.weight").T, x @ W(p + ".ffn_up.weight").T
-        h = h + (gt / (1 + np.exp(-gt)) * up) @ W(p + ".ffn_down.weight").T
-    x = rms(h, W("output_norm.weight")[0])
-    head = W("output.weight") if "output.weight" in T else emb
-    return x @ head.T
+def mean_kl(ref_logits, logits):
+    """mean over positions of KL(P_ref || P) in nats"""
+    lr, lp = log_softmax(ref_logits), log_softmax(logits)
+    return float((np.exp(lr) * (lr - lp)).sum(-1).mean())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,6 +206,8 @@ def main():
     res = {"model_dir": os.path.realpath(md), "model_name": gen["model_name"], "threads": a.threads}
     failures = []
 
+    lossy = gen.get("accuracy_level", 0) == 4
+    res["numerics"] = gen.get("numerics", "int8-activations" if lossy else "exact")
     dec = Decoder(md, a.threads)
     res["session_load_ms"] = round(dec.load_ms, 1)
     prompt = chat_prompt(gen, [{"role": "user", "content": QUESTION}])
@@ -252,10 +222,18 @@ def main():
     res["a_answer"] = answer
     res["a_answer_ids"] = out
     res["a_stopped_on"] = tok.id_to_token(out[-1]) if ended else None
-    ok_a = "Paris" in answer
+    if lossy:
+        # The exact answer sits on a 0.08-logit knife edge (see README): a lossy form, like
+        # llama.cpp on the same GGUF, answers "L'Étoile, la Marseillaise, ..." and may not end
+        # within 64 tokens. Only an empty answer fails here; the quality gate is (b).
+        ok_a = bool(answer.strip())
+        why = "empty answer"
+    else:
+        ok_a = "Paris" in answer
+        why = "answer does not contain 'Paris'"
     res["a_ok"] = ok_a
     if not ok_a:
-        failures.append("(a) answer does not contain 'Paris'")
+        failures.append(f"(a) {why}")
     print(f"(a) answer: {answer!r} (then {res['a_stopped_on']}) -> {'OK' if ok_a else 'FAIL'}", flush=True)
 
     # (b) quality vs float reference
@@ -281,7 +259,10 @@ def main():
                 break
     if gguf_path and os.path.exists(gguf_path):
         t = time.perf_counter()
-        ref = reference_logits(gguf_path, seq)
+        sys.path.insert(0, HERE)
+        from reference import FloatReference
+        reference = FloatReference(gguf_path)
+        ref = reference.logits(seq)
         lr = log_softmax(ref)
         nll_ref = -lr[tgt_pos, ans_ids].mean()
         res["b_ppl_reference"] = round(float(np.exp(nll_ref)), 4)
@@ -290,10 +271,22 @@ def main():
         res["b_max_abs_logit_diff"] = float(np.abs(ref - logits_onnx).max())
         first_r = np.sort(ref[len(p_ids) - 1])[::-1]
         res["b_first_token_margin_reference"] = round(float(first_r[0] - first_r[1]), 4)
-        ref_pas = reference_logits(gguf_path, pas_ids)
+        ref_pas = reference.logits(pas_ids)
         res["b_passage_ppl_reference"] = round(float(np.exp(-log_softmax(ref_pas)[np.arange(len(pas_ids) - 1), pas_ids[1:]].mean())), 4)
         res["b_passage_top1_agreement"] = round(float((ref_pas.argmax(-1) == logits_pas.argmax(-1)).mean()), 4)
         res["b_passage_max_abs_logit_diff"] = float(np.abs(ref_pas - logits_pas).max())
+        res["b_mean_kl"] = mean_kl(np.concatenate([ref, ref_pas]), np.concatenate([logits_onnx, logits_pas]))
+        if lossy:
+            bad = []
+            ratio = res["b_passage_ppl_onnx"] / res["b_passage_ppl_reference"]
+            if ratio > LOSSY_BOUNDS["passage_ppl_ratio"]:
+                bad.append(f"passage perplexity {ratio:.3f} x the reference")
+            if res["b_mean_kl"] > LOSSY_BOUNDS["mean_kl"]:
+                bad.append(f"mean KL {res['b_mean_kl']:.4f}")
+            if res["b_passage_top1_agreement"] < LOSSY_BOUNDS["top1"]:
+                bad.append(f"top-1 agreement {res['b_passage_top1_agreement']:.3f}")
+            if bad:
+                failures.append("(b) lossy form outside its quality bounds: " + ", ".join(bad))
         res["b_reference_s"] = round(time.perf_counter() - t, 1)
         print(f"(b) perplexity of {FIXED_ANSWER!r}+eos ({len(ans_ids)} tokens): onnx {res['b_ppl_onnx']:.4f}, "
               f"float reference {res['b_ppl_reference']:.4f}; top-1 agreement {res['b_top1_agreement'] * 100:.1f}% "
@@ -302,7 +295,8 @@ def main():
               f"{res['b_first_token_margin_reference']:.3f})", flush=True)
         print(f"    fixed passage ({len(pas_ids)} tokens): perplexity onnx {res['b_passage_ppl_onnx']:.4f}, reference "
               f"{res['b_passage_ppl_reference']:.4f}; top-1 agreement {res['b_passage_top1_agreement'] * 100:.1f}%; "
-              f"max |logit diff| {res['b_passage_max_abs_logit_diff']:.2e}", flush=True)
+              f"max |logit diff| {res['b_passage_max_abs_logit_diff']:.2e}; mean KL(reference || onnx) over both "
+              f"{res['b_mean_kl']:.4f} nats" + (f" (lossy bounds {LOSSY_BOUNDS})" if lossy else ""), flush=True)
     else:
         print(f"(b) perplexity of the fixed answer: onnx {res['b_ppl_onnx']:.4f}, fixed passage "
               f"{res['b_passage_ppl_onnx']:.4f} (no GGUF found: float reference skipped)")
@@ -318,20 +312,29 @@ def main():
     d2 = max(float(np.abs(chunk - full[20:25]).max()), float(np.abs(chunk_step - full[25:30]).max()))
     same_argmax = bool(step[-1].argmax() == full[-1].argmax()) and bool(
         (chunk.argmax(-1) == full[20:25].argmax(-1)).all())
-    ok_c = d1 < 2e-3 and d2 < 2e-3 and same_argmax
+    if lossy:
+        # int8 activations: the one-row kernel rounds differently from the many-row one, so a
+        # step differs from a recompute by kernel noise; a cache bug (wrong positions or K/V)
+        # would show as a distribution far away, which the KL bound catches.
+        kl_c = max(mean_kl(full[-1:], step[-1:]), mean_kl(full[20:30], np.concatenate([chunk, chunk_step])))
+        res["c_max_kl"] = kl_c
+        ok_c = kl_c <= LOSSY_BOUNDS["kv_kl"]
+    else:
+        ok_c = d1 < 2e-3 and d2 < 2e-3 and same_argmax
     res["c_step_vs_full_max_abs"] = d1
     res["c_chunks_vs_full_max_abs"] = d2
     res["c_ok"] = ok_c
     if not ok_c:
         failures.append("(c) KV-cache step differs from full recompute")
-    print(f"(c) KV cache: 1-token step vs full recompute max |diff| {d1:.2e}; 5-token chunks {d2:.2e} "
+    kl_txt = f"; max KL {res['c_max_kl']:.4f} (bound {LOSSY_BOUNDS['kv_kl']})" if lossy else ""
+    print(f"(c) KV cache: 1-token step vs full recompute max |diff| {d1:.2e}; 5-token chunks {d2:.2e}{kl_txt} "
           f"-> {'OK' if ok_c else 'FAIL'}", flush=True)
 
     # (d) timing
     pre = []
     for _ in range(5):
         t = time.perf_counter()
-        dec.run(p_ids, dec.empty_past())
+        dec.run(p_ids, dec.empty_past(), keep=1)
         pre.append(time.perf_counter() - t)
     _, _, steps = dec.greedy(p_ids, a.decode_tokens + 1, stop=())
     steps = np.array(steps[:a.decode_tokens]) * 1e3
@@ -351,8 +354,9 @@ def main():
     try:
         fr = format_checks(gen.get("accuracy_level", 0))
         res["e_formats"] = fr
-        bad = [k for k, v in fr.items() if v["decode_max_abs_err"] != 0.0 or v["matmul_rel_err"] > 1e-5]
-        if bad and gen.get("accuracy_level", 0) != 4:
+        tol = LOSSY_BOUNDS["matmul_rel_err"] if lossy else 1e-5
+        bad = [k for k, v in fr.items() if v["decode_max_abs_err"] != 0.0 or v["matmul_rel_err"] > tol]
+        if bad:
             failures.append(f"(e) formats {bad}")
         print("(e) formats: " + ", ".join(f"{k} ({v['onnx']}) decode err {v['decode_max_abs_err']:.0e}, "
                                           f"matmul rel err {v['matmul_rel_err']:.1e}" for k, v in fr.items())

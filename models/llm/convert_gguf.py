@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """convert_gguf.py - convert a llama-architecture GGUF file into an ONNX decoder.
 
-    python convert_gguf.py MODEL.gguf OUTDIR [--max-positions N] [--genai-config] [--accuracy-level N]
+    python convert_gguf.py MODEL.gguf OUTDIR [--exact | --accuracy-level N] [--max-positions N] [--genai-config]
 
 Writes into OUTDIR (created if needed, files replaced atomically):
   model.onnx        decoder with KV cache, HF export names:
                       input_ids i64 [B,S], attention_mask i64 [B,P+S], position_ids i64 [B,S],
-                      past_key_values.{i}.key/.value f32 [B,kv_heads,P,head_dim]
-                    -> logits f32 [B,S,vocab], present.{i}.key/.value f32 [B,kv_heads,P+S,head_dim]
+                      past_key_values.{i}.key/.value f32 [B,kv_heads,P,head_dim],
+                      optional num_logits_to_keep i64 scalar or [1] (default 0 = every position)
+                    -> logits f32 [B,K or S,vocab], present.{i}.key/.value f32 [B,kv_heads,P+S,head_dim]
                     (model.onnx.data next to it only if the weights exceed 2 GB)
   tokenizer.json    Hugging Face `tokenizers` file (byte-level BPE) built from the GGUF vocab/merges
   generation.json   bos/eos/stop ids, chat template (simple prefix/suffix form + raw jinja),
@@ -30,8 +31,9 @@ GGUF block formats with a per-block minimum (w = d*q + m: Q4_1, Q4_K, Q5_1, Q5_K
 point 0 plus the exact correction term blocksum(A) @ M^T (M = per-block minimums), computed as
 MatMul(x, E) with a 0/1 block-indicator E and one Gemm that adds it to the MatMulNBits output;
 the residual stream is kept 2-D [tokens, hidden] for that (GroupQueryAttention sees 3-D).
-Unpacked float zero points (zp = -m/d) would avoid the correction but hit the same slow
-dequantize-every-call path in onnxruntime 1.31.
+Float zero points (z = -m/d, --min-form float-zp) avoid the correction and are exact to ~1 ulp,
+but onnxruntime 1.31.1's CPU kernel dequantizes the whole matrix on every call for them, at
+accuracy level 0 and 4 alike (measured 30x slower per matmul or worse), so the correction stays.
 The token embedding is gathered with com.microsoft.GatherBlockQuantized when its format has no
 minimums (e.g. Q8_0), else from a float32 table; a missing output.weight means tied embeddings.
 
@@ -45,8 +47,10 @@ Tokenizer: only GGUF `tokenizer.ggml.model == "gpt2"` (byte-level BPE) is suppor
 pre-tokenizers smollm/starcoder-style (single digits + GPT-2 regex), gpt-2/default, and llama3
 (`--pre-tokenizer` overrides the choice). SentencePiece ("llama") vocabularies are refused.
 
---accuracy-level 4 lets MatMulNBits quantize activations to int8: about 2-3x faster prefill,
-but measurably lossy here (see models/llm/README.md); the default 0 keeps float32 activations.
+Numerics: by default (--accuracy-level 4) MatMulNBits quantizes activations to int8 per block of
+32, as llama.cpp's own Q4/Q8 dot products do: about 2x faster decode, lossy (perplexity and KL
+in models/llm/README.md, "Numerics"). --exact (accuracy level 0) keeps float32 activations:
+logits then match a float64 reference to ~1e-4. generation.json records the form ("numerics").
 
 The graph uses com.microsoft contrib ops (MatMulNBits, GroupQueryAttention with position_ids,
 SkipSimplifiedLayerNormalization, GatherBlockQuantized, QuickGelu): tested with onnxruntime
@@ -58,13 +62,15 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import sys
 import time
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+# (genai_files is also used through this module by benches/llm_peers.py)
+from gguf_meta import LOGITS_TO_KEEP, Meta, build_generation, build_tokenizer, genai_files  # noqa: F401
 
 try:
     import gguf
@@ -77,6 +83,27 @@ OPSET = 17
 IR_VERSION = 8
 MS = "com.microsoft"
 SUPPORTED_ARCHS = ("llama",)
+# int8 activations inside MatMulNBits (what llama.cpp's own Q4/Q8 dot products do): 2x faster
+# decode on x86 than float32 activations; lossy, see models/llm/README.md ("Numerics").
+DEFAULT_ACCURACY_LEVEL = 4
+
+
+def numerics_name(accuracy_level, min_form):
+    """The label generation.json records ("int8-activations" or "exact") for the chosen form."""
+    base = "int8-activations" if accuracy_level == 4 else "exact"
+    return base if min_form == "correction" else f"{base}+{min_form}"
+
+
+def keep_last_positions(g, x, shape_bsx, hidden):
+    """x [tokens, hidden] -> the last num_logits_to_keep positions of each sequence, 2-D again.
+    Slice starts at -K along the sequence axis: K = 0 (the default) starts at 0 and keeps every
+    position, K > seq is clamped to the whole sequence."""
+    k = g.node("Reshape", [LOGITS_TO_KEEP, g.const_i64([1])], name="logits_to_keep_1d")
+    start = g.node("Neg", [k], name="logits_start")
+    x3 = g.node("Reshape", [x, shape_bsx], name="final_norm_3d")
+    big = g.const_i64([np.iinfo(np.int64).max])
+    kept = g.node("Slice", [x3, start, big, g.const_i64([1])], name="keep_last_positions")
+    return g.node("Reshape", [kept, g.const_i64([-1, hidden])], name="kept_2d")
 
 # ---------------------------------------------------------------------------------------------
 # Weight representations
@@ -84,17 +111,19 @@ SUPPORTED_ARCHS = ("llama",)
 
 
 class QWeight:
-    """Block-quantized matrix: w[n, k] = (u[n, k] - zp) * scale[n, k // bs] + mins[n, k // bs].
+    """Block-quantized matrix: w[n, k] = (u[n, k] - z) * scale[n, k // bs] + mins[n, k // bs],
+    z = zps[n, k // bs] when per-block zero points are given, else the shared int zp.
 
-    u holds the unpacked integer codes (uint8, one per weight), bits is 4 or 8, zp is an int
-    shared by all blocks; mins is None when the format has no per-block minimum.
+    u holds the unpacked integer codes (uint8, one per weight), bits is 4 or 8; mins is None
+    when the format has no per-block minimum.
     """
 
-    def __init__(self, u, bits, bs, zp, scale, mins, src):
+    def __init__(self, u, bits, bs, zp, scale, mins, src, zps=None):
         self.u, self.bits, self.bs, self.zp = u, bits, bs, zp
         self.scale = scale.astype(np.float32)
         self.mins = None if mins is None else mins.astype(np.float32)
         self.src = src  # GGUF type name, for the summary
+        self.zps = zps
 
     @property
     def shape(self):
@@ -102,12 +131,19 @@ class QWeight:
 
     def rows(self, idx):
         return QWeight(self.u[idx], self.bits, self.bs, self.zp, self.scale[idx],
-                       None if self.mins is None else self.mins[idx], self.src)
+                       None if self.mins is None else self.mins[idx], self.src,
+                       None if self.zps is None else self.zps[idx])
+
+    def zero_points(self):
+        """[n, k // bs] float32 zero point of every block"""
+        if self.zps is not None:
+            return self.zps.astype(np.float32)
+        return np.full(self.scale.shape, self.zp, np.float32)
 
     def dequantize(self):
         n, k = self.u.shape
         nb = k // self.bs
-        q = (self.u.astype(np.float32) - np.float32(self.zp)).reshape(n, nb, self.bs)
+        q = (self.u.astype(np.float32).reshape(n, nb, self.bs) - self.zero_points()[:, :, None])
         w = q * self.scale[:, :, None]
         if self.mins is not None:
             w = w + self.mins[:, :, None]
@@ -130,6 +166,23 @@ class DWeight:
 
     def dequantize(self):
         return self.w
+
+
+def centre_minimums(u, d, m, src):
+    """w = d*q + m (q in 0..15) rewritten as d*(q - z) + r with the integer zero point per block
+    z = round(-m/d) in 0..15 and the residual minimum r = m + z*d (|r| <= d/2 when z is not
+    clipped). Same weights, exactly (d*z is exact in float32, the sum is exact unless the
+    exponents are far apart: then r is rounded to float32), and the MatMulNBits part carries a
+    centred weight. That matters with int8 activations: their rounding error multiplies the
+    MatMulNBits weight only (the correction uses float activations), and d*q alone, all of one
+    sign, is several times larger than the weight it helps to form; centred, the error is about
+    that of llama.cpp, whose Q8_1 block sums put the minimums on the rounded activations too.
+    (Measured on SmolLM2-135M Q4_1: mean KL to the float reference 0.043 -> see README.)"""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(d != 0, np.rint(-m / d), 0)
+    z = np.clip(z, 0, 15).astype(np.uint8)
+    r = m.astype(np.float32) + z.astype(np.float32) * d.astype(np.float32)
+    return QWeight(u, 4, 32, 0, d, r, src, zps=z)
 
 
 def _f16(b):
@@ -175,7 +228,7 @@ def decode_blocks(qtype, raw, n, k):
         lo = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # [n, nb, 32]: elements 0..15, 16..31
         if not five:
             if has_min:  # Q4_1: w = d*q + m
-                return QWeight(lo.reshape(n, k), 4, 32, 0, d, m, name)
+                return centre_minimums(lo.reshape(n, k), d, m, name)
             return QWeight(lo.reshape(n, k), 4, 32, 8, d, None, name)  # Q4_0: w = d*(q-8)
         hi = ((qh[..., None] >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)
         q5 = lo | (hi << 4)  # 0..31
@@ -194,7 +247,7 @@ def decode_blocks(qtype, raw, n, k):
         if qtype == QT.Q4_K:
             qs = b[:, 16:144].reshape(-1, 4, 1, 32)
             q = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(-1, 256)
-            return QWeight(q.reshape(n, k), 4, 32, 0, scale.reshape(n, -1), mins.reshape(n, -1), name)
+            return centre_minimums(q.reshape(n, k), scale.reshape(n, -1), mins.reshape(n, -1), name)
         qh = b[:, 16:48].reshape(-1, 1, 32)
         qs = b[:, 48:176].reshape(-1, 4, 1, 32)
         ql = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(-1, 8, 32)
@@ -253,37 +306,15 @@ def unpermute_rope_rows(w, n_head):
 
 
 # ---------------------------------------------------------------------------------------------
-# GGUF metadata
-# ---------------------------------------------------------------------------------------------
-
-
-class Meta:
-    def __init__(self, reader):
-        self.fields = {}
-        for key, f in reader.fields.items():
-            try:
-                self.fields[key] = f.contents()
-            except Exception:  # noqa: BLE001 - skip fields gguf cannot decode
-                pass
-
-    def get(self, key, default=None):
-        return self.fields.get(key, default)
-
-    def req(self, key):
-        if key not in self.fields:
-            sys.exit(f"convert_gguf.py: GGUF lacks required metadata '{key}'")
-        return self.fields[key]
-
-
-# ---------------------------------------------------------------------------------------------
 # ONNX graph construction
 # ---------------------------------------------------------------------------------------------
 
 
 class Graph:
-    def __init__(self, accuracy_level):
+    def __init__(self, accuracy_level, min_form="correction"):
         self.nodes, self.inits = [], []
         self.acc = accuracy_level
+        self.min_form = min_form
         self._n = 0
         self._consts = {}
         self.counts = {}
@@ -347,6 +378,8 @@ class Graph:
         mins, bs = w.mins, w.bs
         if isinstance(w, DWeight):
             return self.node("MatMul", [x, self.init(f"{name}.weight_t", w.w.T)], name=name)
+        if mins is not None and self.min_form == "float-zp":
+            return self._linear_float_zp(x, w, name)
         nb = k // w.bs
         a, kk = x, k
         if w.bits == 8 and self.acc != 4:
@@ -358,8 +391,7 @@ class Graph:
             q4 = np.concatenate([u >> 4, u & 0x0F], axis=1).reshape(n, 2 * k)
             scale = np.concatenate([w.scale * np.float32(16), w.scale], axis=1)
             zps = np.concatenate([np.full((n, nb), 8, np.uint8), np.zeros((n, nb), np.uint8)], axis=1)
-            w4 = QWeight(q4, 4, w.bs, None, scale, None, w.src)
-            w4.zps = zps
+            w4 = QWeight(q4, 4, w.bs, None, scale, None, w.src, zps)
             a = self.concat_self(x)
             w, kk = w4, 2 * k
         nbq = kk // w.bs
@@ -370,7 +402,7 @@ class Graph:
             packed = w.u.reshape(n, nbq, w.bs).astype(np.uint8)
         ins = [a, self.init(f"{name}.qweight", packed), self.init(f"{name}.scales", w.scale)]
         default_zp = 1 << (w.bits - 1)
-        zps = getattr(w, "zps", None)
+        zps = w.zps
         if zps is None and w.zp != default_zp:
             zps = np.full((n, nbq), w.zp, np.uint8)
         if zps is not None:
@@ -388,6 +420,23 @@ class Graph:
         bsum = self.node("MatMul", [x, self.block_indicator(k, bs)], name=name + "_blocksum")
         return self.node("Gemm", [bsum, self.init(f"{name}.mins_t", mins.T), y], name=name, alpha=1.0, beta=1.0)
 
+    def _linear_float_zp(self, x, w, name):
+        """w = d*q + m as one MatMulNBits with float zero points z = -m/d: (q - z)*d. Exact to
+        ~1 ulp, no extra nodes, but onnxruntime 1.31.1's CPU kernel dequantizes the whole matrix
+        on every call for float zero points (at any accuracy level): 30x slower per matmul or worse.
+        Kept so the form can be re-measured on newer runtimes (--min-form float-zp)."""
+        n, k = w.shape
+        if (w.scale == 0).any():
+            sys.exit(f"convert_gguf.py: {name}: a block with scale 0 cannot use float zero points")
+        # (u - z)*d + r = (u - (z - r/d))*d; 8-bit codes carry their +128 offset in z
+        zp = (w.zero_points() - w.mins / w.scale).astype(np.float32)
+        u = w.u.reshape(n, k // w.bs, w.bs // 2, 2) if w.bits == 4 else w.u.reshape(n, k // w.bs, w.bs)
+        packed = (u[..., 0] | (u[..., 1] << 4)).astype(np.uint8) if w.bits == 4 else u.astype(np.uint8)
+        ins = [x, self.init(f"{name}.qweight", packed), self.init(f"{name}.scales", w.scale),
+               self.init(f"{name}.fzeros", zp)]
+        return self.node("MatMulNBits", ins, name=name, domain=MS, K=k, N=n, bits=w.bits,
+                         block_size=w.bs, accuracy_level=self.acc)
+
     def block_indicator(self, k, bs):
         key = ("E", k, bs)
         if key not in self._consts:
@@ -399,7 +448,7 @@ class Graph:
 def _fusable(a, b):
     if isinstance(a, DWeight) or isinstance(b, DWeight):
         return isinstance(a, DWeight) and isinstance(b, DWeight) and a.shape[1] == b.shape[1]
-    return (a.bits, a.bs, a.zp, a.shape[1]) == (b.bits, b.bs, b.zp, b.shape[1])
+    return ((a.bits, a.bs, a.zp, a.shape[1], a.zps is None) == (b.bits, b.bs, b.zp, b.shape[1], b.zps is None))
 
 
 def _concat_rows(ws):
@@ -411,203 +460,9 @@ def _concat_rows(ws):
     if any(w.mins is not None for w in ws):
         mins = np.concatenate([w.mins if w.mins is not None else np.zeros_like(w.scale) for w in ws])
     a = ws[0]
+    zps = None if a.zps is None else np.concatenate([w.zps for w in ws])  # _fusable: all or none
     return QWeight(np.concatenate([w.u for w in ws]), a.bits, a.bs, a.zp,
-                   np.concatenate([w.scale for w in ws]), mins, "+".join(sorted({w.src for w in ws})))
-
-
-# ---------------------------------------------------------------------------------------------
-# Tokenizer
-# ---------------------------------------------------------------------------------------------
-
-LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-# llama.cpp's pre-tokenizer names (tokenizer.ggml.pre) -> our three families
-PRE_FAMILIES = {
-    "digits+gpt2": {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"},
-    "gpt2": {"gpt-2", "default", "gpt2"},
-    "llama3": {"llama3", "llama-bpe", "llama-v3", "smaug-bpe"},
-}
-
-
-def build_tokenizer(meta, pre_override):
-    model = meta.get("tokenizer.ggml.model")
-    if model != "gpt2":
-        sys.exit(f"convert_gguf.py: tokenizer.ggml.model = {model!r}: only byte-level BPE ('gpt2') "
-                 "vocabularies are supported (SentencePiece 'llama' vocabularies are not)")
-    tokens = meta.req("tokenizer.ggml.tokens")
-    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    merges = meta.req("tokenizer.ggml.merges")
-    pre = meta.get("tokenizer.ggml.pre", "default")
-    if pre_override and pre_override != "auto":
-        family = pre_override
-    else:
-        family = next((f for f, names in PRE_FAMILIES.items() if pre in names), None)
-        if family is None:
-            sys.exit(f"convert_gguf.py: unknown pre-tokenizer tokenizer.ggml.pre = {pre!r}; pass "
-                     "--pre-tokenizer digits+gpt2|gpt2|llama3 if you know which one it is")
-    if family == "digits+gpt2":
-        pre_tok = {"type": "Sequence", "pretokenizers": [
-            {"type": "Digits", "individual_digits": True},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]}
-    elif family == "gpt2":
-        pre_tok = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    else:
-        pre_tok = {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
-
-    added = []
-    for i, (tok, ty) in enumerate(zip(tokens, types)):
-        if ty in (3, 4):  # CONTROL, USER_DEFINED
-            added.append({"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
-                          "normalized": False, "special": ty == 3})
-    pairs = [m.split(" ", 1) for m in merges]
-    if any(len(p) != 2 for p in pairs):
-        sys.exit("convert_gguf.py: malformed merges in the GGUF")
-    merges_out = merges if all(" " not in a and " " not in b for a, b in pairs) else pairs
-    unk_id = meta.get("tokenizer.ggml.unknown_token_id")
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
-    bos_id = meta.get("tokenizer.ggml.bos_token_id")
-    if add_bos and bos_id is not None:
-        bos = tokens[bos_id]
-        post = {"type": "TemplateProcessing",
-                "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-                "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                         {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
-                "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}}}
-    else:
-        post = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True}
-    tok_json = {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": added,
-        "normalizer": None,
-        "pre_tokenizer": pre_tok,
-        "post_processor": post,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-        "model": {
-            "type": "BPE", "dropout": None,
-            "unk_token": tokens[unk_id] if unk_id is not None and family != "llama3" else None,
-            "continuing_subword_prefix": None, "end_of_word_suffix": None,
-            "fuse_unk": False, "byte_fallback": False, "ignore_merges": family == "llama3",
-            "vocab": {t: i for i, t in enumerate(tokens)},
-            "merges": merges_out,
-        },
-    }
-    return tok_json, family, pre
-
-
-# ---------------------------------------------------------------------------------------------
-# Generation config / chat template
-# ---------------------------------------------------------------------------------------------
-
-EOG_TEXTS = {"<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>",
-             "<|end_of_text|>", "<EOT>", "</s>"}
-
-
-def simple_chat_template(tmpl, tokens, bos_text, add_bos):
-    """Recognise the common template families and express them as prefixes/suffixes."""
-    if not tmpl:
-        return None
-    if "<|im_start|>" in tmpl:
-        m = re.search(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", tmpl, re.S)
-        default_system = m.group(1) if m and "messages[0]['role'] != 'system'" in tmpl.replace('"', "'") else None
-        return {
-            "format": "chatml",
-            "bos": bos_text if add_bos else "",
-            "default_system": default_system,
-            "system_prefix": "<|im_start|>system\n", "system_suffix": "<|im_end|>\n",
-            "user_prefix": "<|im_start|>user\n", "user_suffix": "<|im_end|>\n",
-            "assistant_prefix": "<|im_start|>assistant\n", "assistant_suffix": "<|im_end|>\n",
-            "generation_prompt": "<|im_start|>assistant\n",
-        }
-    if "<|start_header_id|>" in tmpl:
-        h = "<|start_header_id|>{}<|end_header_id|>\n\n"
-        return {
-            "format": "llama3",
-            "bos": bos_text if add_bos else "",
-            "default_system": None,
-            "system_prefix": h.format("system"), "system_suffix": "<|eot_id|>",
-            "user_prefix": h.format("user"), "user_suffix": "<|eot_id|>",
-            "assistant_prefix": h.format("assistant"), "assistant_suffix": "<|eot_id|>",
-            "generation_prompt": h.format("assistant"),
-        }
-    return None
-
-
-def build_generation(meta, tokens, dims, model_name, gguf_name, gguf_sha):
-    eos = meta.get("tokenizer.ggml.eos_token_id")
-    bos = meta.get("tokenizer.ggml.bos_token_id")
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
-    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    stop = set()
-    for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
-        if meta.get(key) is not None:
-            stop.add(int(meta.get(key)))
-    stop |= {i for i, (t, ty) in enumerate(zip(tokens, types)) if ty == 3 and t in EOG_TEXTS}
-    tmpl = meta.get("tokenizer.chat_template")
-    bos_text = tokens[bos] if bos is not None else ""
-    return {
-        "model_name": model_name,
-        "architecture": "llama",
-        "bos_token_id": bos,
-        "add_bos_token": add_bos,
-        "eos_token_id": eos,
-        "stop_token_ids": sorted(stop),
-        "pad_token_id": meta.get("tokenizer.ggml.padding_token_id"),
-        "unk_token_id": meta.get("tokenizer.ggml.unknown_token_id"),
-        "chat_template": simple_chat_template(tmpl, tokens, bos_text, add_bos),
-        "chat_template_jinja": tmpl,
-        **dims,
-        "onnx": {
-            "file": "model.onnx",
-            "inputs": ["input_ids", "attention_mask", "position_ids",
-                       "past_key_values.{i}.key", "past_key_values.{i}.value"],
-            "outputs": ["logits", "present.{i}.key", "present.{i}.value"],
-            "kv_layout": "[batch, num_key_value_heads, seq, head_dim] float32",
-        },
-        "source": {"gguf_file": gguf_name, "gguf_sha256": gguf_sha, "converter": "models/llm/convert_gguf.py"},
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# main conversion
-# ---------------------------------------------------------------------------------------------
-
-
-def genai_files(gen, threads=2):
-    """genai_config.json + tokenizer_config.json for onnxruntime-genai (tested with 0.18.0)."""
-    cfg = {
-        "model": {
-            "bos_token_id": gen["bos_token_id"],
-            "context_length": gen["context_length"],
-            "decoder": {
-                "session_options": {"log_id": "onnxruntime-genai", "intra_op_num_threads": threads,
-                                    "provider_options": []},
-                "filename": "model.onnx",
-                "head_size": gen["head_dim"],
-                "hidden_size": gen["hidden_size"],
-                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
-                           "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
-                           "past_value_names": "past_key_values.%d.value"},
-                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
-                            "present_value_names": "present.%d.value"},
-                "num_attention_heads": gen["num_attention_heads"],
-                "num_hidden_layers": gen["num_layers"],
-                "num_key_value_heads": gen["num_key_value_heads"],
-            },
-            "eos_token_id": gen["stop_token_ids"],
-            "pad_token_id": gen["pad_token_id"] if gen["pad_token_id"] is not None else gen["eos_token_id"],
-            "type": "llama",
-            "vocab_size": gen["vocab_size"],
-        },
-        "search": {"do_sample": False, "max_length": gen["context_length"], "min_length": 0, "num_beams": 1,
-                   "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
-                   "temperature": 1.0, "top_k": 1, "top_p": 1.0, "early_stopping": True, "length_penalty": 1.0,
-                   "no_repeat_ngram_size": 0, "diversity_penalty": 0.0},
-    }
-    return cfg
+                   np.concatenate([w.scale for w in ws]), mins, "+".join(sorted({w.src for w in ws})), zps)
 
 
 def sha256_file(path):
@@ -618,8 +473,8 @@ def sha256_file(path):
     return h.hexdigest()
 
 
-def convert(gguf_path, outdir, accuracy_level=0, max_positions=None, pre_override="auto", quiet=False,
-            genai=False):
+def convert(gguf_path, outdir, accuracy_level=DEFAULT_ACCURACY_LEVEL, max_positions=None, pre_override="auto",
+            quiet=False, genai=False, min_form="correction"):
     t0 = time.time()
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     reader = GGUFReader(gguf_path)
@@ -660,7 +515,7 @@ def convert(gguf_path, outdir, accuracy_level=0, max_positions=None, pre_overrid
             sys.exit(f"convert_gguf.py: tensor {name!r} missing from the GGUF")
         return tensors[name]
 
-    g = Graph(accuracy_level)
+    g = Graph(accuracy_level, min_form)
     types_seen = {}
 
     def note(w, what):
@@ -671,8 +526,12 @@ def convert(gguf_path, outdir, accuracy_level=0, max_positions=None, pre_overrid
     B, S, P, TS = "batch_size", "sequence_length", "past_sequence_length", "total_sequence_length"
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [B, S]),
               helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [B, TS]),
-              helper.make_tensor_value_info("position_ids", TensorProto.INT64, [B, S])]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [B, S, vocab])]
+              helper.make_tensor_value_info("position_ids", TensorProto.INT64, [B, S]),
+              # optional (an initializer of the same name is its default, 0 = every position):
+              # scalar or [1], the LM head then runs only on the last K positions
+              helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, None)]
+    g.init(LOGITS_TO_KEEP, np.array(0, np.int64))
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [B, "logits_length", vocab])]
     for i in range(n_layer):
         for kv in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kv}", TensorProto.FLOAT,
@@ -701,7 +560,6 @@ def convert(gguf_path, outdir, accuracy_level=0, max_positions=None, pre_overrid
     h = g.node("Reshape", [h, g.const_i64([-1, n_embd])], name="embed_2d")
     ids_shape = g.node("Shape", ["input_ids"], name="ids_shape")
     shape_bsx = g.node("Concat", [ids_shape, g.const_i64([-1])], name="shape_bs_x", axis=0)
-    shape_bsv = g.node("Concat", [ids_shape, g.const_i64([vocab])], name="shape_bs_vocab", axis=0)
 
     # ---- attention helpers shared by all layers
     mask_sum = g.node("ReduceSum", ["attention_mask", g.const_i64([1])], name="mask_sum", keepdims=0)
@@ -764,6 +622,7 @@ def convert(gguf_path, outdir, accuracy_level=0, max_positions=None, pre_overrid
     out_norm = g.init("output_norm", load_vector(T("output_norm.weight")))
     xf, _, _, _ = g.node("SkipSimplifiedLayerNormalization", [prev, resid, out_norm],
                          ["final_norm_out", "", "", ""], name="output_norm", domain=MS, epsilon=eps)
+    xf = keep_last_positions(g, xf, shape_bsx, n_embd)
     if "output.weight" in tensors:
         head = note(load_matrix(tensors["output.weight"]), "output")
         tied = False
@@ -771,7 +630,9 @@ def convert(gguf_path, outdir, accuracy_level=0, max_positions=None, pre_overrid
         head = emb
         tied = True
     (logits,) = g.linear(xf, [head], "lm_head")
-    g.node("Reshape", [logits, shape_bsv], ["logits"], name="logits")
+    batch = g.node("Gather", [ids_shape, g.const_i64([0])], name="batch_dim", axis=0)
+    shape_bkv = g.node("Concat", [batch, g.const_i64([-1, vocab])], name="shape_b_k_vocab", axis=0)
+    g.node("Reshape", [logits, shape_bkv], ["logits"], name="logits")
 
     graph = helper.make_graph(g.nodes, "llama_decoder", inputs, outputs, g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
@@ -789,6 +650,7 @@ def convert(gguf_path, outdir, accuracy_level=0, max_positions=None, pre_overrid
     gen["tokenizer"] = {"file": "tokenizer.json", "gguf_pre": pre, "pre_tokenizer": family}
     gen["weights"] = {k: len(v) for k, v in sorted(types_seen.items())}
     gen["accuracy_level"] = accuracy_level
+    gen["numerics"] = numerics_name(accuracy_level, min_form)
 
     os.makedirs(outdir, exist_ok=True)
     size = sum(len(t.raw_data) for t in g.inits)
@@ -839,9 +701,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="Convert a llama-architecture GGUF into ONNX (+ tokenizer.json, generation.json)")
     ap.add_argument("gguf", help="input .gguf file")
     ap.add_argument("outdir", help="output directory")
-    ap.add_argument("--accuracy-level", type=int, default=0, choices=[0, 1, 4],
-                    help="MatMulNBits accuracy_level: 0/1 = float32 activations (exact, default), "
-                         "4 = int8 activations (faster on some CPUs, like llama.cpp's own Q8 activations)")
+    ap.add_argument("--accuracy-level", type=int, default=DEFAULT_ACCURACY_LEVEL, choices=[0, 1, 4],
+                    help="MatMulNBits accuracy_level: 4 = int8 activations (default; lossy like llama.cpp's "
+                         "own Q8 activations, ~2x faster decode), 0/1 = float32 activations (exact)")
+    ap.add_argument("--exact", action="store_const", const=0, dest="accuracy_level",
+                    help="same as --accuracy-level 0: float32 activations, logits match a float reference")
+    ap.add_argument("--min-form", default="correction", choices=["correction", "float-zp"],
+                    help="Q4_1/Q4_K/Q5_1/Q5_K block minimums: exact correction subgraph (default) or float "
+                         "zero points in MatMulNBits (no extra nodes, but 30x slower or worse in onnxruntime 1.31.1)")
     ap.add_argument("--max-positions", type=int, default=None,
                     help="rotary cache length (default: the GGUF context length)")
     ap.add_argument("--pre-tokenizer", default="auto", choices=["auto", "digits+gpt2", "gpt2", "llama3"],
@@ -850,7 +717,8 @@ def main(argv=None):
                     help="also write genai_config.json and tokenizer_config.json for onnxruntime-genai")
     ap.add_argument("-q", "--quiet", action="store_true")
     a = ap.parse_args(argv)
-    convert(a.gguf, a.outdir, a.accuracy_level, a.max_positions, a.pre_tokenizer, a.quiet, a.genai_config)
+    convert(a.gguf, a.outdir, a.accuracy_level, a.max_positions, a.pre_tokenizer, a.quiet, a.genai_config,
+            a.min_form)
 
 
 if __name__ == "__main__":

@@ -248,6 +248,9 @@ pub struct PipelineConfig {
     pub late: Late,
     /// What happens to float inputs holding NaN or infinity.
     pub non_finite: NonFinite,
+    /// Most elements of one input tensor (`limits.max_elements` unless the
+    /// pipeline sets its own, lower or higher).
+    pub max_elements: usize,
 }
 
 /// Longest a worker may hold a job while it waits for a batch to fill.
@@ -325,7 +328,7 @@ impl Config {
         };
         let workers = workers::workers(&raw, &level_index, levels.len())?;
         let (pipelines, generators) =
-            pipelines(raw.pipeline, base, &level_index, &levels, &workers)?;
+            pipelines(raw.pipeline, &limits, base, &level_index, &levels, &workers)?;
         Ok(Config {
             zenoh,
             runtime,
@@ -353,6 +356,7 @@ fn raw_levels(raw: &RawConfig) -> Vec<RawLevel> {
 /// and for generation pipelines the levels a command may lower itself to.
 fn pipelines(
     raw: Vec<RawPipeline>,
+    limits: &Limits,
     base: &Path,
     level_index: common::LevelIndex,
     levels: &[String],
@@ -368,7 +372,7 @@ fn pipelines(
     for p in raw {
         let (name, level) = match p {
             RawPipeline::Tensor(t) => {
-                let pc = tensor::tensor_config(*t, base, level_index, levels)?;
+                let pc = tensor::tensor_config(*t, base, level_index, levels, limits)?;
                 let nl = (pc.name.clone(), pc.level);
                 pipelines.push(pc);
                 nl

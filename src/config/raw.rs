@@ -227,6 +227,7 @@ pub struct RawTensorPipeline {
     pub late: Late,
     #[serde(default)]
     pub non_finite: NonFinite,
+    pub max_elements: Option<usize>,
 }
 
 #[derive(Deserialize, Debug)]

@@ -15,6 +15,7 @@ pub(super) fn tensor_config(
     base: &Path,
     level_index: LevelIndex,
     levels: &[String],
+    limits: &Limits,
 ) -> Result<PipelineConfig, ConfigError> {
     let at = At(&p.name);
     let c = common(
@@ -80,6 +81,7 @@ pub(super) fn tensor_config(
         batch,
         late: p.late,
         non_finite: p.non_finite,
+        max_elements: positive(&at.key("max_elements"), p.max_elements, limits.max_elements)?,
     })
 }
 

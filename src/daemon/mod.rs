@@ -71,9 +71,11 @@ async fn open_session(config: &Config) -> Result<zenoh::Session, StartError> {
     let zc = zconf::zenoh_config(&config.zenoh)
         .and_then(|zc| zconf::bound_rx(zc, &config.limits))
         .map_err(StartError::Zenoh)?;
-    zenoh::open(zc)
+    let session = zenoh::open(zc.clone())
         .await
-        .map_err(|e| StartError::Zenoh(e.to_string()))
+        .map_err(|e| StartError::Zenoh(crate::logging::strip_source_locations(&e.to_string())))?;
+    crate::logging::log_zenoh_session(&session, &zc).await;
+    Ok(session)
 }
 
 impl Daemon {
@@ -206,6 +208,18 @@ impl Daemon {
     /// `max_run` (the watchdog's health check).
     pub fn stuck_worker(&self, max_run: Duration) -> Option<crate::obs::health::Stuck> {
         self.ctx.progress.stuck(max_run)
+    }
+
+    /// The first worker whose thread died (a panic outside its per-job
+    /// guard), if any: the daemon can no longer serve its levels.
+    pub fn dead_worker(&self) -> Option<usize> {
+        self.ctx.progress.dead()
+    }
+
+    /// Logs one summary line per pipeline and error code whose failures
+    /// were rate-limited since the last summary.
+    pub fn flush_logs(&self) {
+        self.ctx.flush_logs();
     }
 
     /// Graceful teardown in the documented order.

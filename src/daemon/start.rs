@@ -117,6 +117,7 @@ pub(super) fn tensor_pipes(
             stats: PipelineStats::new(config.metrics.histograms),
             batch_stats: p.batch.as_ref().map(|b| BatchStats::new(b.max_batch)),
             fixed_meta: fixed,
+            log: crate::obs::ratelimit::LogLimiter::new(&p.name),
             cfg: p.clone(),
             spec,
             model_name,
@@ -172,8 +173,12 @@ fn gen_pipe(
             max_tokens: g.max_tokens,
             default_max_tokens: g.default_max_tokens,
             max_prompt_chars: g.max_prompt_chars,
+            max_messages: g.max_messages,
             default_deadline: g.deadline,
         },
+        max_prompt_tokens: g
+            .max_prompt_tokens
+            .unwrap_or_else(|| llm.default_max_prompt_tokens(g.max_tokens)),
         registry: Registry::new(g.max_generations, g.max_unsent),
         decode: (0..=top)
             .map(|l| {
@@ -183,6 +188,7 @@ fn gen_pipe(
             .collect(),
         decode_stats: DecodeStats::new(g.max_batch),
         stats: PipelineStats::new(config.metrics.histograms),
+        log: crate::obs::ratelimit::LogLimiter::new(&g.name),
         cfg: g.clone(),
         llm,
         provider,

@@ -4,11 +4,15 @@
 //! [`spec`] binds a pipeline's config to its model's ports; [`run`] is the
 //! one run path for one request or a batch (constants, carried state and
 //! context); [`batch`] finds a model's batch axes; [`state`] is what a stream
-//! carries between frames. Pre- and post-processing stages plug in here.
-//! Nothing here touches zenoh or the scheduler.
+//! carries between frames. Around a run, [`pre`] turns a camera frame into the
+//! model's input tensor on the worker thread and [`post`] turns a model's
+//! outputs into answers (detections, classes, speech events). Nothing here
+//! touches zenoh or the scheduler.
 
 pub mod batch;
 pub mod engine;
+pub mod post;
+pub mod pre;
 pub mod run;
 pub mod runtime;
 pub mod spec;

@@ -7,7 +7,8 @@
 //! gathered along its batch axis and split back. Outputs are read in place by
 //! the caller ([`Ran::outputs`]) and encoded straight into replies.
 
-use ort::session::{SessionInputValue, SessionOutputs};
+use ort::logging::LogLevel;
+use ort::session::{RunOptions, SessionInputValue, SessionOutputs};
 use ort::value::DynValue;
 
 use super::engine::{self, Model};
@@ -18,10 +19,31 @@ use crate::tensor::Tensor;
 use crate::wire::reply::OutTensor;
 
 /// A worker's session for one tensor pipeline, with its constants built
-/// once as runtime values.
+/// once as runtime values and its run options.
 pub struct Runner {
     pub model: Model,
     constants: Vec<DynValue>,
+    /// Runs log nothing inside ONNX Runtime: a failed run is reported (and
+    /// rate-limited) by the worker, once, not by ORT's logger per frame.
+    quiet: RunOptions,
+    /// The same, and the CPU arena gives memory back after the run, if the
+    /// session has an arena that can shrink (probed at warm-up).
+    shrink: Option<RunOptions>,
+    /// Input bytes of the warm-up run; runs with inputs over twice that
+    /// give their memory back, so one large frame does not keep the arena
+    /// (and RSS) at its size.
+    usual_bytes: usize,
+}
+
+fn run_options(shrink: bool) -> Result<RunOptions, String> {
+    let mut o = RunOptions::new().map_err(|e| e.to_string())?;
+    o.set_log_level(LogLevel::Fatal)
+        .map_err(|e| e.to_string())?;
+    if shrink {
+        o.set("memory.enable_memory_arena_shrinkage", "cpu:0")
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(o)
 }
 
 impl Runner {
@@ -31,7 +53,25 @@ impl Runner {
             .values()
             .map(|c| engine::new_value(c.dtype, &c.shape, |b| b.copy_from_slice(&c.bytes)))
             .collect::<Result<_, _>>()?;
-        Ok(Runner { model, constants })
+        Ok(Runner {
+            model,
+            constants,
+            quiet: run_options(false)?,
+            shrink: Some(run_options(true)?),
+            usual_bytes: usize::MAX / 4,
+        })
+    }
+
+    /// Turns arena shrinking off (the session's allocator is not an arena
+    /// that can shrink; large runs then only trim the C heap).
+    pub fn no_shrink(&mut self) {
+        self.shrink = None;
+    }
+
+    /// Sets the input size runs are compared with to decide whether the
+    /// arena shrinks afterwards (the warm-up input's).
+    pub fn set_usual_bytes(&mut self, bytes: usize) {
+        self.usual_bytes = bytes.max(1);
     }
 }
 
@@ -187,6 +227,17 @@ pub fn run<'s>(runner: &'s mut Runner, spec: &Spec, items: &mut [Item]) -> Resul
         )
     };
     let mut tails = Tails::new();
+    // Per request: a full batch of usual frames is not a large input.
+    let largest = items
+        .iter()
+        .map(|it| it.tensors.iter().map(|t| t.data.len()).sum::<usize>())
+        .max()
+        .unwrap_or(0);
+    let large = largest > 2 * runner.usual_bytes;
+    let opts = match (&runner.shrink, large) {
+        (Some(shrink), true) => shrink,
+        _ => &runner.quiet,
+    };
     let outputs = {
         let mut inputs: Vec<SessionInputValue> = Vec::with_capacity(spec.feeds.len());
         for feed in &spec.feeds {
@@ -212,9 +263,17 @@ pub fn run<'s>(runner: &'s mut Runner, spec: &Spec, items: &mut [Item]) -> Resul
         runner
             .model
             .session
-            .run(&inputs[..])
+            .run_with_options(&inputs[..], opts)
             .map_err(|e| e.to_string())?
     };
+    if large {
+        // Freed buffers of a large run go back to the OS instead of
+        // staying in the process heap (RSS) until the next large frame.
+        // SAFETY: plain call into glibc, no pointers.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
     let mut ran = Ran {
         outputs,
         rows: counts,

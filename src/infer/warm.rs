@@ -69,5 +69,34 @@ pub fn load_and_warm(
             break;
         }
     }
+    probe_shrink(&mut runner, &spec, p, &inputs)?;
+    runner.set_usual_bytes(inputs.iter().map(|t| t.data.len()).sum());
     Ok(Loaded { runner, spec })
+}
+
+/// One warm-up run as a "large" run: if the session's CPU allocator cannot
+/// shrink (ORT refuses the run option when it is no arena), large runs only
+/// trim the C heap.
+fn probe_shrink(
+    runner: &mut Runner,
+    spec: &Spec,
+    p: &PipelineConfig,
+    inputs: &[crate::tensor::Tensor],
+) -> Result<(), EngineError> {
+    runner.set_usual_bytes(0);
+    let mut state = p
+        .is_stateful()
+        .then(|| StreamState::new(spec, p.context.len(), Instant::now()))
+        .transpose()
+        .map_err(|e| warm_err(p, e))?;
+    let mut items = [Item {
+        tensors: inputs,
+        state: state.as_mut(),
+    }];
+    let failed = run::run(runner, spec, &mut items).err();
+    if let Some(e) = failed {
+        tracing::debug!(pipeline = %p.name, reason = %e, "arena shrinking unavailable; large runs trim the heap only");
+        runner.no_shrink();
+    }
+    Ok(())
 }

@@ -93,11 +93,19 @@ fn accept(
     let cmd = command::parse(bytes, &gp.limits).map_err(|r| (r, command::salvage_id(bytes)))?;
     let level = level(ctx, gi, &cmd)?;
     let id = cmd.id.clone();
+    // Tokenized here, bounded in tokens after the chat template, so an
+    // over-long prompt is refused before any worker spends a prefill on it.
+    let prompt = gp
+        .llm
+        .prompt_ids(&cmd.messages, gp.max_prompt_tokens)
+        .map_err(|r| (r, Some(id.clone())))?;
     let (route, cancel) = gp
         .registry
         .register(&id, delivery(&cmd))
         .map_err(|r| (r, Some(id.clone())))?;
-    let g = Box::new(Generation::new(gi, level, cmd, cancel, received, route));
+    let g = Box::new(Generation::new(
+        gi, level, cmd, cancel, received, route, prompt,
+    ));
     ctx.sched.submit_gen(level, g).map_err(|(rej, _)| {
         // The delivery went into the slot: a query still gets its answer.
         let d = gp.registry.slot(route).delivery().take();

@@ -135,7 +135,7 @@ fn decode(
     let tp = &ctx.tensors[pi];
     let limits = &ctx.config.limits;
     let no_meta = |r| (r, RequestMeta::default());
-    if stream.len() > MAX_STREAM_LEN || stream == "error" {
+    if stream.len() > MAX_STREAM_LEN || wire::is_reserved(stream) {
         return Err(no_meta(Rejection::new(
             ErrorCode::BadStream,
             format!(
@@ -162,7 +162,7 @@ fn decode(
     }
     let bytes = payload_bytes(sample);
     let (tensors, meta) = match &tp.cfg.format {
-        InputFormat::Safetensors => wire::decode_safetensors(&bytes, limits.max_elements)?,
+        InputFormat::Safetensors => wire::decode_safetensors(&bytes, tp.cfg.max_elements)?,
         InputFormat::Raw {
             tensor,
             dtype,

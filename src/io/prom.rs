@@ -112,6 +112,15 @@ pub fn render(s: &MetricsSnapshot) -> String {
             );
         }
     }
+    header(
+        &mut o,
+        "reflexd_late_total",
+        "counter",
+        "Results that finished after their deadline (published flagged late, or dropped with late = \"drop\"); jobs dropped before they could start are reflexd_requests_total{outcome=\"deadline_exceeded\"}.",
+    );
+    for p in &s.pipelines {
+        let _ = writeln!(o, "reflexd_late_total{{{}}} {}", base(p), p.late);
+    }
     for (name, help, get) in [
         (
             "reflexd_queue_wait_seconds",

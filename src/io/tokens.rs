@@ -71,6 +71,10 @@ pub fn finish(ctx: &Ctx, mut g: Box<Generation>, reason: Finish) {
     }
     let gp = &ctx.gens[g.pipeline];
     let now = Instant::now();
+    let late = now > g.deadline;
+    if late {
+        gp.stats.late.fetch_add(1, Relaxed);
+    }
     let msg = FinalMsg {
         id: &g.cmd.id,
         done: true,
@@ -82,6 +86,7 @@ pub fn finish(ctx: &Ctx, mut g: Box<Generation>, reason: Finish) {
         },
         timing: timing(&g, now),
         provider: gp.provider,
+        late,
         error: g.error.as_ref().map(|e| ErrorBody {
             code: e.code.code(),
             message: &e.message,

@@ -63,6 +63,7 @@ impl Generation {
         cancel: Arc<AtomicBool>,
         received: Instant,
         route: usize,
+        prompt: Vec<u32>,
     ) -> Generation {
         let seed = cmd.sampling.seed;
         let stops = cmd.stop.clone();
@@ -74,13 +75,13 @@ impl Generation {
             cancel,
             received,
             route,
-            prompt_tokens: 0,
+            prompt_tokens: prompt.len(),
             tokens: Vec::new(),
-            history: Vec::new(),
             past: Vec::new(),
             past_len: 0,
             next_input: None,
-            prompt: Vec::new(),
+            history: prompt.clone(),
+            prompt,
             prefilled: 0,
             rng: Rng::new(seed),
             detok: Detokenizer::new(stops),

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::error::{ErrorCode, Rejection};
 use crate::wire::command::Message;
 pub use batch::{DecodeBatch, DecodeSlots};
 pub use generation::{Generation, StepOutput, timing};
@@ -141,10 +142,50 @@ impl LlmShared {
             .map_err(|e| e.to_string())
     }
 
+    /// The prompt's token ids after chat templating, refused with
+    /// `prompt_too_long` past `max_tokens` (or the model's context).
+    /// Called at intake, so an over-long prompt never reaches a worker.
+    pub fn prompt_ids(
+        &self,
+        messages: &[Message],
+        max_tokens: usize,
+    ) -> Result<Vec<u32>, Rejection> {
+        let text = self.generation.chat_template.render(messages);
+        let ids = self
+            .encode(&text)
+            .map_err(|e| Rejection::new(ErrorCode::BadCommand, format!("cannot tokenize: {e}")))?;
+        let limit = max_tokens.min(self.generation.context_length.saturating_sub(1));
+        if ids.is_empty() || ids.len() > limit {
+            return Err(Rejection::new(
+                ErrorCode::PromptTooLong,
+                format!(
+                    "prompt is {} tokens after the chat template; the limit is {limit} (max_prompt_tokens; model context {})",
+                    ids.len(),
+                    self.generation.context_length
+                ),
+            ));
+        }
+        Ok(ids)
+    }
+
+    /// `max_prompt_tokens` when the config leaves it out: the model's
+    /// context less room for `max_tokens`, and at most
+    /// [`DEFAULT_MAX_PROMPT_TOKENS`] so one prompt's prefill stays a few
+    /// seconds of a worker, not minutes.
+    pub fn default_max_prompt_tokens(&self, max_tokens: u32) -> usize {
+        self.generation
+            .context_length
+            .saturating_sub(max_tokens as usize + 1)
+            .clamp(1, DEFAULT_MAX_PROMPT_TOKENS)
+    }
+
     pub fn decode(&self, ids: &[u32]) -> String {
         self.tokenizer.decode(ids, true).unwrap_or_default()
     }
 }
+
+/// Upper bound of the default `max_prompt_tokens`.
+pub const DEFAULT_MAX_PROMPT_TOKENS: usize = 2048;
 
 /// Why a generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,7 +15,6 @@ use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType};
 use super::sampling;
 use super::{Finish, Generation, LlmShared, StepOutput};
 use crate::config::{GeneratorConfig, RuntimeConfig};
-use crate::error::{ErrorCode, Rejection};
 use crate::infer::engine::{self, EngineError, SessionSpec};
 use crate::wire::command::{self, CommandLimits};
 
@@ -34,28 +33,11 @@ pub(super) fn i64_tensor(shape: [usize; 2], data: Vec<i64>) -> Result<DynValue, 
 }
 
 impl LlmModel {
-    /// Tokenizes the prompt and sets up an empty KV cache (first turn).
+    /// Sets up an empty KV cache (first turn; the prompt was tokenized
+    /// and bounded at intake).
     fn start(&self, g: &mut Generation) -> Result<(), String> {
-        let sh = &self.shared;
-        let gen_cfg = &sh.generation;
+        let gen_cfg = &self.shared.generation;
         g.started = Some(Instant::now());
-        let text = gen_cfg.chat_template.render(&g.cmd.messages);
-        let ids = sh.encode(&text)?;
-        g.prompt_tokens = ids.len();
-        if ids.is_empty() || ids.len() + 1 >= gen_cfg.context_length {
-            g.finished = Some(Finish::Error);
-            g.error = Some(Rejection::new(
-                ErrorCode::PromptTooLong,
-                format!(
-                    "prompt is {} tokens; the model context is {}",
-                    ids.len(),
-                    gen_cfg.context_length
-                ),
-            ));
-            return Ok(());
-        }
-        g.history.extend_from_slice(&ids);
-        g.prompt = ids;
         let empty = [1usize, gen_cfg.num_key_value_heads, 0, gen_cfg.head_dim];
         g.past = (0..2 * gen_cfg.num_layers)
             .map(|_| {
@@ -112,9 +94,6 @@ impl LlmModel {
         let sh = self.shared.clone();
         if g.started.is_none() {
             self.start(g)?;
-            if g.finished.is_some() {
-                return Ok(StepOutput { token: None });
-            }
         }
         let ids: Vec<u32> = match g.next_input {
             None => {
@@ -153,6 +132,7 @@ impl LlmModel {
 /// stream. Shared by the single and the batched decode step.
 pub(super) fn take_token(sh: &LlmShared, g: &mut Generation, logits: &mut [f32]) -> StepOutput {
     let gen_cfg = &sh.generation;
+    crate::fault::at(crate::fault::Stage::Sample, Some(&g.cmd.id));
     let token = sampling::sample(logits, &g.history, &g.cmd.sampling, &mut g.rng);
     g.history.push(token);
     if gen_cfg.stop_token_ids.contains(&token) {
@@ -161,6 +141,7 @@ pub(super) fn take_token(sh: &LlmShared, g: &mut Generation, logits: &mut [f32])
     }
     g.tokens.push(token);
     g.next_input = Some(token);
+    crate::fault::at(crate::fault::Stage::Detok, Some(&g.cmd.id));
     let piece = g.detok.push(token, |ids| sh.decode(ids));
     if piece.stopped {
         g.finished = Some(Finish::Stop);
@@ -202,10 +183,17 @@ pub fn load(
             max_tokens: 1,
             default_max_tokens: 1,
             max_prompt_chars: 16,
+            max_messages: 1,
             default_deadline: Duration::from_secs(60),
         },
     )
     .expect("the warm-up command is valid");
+    let ids = shared
+        .prompt_ids(&cmd.messages, shared.generation.context_length)
+        .map_err(|r| EngineError::Interface {
+            pipeline: cfg.name.clone(),
+            reason: format!("warm-up prompt: {r}"),
+        })?;
     let mut g = Generation::new(
         0,
         0,
@@ -213,6 +201,7 @@ pub fn load(
         Arc::new(AtomicBool::new(false)),
         Instant::now(),
         0,
+        ids,
     );
     model
         .step(&mut g)

@@ -94,8 +94,10 @@ impl<D> Registry<D> {
         let mut inner = self.inner();
         if inner.ids.contains_key(id) {
             return Err(Rejection::new(
-                ErrorCode::BadCommand,
-                format!("a generation with id {id:?} is already running"),
+                ErrorCode::DuplicateId,
+                format!(
+                    "a generation with id {id:?} is already running; this command is refused and that generation goes on"
+                ),
             ));
         }
         let Some(i) = inner.free.pop() else {
@@ -187,7 +189,7 @@ mod tests {
         let (a, _) = r.register("a", "ta").unwrap();
         assert_eq!(
             r.register("a", "x").unwrap_err().code,
-            ErrorCode::BadCommand
+            ErrorCode::DuplicateId
         );
         let (b, _) = r.register("b", "tb").unwrap();
         assert_ne!(a, b);

@@ -7,15 +7,31 @@
 //! telling systemd it is alive. Writing a slot is one relaxed store: nothing on
 //! the hot path waits for the reader.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-/// One "run started at" stamp per worker.
+/// One "run started at" stamp per worker, and whether it is still alive.
 pub struct Progress {
     epoch: Instant,
     /// Microseconds since `epoch` plus one when a run started; 0 while the
     /// worker is between runs.
     started: Vec<AtomicU64>,
+    /// Set when a worker thread ended by a panic outside its per-job guard
+    /// (its stamp is cleared on unwinding, so it would look idle).
+    dead: Vec<AtomicBool>,
+}
+
+/// Marks its worker dead if the thread unwinds past it.
+pub struct Alive<'a> {
+    flag: &'a AtomicBool,
+}
+
+impl Drop for Alive<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.flag.store(true, Relaxed);
+        }
+    }
 }
 
 /// A worker inside one model run for longer than allowed.
@@ -41,7 +57,21 @@ impl Progress {
         Progress {
             epoch: Instant::now(),
             started: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            dead: (0..workers).map(|_| AtomicBool::new(false)).collect(),
         }
+    }
+
+    /// Held by a worker thread for its whole life: if the thread dies by a
+    /// panic, the worker is marked dead.
+    pub fn alive(&self, worker: usize) -> Alive<'_> {
+        Alive {
+            flag: &self.dead[worker],
+        }
+    }
+
+    /// The first worker whose thread died, if any.
+    pub fn dead(&self) -> Option<usize> {
+        self.dead.iter().position(|d| d.load(Relaxed))
     }
 
     /// Marks `worker` as inside a model run until the guard drops.
@@ -88,5 +118,19 @@ mod tests {
         assert!(s.running_for >= Duration::from_millis(20));
         drop(g);
         assert_eq!(p.stuck(Duration::ZERO), None, "the guard clears the stamp");
+    }
+
+    #[test]
+    fn a_worker_that_unwinds_is_marked_dead() {
+        let p = std::sync::Arc::new(Progress::new(2));
+        let q = p.clone();
+        let _ = std::thread::spawn(move || {
+            let _alive = q.alive(1);
+            panic!("worker dies");
+        })
+        .join();
+        assert_eq!(p.dead(), Some(1));
+        let _ok = p.alive(0);
+        assert_eq!(p.dead(), Some(1));
     }
 }

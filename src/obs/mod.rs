@@ -12,6 +12,7 @@
 pub mod batch;
 pub mod health;
 pub mod hist;
+pub mod ratelimit;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -31,6 +32,10 @@ pub struct PipelineStats {
     pub ok: AtomicU64,
     /// Generation pipelines: tokens streamed.
     pub tokens: AtomicU64,
+    /// Results that finished after their deadline (published flagged
+    /// `late`, or dropped as `deadline_exceeded` with `late = "drop"`);
+    /// jobs dropped before they could start are not counted here.
+    pub late: AtomicU64,
     /// Final error outcomes, indexed by [`ErrorCode::index`].
     pub errors: [AtomicU64; ErrorCode::ALL.len()],
     /// Receipt to start of the model run (generation: to the first step),
@@ -75,6 +80,7 @@ impl PipelineStats {
             received: AtomicU64::new(0),
             ok: AtomicU64::new(0),
             tokens: AtomicU64::new(0),
+            late: AtomicU64::new(0),
             errors: Default::default(),
             queue_wait: Histogram::default(),
             inference: Histogram::default(),
@@ -133,6 +139,9 @@ pub struct PipelineSnapshot {
     pub received: u64,
     pub ok: u64,
     pub tokens: u64,
+    /// Results finished after their deadline (see [`PipelineStats::late`]).
+    #[serde(default)]
+    pub late: u64,
     /// Non-zero error counts by code.
     pub errors: BTreeMap<String, u64>,
     pub queue_wait: HistSnapshot,
@@ -190,6 +199,7 @@ pub fn snapshot(l: &Labels, s: &PipelineStats, live: Option<u64>) -> PipelineSna
         received: s.received.load(Relaxed),
         ok: s.ok.load(Relaxed),
         tokens: s.tokens.load(Relaxed),
+        late: s.late.load(Relaxed),
         errors: ErrorCode::ALL
             .iter()
             .map(|c| (c.code().to_string(), s.errors[c.index()].load(Relaxed)))

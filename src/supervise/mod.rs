@@ -84,9 +84,14 @@ impl Notifier {
         self.send(&[NotifyState::Status(&status)]);
     }
 
-    /// Serves until `shutdown` completes: READY=1 first, then status lines
-    /// and watchdog pings.
-    pub async fn supervise(&self, daemon: &Daemon, shutdown: impl Future<Output = ()>) {
+    /// Serves until `shutdown` completes, or until a worker thread dies
+    /// (returned: the daemon must exit non-zero so systemd restarts it):
+    /// READY=1 first, then status lines, log summaries and watchdog pings.
+    pub async fn supervise(
+        &self,
+        daemon: &Daemon,
+        shutdown: impl Future<Output = ()>,
+    ) -> Option<usize> {
         let status = status_line(daemon);
         self.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
         if self.enabled {
@@ -105,17 +110,34 @@ impl Notifier {
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                _ = &mut shutdown => break,
+                _ = &mut shutdown => return None,
                 _ = report.tick() => {
+                    daemon.flush_logs();
                     if stuck.is_none() {
                         self.send(&[NotifyState::Status(&status_line(daemon))]);
                     }
                 }
                 _ = check.tick() => {
+                    if let Some(w) = daemon.dead_worker() {
+                        self.died(w);
+                        return Some(w);
+                    }
                     stuck = self.check(daemon, stuck);
                 }
             }
         }
+    }
+
+    /// A worker thread is gone: no more watchdog pings, say why.
+    fn died(&self, worker: usize) {
+        let status = format!(
+            "DEAD: worker {worker} died (a panic outside its per-job guard); stopping so systemd restarts the daemon"
+        );
+        tracing::error!(
+            worker,
+            "worker thread died; stopping with a non-zero exit so systemd restarts the daemon"
+        );
+        self.send(&[NotifyState::Status(&status)]);
     }
 
     /// One health check: ping if every worker is idle or within its run
@@ -216,22 +238,48 @@ pub async fn check_on_hup(path: PathBuf) {
     }
 }
 
+/// Why the service stopped other than by request.
+#[derive(thiserror::Error, Debug)]
+pub enum ServeError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(
+        "worker {0} died (a panic outside its per-job guard); the daemon stopped so that systemd restarts it"
+    )]
+    WorkerDied(usize),
+}
+
 /// Runs the daemon until `shutdown` completes, then tears down within the
 /// configured drain timeout. Under systemd (`NOTIFY_SOCKET` set) it reports
 /// start-up progress, READY=1 once every session is warm, live status and
-/// watchdog pings, and STOPPING=1.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+/// watchdog pings, and STOPPING=1. A worker thread that dies ends the run
+/// with an error (non-zero exit), after the same teardown.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     let notifier = Notifier::from_env(&config.service);
-    let daemon = match Daemon::start_observed(config, &|s| notifier.loading(&s)).await {
+    tokio::pin!(shutdown);
+    // A stop request while models load (minutes with TensorRT) ends start-up
+    // at once: nothing has been announced yet, so there is nothing to drain.
+    let observe = |s: StartStep<'_>| notifier.loading(&s);
+    let started = tokio::select! {
+        d = Daemon::start_observed(config, &observe) => d,
+        _ = &mut shutdown => {
+            tracing::info!("stop requested while starting; not serving");
+            return Ok(());
+        }
+    };
+    let daemon = match started {
         Ok(d) => d,
         Err(e) => {
             notifier.start_failed(&e);
-            return Err(e);
+            return Err(e.into());
         }
     };
-    notifier.supervise(&daemon, shutdown).await;
+    let died = notifier.supervise(&daemon, shutdown).await;
     let drain = daemon.config().service.drain_timeout;
     notifier.stopping(drain);
     daemon.shutdown(drain).await;
-    Ok(())
+    match died {
+        Some(w) => Err(ServeError::WorkerDied(w)),
+        None => Ok(()),
+    }
 }

@@ -69,6 +69,8 @@ pub struct CommandLimits {
     pub max_tokens: u32,
     pub default_max_tokens: u32,
     pub max_prompt_chars: usize,
+    /// Most messages in one command.
+    pub max_messages: usize,
     pub default_deadline: Duration,
 }
 
@@ -124,7 +126,19 @@ pub fn parse(bytes: &[u8], limits: &CommandLimits) -> Result<Command, Rejection>
             format!("not a valid generation command: {e}"),
         )
     })?;
-    if !valid_id(&raw.id) {
+    if super::is_reserved(&raw.id) {
+        return Err(reject(
+            ErrorCode::BadCommand,
+            format!(
+                "id {:?} is reserved: `<output>/{}` is the pipeline's error key",
+                raw.id, raw.id
+            ),
+        ));
+    }
+    // Test builds only: fault-injection ids (`fault:panic:sample`) carry a
+    // `:` that real ids may not (src/fault.rs).
+    let fault_id = cfg!(feature = "fault-injection") && raw.id.starts_with("fault:");
+    if !fault_id && !valid_id(&raw.id) {
         return Err(reject(
             ErrorCode::BadCommand,
             format!(
@@ -208,6 +222,16 @@ fn messages(
             ));
         }
     };
+    if messages.len() > limits.max_messages {
+        return Err(reject(
+            ErrorCode::PromptTooLong,
+            format!(
+                "command has {} messages; the limit is {} (max_messages)",
+                messages.len(),
+                limits.max_messages
+            ),
+        ));
+    }
     if messages.is_empty() || messages.iter().all(|m| m.content.trim().is_empty()) {
         return Err(reject(ErrorCode::EmptyPrompt, "the prompt is empty"));
     }
@@ -282,6 +306,7 @@ mod tests {
             max_tokens: 512,
             default_max_tokens: 128,
             max_prompt_chars: 1000,
+            max_messages: 4,
             default_deadline: Duration::from_secs(30),
         }
     }
@@ -335,5 +360,16 @@ mod tests {
             ErrorCode::PromptTooLong
         );
         assert_eq!(salvage_id(br#"{"id":"a","bogus":1}"#).as_deref(), Some("a"));
+        assert_eq!(
+            code(r#"{"id":"error","prompt":"x"}"#),
+            ErrorCode::BadCommand
+        );
+        let five = r#"{"role":"user","content":""}"#;
+        assert_eq!(
+            code(&format!(
+                r#"{{"id":"a","messages":[{five},{five},{five},{five},{five}]}}"#
+            )),
+            ErrorCode::PromptTooLong
+        );
     }
 }

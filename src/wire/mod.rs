@@ -34,6 +34,16 @@ pub struct RequestMeta {
 pub const META_ID: &str = "id";
 pub const META_SEQ: &str = "seq";
 pub const META_TS: &str = "ts_us";
+/// Names no stream and no generation id may take: `<output>/error` is a
+/// pipeline's default error key, so a stream or generation called `error`
+/// would publish its answers there (docs/protocol.md § Key expressions).
+pub const RESERVED_NAMES: [&str; 1] = ["error"];
+
+/// Whether `name` is reserved (see [`RESERVED_NAMES`]).
+pub fn is_reserved(name: &str) -> bool {
+    RESERVED_NAMES.contains(&name)
+}
+
 /// Longest request id echoed back, so a client cannot make replies grow.
 pub const MAX_ID_LEN: usize = 128;
 

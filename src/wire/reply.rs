@@ -272,6 +272,8 @@ pub struct FinalMsg<'a> {
     pub usage: Usage,
     pub timing: Timing,
     pub provider: &'a str,
+    /// Ended after its deadline.
+    pub late: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody<'a>>,
 }

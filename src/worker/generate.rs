@@ -7,6 +7,7 @@
 //! more step) ends with `slow_consumer` before the step, so the worker never
 //! waits for a client and no produced token is ever dropped.
 
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
@@ -15,6 +16,15 @@ use crate::ctx::Ctx;
 use crate::error::{ErrorCode, Rejection};
 use crate::io::tokens;
 use crate::llm::{DecodeBatch, Finish, Generation};
+
+/// A panic inside a step was contained: the generation (or every member of
+/// a decode batch, whose merged cache went with the failed step) ends here.
+fn internal_error() -> Rejection {
+    Rejection::new(
+        ErrorCode::InternalError,
+        "the daemon failed while running this generation's step (contained)",
+    )
+}
 
 fn slow_consumer() -> Rejection {
     Rejection::new(
@@ -57,9 +67,14 @@ pub(super) fn step_generation(w: &mut Worker, ctx: &Ctx, mut g: Box<Generation>)
     let decode = g.is_decoding();
     let t0 = Instant::now();
     let running = ctx.progress.running(w.id);
-    let stepped = model.step(&mut g);
+    let stepped = panic::catch_unwind(AssertUnwindSafe(|| model.step(&mut g)));
     drop(running);
     let gp = &ctx.gens[g.pipeline];
+    let Ok(stepped) = stepped else {
+        tracing::error!(id = %g.cmd.id, "panic in a generation step; contained");
+        g.error = Some(internal_error());
+        return tokens::finish(ctx, g, Finish::Error);
+    };
     gp.stats.time(&gp.stats.inference, t0.elapsed());
     match stepped {
         Ok(out) => {
@@ -79,7 +94,9 @@ pub(super) fn step_generation(w: &mut Worker, ctx: &Ctx, mut g: Box<Generation>)
             }
         }
         Err(e) => {
-            tracing::warn!(id = %g.cmd.id, error = %e, "generation step failed");
+            if gp.log.allow(ErrorCode::InferenceFailed) {
+                tracing::warn!(id = %g.cmd.id, error = %e, "generation step failed");
+            }
             g.error = Some(Rejection::new(ErrorCode::InferenceFailed, e));
             tokens::finish(ctx, g, Finish::Error);
         }
@@ -181,8 +198,19 @@ pub(super) fn step_decode_batch(w: &mut Worker, ctx: &Ctx, mut b: Box<DecodeBatc
     }
     let t0 = Instant::now();
     let running = ctx.progress.running(w.id);
-    let stepped = b.step(model);
+    let stepped = panic::catch_unwind(AssertUnwindSafe(|| b.step(model)));
     drop(running);
+    let Ok(stepped) = stepped else {
+        tracing::error!(
+            batch = b.members.len(),
+            "panic in a decode batch step; contained"
+        );
+        end_members(ctx, &mut b, |_| true, Some(&internal_error()));
+        if slots.retire(&mut b) {
+            requeue_batch(ctx, b);
+        }
+        return;
+    };
     gp.stats.time(&gp.stats.inference, t0.elapsed());
     match stepped {
         Ok(outs) => {

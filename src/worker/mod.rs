@@ -40,10 +40,24 @@ fn micros(d: std::time::Duration) -> u64 {
     d.as_micros() as u64
 }
 
+/// The request id of a tensor job, for fault injection outside the per-job
+/// guard.
+fn job_id(work: &Work) -> Option<&str> {
+    match work {
+        Work::Job(j) | Work::Stream(_, j) => j.meta.id.as_deref(),
+        _ => None,
+    }
+}
+
 /// The worker's loop: until the scheduler stops and its levels are drained.
+/// Each job is served under its own panic guard (see [`tensor`] and
+/// [`generate`]); if the thread dies anyway, `_alive` marks it dead and the
+/// supervisor stops the watchdog and exits non-zero.
 pub fn run(mut w: Worker, ctx: Arc<Ctx>) {
+    let _alive = ctx.progress.alive(w.id);
     let mut outbox = Outbox::new(ctx.session.clone());
     while let Some(work) = ctx.sched.next(w.id, &w.parker) {
+        crate::fault::at(crate::fault::Stage::Die, job_id(&work));
         let t = Instant::now();
         match work {
             Work::Job(j) => tensor::serve(&mut w, &ctx, &mut outbox, j, None),

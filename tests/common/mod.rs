@@ -3,6 +3,9 @@
 //! predictions and error messages. Loopback only; scouting off.
 #![allow(dead_code)]
 
+pub mod proc;
+pub mod stall;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,6 +35,44 @@ pub fn fetched_model(name: &str) -> String {
         p.display()
     );
     p.display().to_string()
+}
+
+/// The exact (float32-activation) conversion of SmolLM2-135M, provisioned
+/// by `make setup` beside the int8 default: tests that compare answers
+/// token for token (or expect "Paris") need numerics that do not depend on
+/// the CPU's int8 kernels; `llm_dir_int8` is the deployed default.
+pub fn llm_dir() -> String {
+    llm_at("models/llm/fetched-exact")
+}
+
+/// The default conversion (int8 activations), as the demo runs it.
+pub fn llm_dir_int8() -> String {
+    llm_at("models/llm/fetched")
+}
+
+fn llm_at(rel: &str) -> String {
+    let p = repo().join(rel);
+    assert!(
+        p.join("model.onnx").exists(),
+        "{} missing: run `make setup`",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+/// The provisioned venv's Python (eclipse-zenoh, numpy, onnxruntime).
+pub fn venv_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("REFLEXD_PYTHON") {
+        return p.into();
+    }
+    let cache = reflexd::infer::runtime::cache_dir().expect("HOME or REFLEXD_CACHE is set");
+    let p = cache.join("venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} missing: run `make setup` (scripts/provision.sh)",
+        p.display()
+    );
+    p
 }
 
 pub fn free_port() -> u16 {
@@ -76,6 +117,63 @@ pub async fn client(port: u16) -> zenoh::Session {
 
 pub type Sub = Subscriber<FifoChannelHandler<Sample>>;
 
+/// Waits until session `s` knows a subscriber of another session matching
+/// `key` (zenoh's matching status), so a put on `key` from `s` reaches it:
+/// exactly as long as the subscription takes to propagate, no fixed sleep.
+pub async fn matched(s: &zenoh::Session, key: &str) {
+    let p = s
+        .declare_publisher(key.to_string())
+        .allowed_destination(zenoh::sample::Locality::Remote)
+        .await
+        .unwrap();
+    // The listener first, then the status: a match in between is not missed.
+    let changes = p.matching_listener().await.unwrap();
+    if p.matching_status().await.unwrap().matching() {
+        return;
+    }
+    let wait = async {
+        while let Ok(st) = changes.recv_async().await {
+            if st.matching() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, wait)
+        .await
+        .unwrap_or_else(|_| panic!("no subscriber on {key} became known within {WAIT:?}"));
+}
+
+/// Waits until a request put by `c` on `input` reaches the in-process
+/// daemon's subscriber and a reply the daemon puts on `output` reaches `c`'s
+/// subscriber (declared before this call).
+pub async fn wired(daemon: &Daemon, c: &zenoh::Session, input: &str, output: &str) {
+    matched(c, input).await;
+    matched(daemon.zenoh_session(), output).await;
+}
+
+/// The daemon's metrics snapshot as the JSON it publishes on
+/// `<node>/metrics`: fields are read by name, so a test can check a counter
+/// the snapshot struct does not have yet.
+pub fn metrics_json(daemon: &Daemon) -> serde_json::Value {
+    serde_json::to_value(daemon.metrics()).expect("snapshot serializes")
+}
+
+/// One pipeline's entry of [`metrics_json`].
+pub fn pipeline_json(daemon: &Daemon, name: &str) -> serde_json::Value {
+    let m = metrics_json(daemon);
+    m["pipelines"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no pipeline {name} in {m}"))
+}
+
+/// A pipeline's error count for `code`, by its wire name (0 when absent).
+pub fn error_count(daemon: &Daemon, pipeline: &str, code: &str) -> u64 {
+    pipeline_json(daemon, pipeline)["errors"][code]
+        .as_u64()
+        .unwrap_or(0)
+}
+
 pub async fn subscribe(s: &zenoh::Session, key: &str) -> Sub {
     s.declare_subscriber(key.to_string()).await.unwrap()
 }
@@ -113,6 +211,16 @@ impl Reply {
             _ => None,
         }
     }
+
+    /// The key and metadata (or error body), without tensor data: for
+    /// assertion messages.
+    pub fn brief(&self) -> String {
+        match self {
+            Reply::Prediction { key, meta, .. } => format!("prediction on {key}: {meta:?}"),
+            Reply::Error { key, json } => format!("error on {key}: {json}"),
+        }
+    }
+
     pub fn tensor(&self, name: &str) -> &Tensor {
         match self {
             Reply::Prediction { tensors, .. } => tensors
@@ -225,7 +333,8 @@ pub async fn llm_ready(c: &zenoh::Session) {
                     .unwrap();
                 ended += usize::from(ended_by(&s));
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // A probe's slot is freed before its final message is sent
+            // (llm::serve::finish), so nothing is left to wait for.
             return;
         }
     }
