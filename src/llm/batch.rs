@@ -48,6 +48,9 @@ impl DecodeSlots {
         }
         let mut b = Box::new(DecodeBatch::new(pipeline, level));
         self.take_joiners(&mut b);
+        if b.members.is_empty() && !self.retire(&mut b) {
+            return Ok(None);
+        }
         Ok(Some(b))
     }
 

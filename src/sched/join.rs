@@ -4,8 +4,10 @@
 //! batch with no members left retires. One `active` flag says whether a
 //! batch exists (queued or running): the joiner that sets it starts a batch,
 //! and a retiring batch clears it and then looks for joiners that arrived
-//! meanwhile. Generic over the member type so that the same code runs
-//! under the model checker (`sched::loom`).
+//! meanwhile, so every joiner is taken by exactly one batch and never waits
+//! in the queue with no batch to take it (checked by `loom`, see
+//! `sched::loom`). Generic over the member type so that the same code runs
+//! under the model checker.
 
 use super::sync::{AtomicBool, AtomicUsize, Queue, fence};
 use std::sync::atomic::Ordering::SeqCst;
@@ -37,8 +39,10 @@ impl<T> JoinQueue<T> {
     }
 
     /// Hands `t` to the batch. `Ok(true)`: no batch existed, the caller
-    /// starts one ([`Self::take`] into it). `Ok(false)`: the existing batch
-    /// takes it at its next step. `Err(t)`: the batch is full.
+    /// starts one ([`Self::take`] into it, and [`Self::retire`] it if that
+    /// took nothing: another batch may have taken `t` first). `Ok(false)`:
+    /// the existing batch takes it at its next step. `Err(t)`: the batch
+    /// is full.
     pub fn join(&self, t: T) -> Result<bool, T> {
         if self.taken.fetch_add(1, SeqCst) >= self.max {
             self.taken.fetch_sub(1, SeqCst);
@@ -74,18 +78,22 @@ impl<T> JoinQueue<T> {
     /// The batch has no members: retire it, unless joiners arrived and no
     /// other batch was started for them; then they are merged with `add`
     /// and `true` says to keep the batch going.
-    pub fn retire(&self, add: impl FnMut(T)) -> bool {
-        self.active.store(false, SeqCst);
-        fence(SeqCst);
-        if self.joiners.is_empty() || self.active.swap(true, SeqCst) {
-            return false;
+    pub fn retire(&self, mut add: impl FnMut(T)) -> bool {
+        loop {
+            self.active.swap(false, SeqCst);
+            // Pairs with the fence in `join`: either that joiner sees
+            // `active` false and starts a batch, or this sees its push.
+            fence(SeqCst);
+            if self.joiners.is_empty() || self.active.swap(true, SeqCst) {
+                return false;
+            }
+            // Active again. If a batch started and retired in between took
+            // the joiners, let go once more (a joiner that saw this batch
+            // active meanwhile is then seen by the next turn).
+            if self.take(&mut add) > 0 {
+                return true;
+            }
         }
-        if self.take(add) == 0 {
-            // Another worker's retire took them first; undo.
-            self.active.store(false, SeqCst);
-            return false;
-        }
-        true
     }
 
     /// Everything still waiting to join (teardown).

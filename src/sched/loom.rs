@@ -381,3 +381,66 @@ fn eviction_never_takes_a_slot_in_use() {
         worker.join().unwrap();
     });
 }
+
+/// Decode-batch join and retire: each thread hands its members to the
+/// batch one by one; a thread that starts a batch runs it (every member
+/// finishes in one step) until it retires. Every member is stepped exactly
+/// once and none is left waiting with no batch to take it.
+fn check_joins(max: usize, plan: &'static [&'static [u32]]) {
+    model(move || {
+        let q = Arc::new(JoinQueue::<u32>::new(max));
+        let stepped = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = plan
+            .iter()
+            .map(|ids| {
+                let (q, stepped) = (q.clone(), stepped.clone());
+                thread::spawn(move || {
+                    for &id in *ids {
+                        match q.join(id) {
+                            Ok(true) => run_batch(&q, &stepped),
+                            Ok(false) => {}
+                            // Full: the member steps alone.
+                            Err(_) => {
+                                stepped.fetch_add(1, SeqCst);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let left = q.drain();
+        assert!(left.is_empty(), "joiners {left:?} have no batch");
+        let all: usize = plan.iter().map(|ids| ids.len()).sum();
+        assert_eq!(stepped.load(SeqCst), all);
+    });
+}
+
+#[test]
+fn every_joiner_is_taken_by_a_batch_two_by_two() {
+    check_joins(2, &[&[1, 3], &[2, 4]]);
+}
+
+/// The retire that finds its joiners taken by a batch started meanwhile
+/// must not let go of `active` after a third joiner relied on it.
+#[test]
+fn every_joiner_is_taken_by_a_batch_three_threads() {
+    check_joins(3, &[&[1], &[2], &[3]]);
+}
+
+/// A decode batch's turns: take joiners, one step (all members finish),
+/// retire when empty.
+fn run_batch(q: &JoinQueue<u32>, stepped: &AtomicUsize) {
+    let mut members = Vec::new();
+    loop {
+        q.take(|g| members.push(g));
+        stepped.fetch_add(members.len(), SeqCst);
+        q.left(members.len());
+        members.clear();
+        if !q.retire(|g| members.push(g)) {
+            return;
+        }
+    }
+}
