@@ -12,12 +12,14 @@
 #   LOOM_MAX_PREEMPTIONS=N: at most N preemptions per execution (default 3,
 #   as loom's authors advise: bugs need few preemptions, the search without
 #   a bound runs for hours here). LOOM_MAX_PREEMPTIONS= (empty): no bound.
+#   LOOM_PROFILE=test: build unoptimised, sharing the dependencies of
+#   `cargo test` (no release build of them; the models run slower).
 set -euo pipefail
 export LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS-3}
 [ -n "$LOOM_MAX_PREEMPTIONS" ] || unset LOOM_MAX_PREEMPTIONS
 cd "$(dirname "$0")/.."
 filter=${1:-sched::loom}
-exe=$(nice -n 10 cargo rustc -j"${JOBS:-2}" --profile bench --lib \
+exe=$(nice -n 10 cargo rustc -j"${JOBS:-2}" --profile "${LOOM_PROFILE:-bench}" --lib \
     --message-format=json-render-diagnostics -- --cfg loom |
     python3 -c '
 import json, sys
