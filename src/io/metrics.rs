@@ -117,6 +117,21 @@ impl Drop for Exports {
     }
 }
 
+impl Exports {
+    /// Stops every task and waits until each is gone, so the Prometheus
+    /// listener is closed (and the liveliness token undeclared) when this
+    /// returns; dropping only requests it.
+    pub async fn close(mut self) {
+        let tasks = std::mem::take(&mut self.tasks);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
 /// Declares the metrics queryable and liveliness token, starts the periodic
 /// publication and binds the Prometheus endpoint if configured.
 pub async fn start(ctx: &Arc<Ctx>) -> Result<Exports, String> {
