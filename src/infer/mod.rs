@@ -13,6 +13,7 @@ pub mod batch;
 pub mod engine;
 pub mod post;
 pub mod pre;
+mod prealloc;
 pub mod run;
 pub mod runtime;
 pub mod spec;
