@@ -8,15 +8,15 @@ use std::fmt::Write as _;
 use std::io::Write;
 use std::time::Duration;
 
-use crate::client::{DEFAULT_CONNECT, parse_secs};
+use crate::client::{ConnectArgs, parse_secs};
 use crate::error::ErrorCode;
+use crate::logging::strip_source_locations;
 use crate::obs::{HistSnapshot, MetricsSnapshot, PipelineSnapshot};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct TopArgs {
-    /// zenoh endpoint of the daemon (or of a router that reaches it).
-    #[arg(long, default_value = DEFAULT_CONNECT)]
-    pub connect: String,
+    #[command(flatten)]
+    pub conn: ConnectArgs,
     /// The daemon's `metrics.node` (its metrics are on `<node>/metrics`).
     #[arg(long, default_value = crate::config::metrics::DEFAULT_NODE)]
     pub node: String,
@@ -26,8 +26,6 @@ pub struct TopArgs {
     /// Print one screen (figures since the daemon started) and exit.
     #[arg(long)]
     pub once: bool,
-    #[arg(long, default_value = "5", value_parser = parse_secs)]
-    pub connect_timeout: Duration,
 }
 
 fn ms(us: Option<u64>) -> String {
@@ -117,6 +115,30 @@ pub fn render(cur: &MetricsSnapshot, prev: Option<&MetricsSnapshot>) -> String {
     if !cur.histograms {
         let _ = writeln!(o, "(histograms off: metrics.histograms = false)");
     }
+    let wins: Vec<Window> = cur
+        .pipelines
+        .iter()
+        .map(|p| window(p, prev.and_then(|s| s.pipeline(&p.name))))
+        .collect();
+    pipelines_table(&mut o, &wins, span);
+    generations_table(&mut o, &wins, span);
+    workers_table(&mut o, cur, prev, span);
+    let errs: Vec<String> = cur
+        .pipelines
+        .iter()
+        .flat_map(|p| {
+            p.errors
+                .iter()
+                .map(move |(c, n)| format!("{}:{c}={n}", p.name))
+        })
+        .collect();
+    if !errs.is_empty() {
+        let _ = writeln!(o, "\nerrors since start: {}", errs.join("  "));
+    }
+    o
+}
+
+fn pipelines_table(o: &mut String, wins: &[Window], span: f64) {
     let _ = writeln!(
         o,
         "\n{:<14} {:<8} {:<9} {:<8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9}",
@@ -135,12 +157,7 @@ pub fn render(cur: &MetricsSnapshot, prev: Option<&MetricsSnapshot>) -> String {
         "P99 ms",
         "QWAIT p99"
     );
-    let wins: Vec<Window> = cur
-        .pipelines
-        .iter()
-        .map(|p| window(p, prev.and_then(|s| s.pipeline(&p.name))))
-        .collect();
-    for w in &wins {
+    for w in wins {
         let _ = writeln!(
             o,
             "{:<14} {:<8} {:<9} {:<8} {:>8.1} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9}",
@@ -160,28 +177,35 @@ pub fn render(cur: &MetricsSnapshot, prev: Option<&MetricsSnapshot>) -> String {
             q(&w.queue, 0.99),
         );
     }
+}
+
+fn generations_table(o: &mut String, wins: &[Window], span: f64) {
     let gens: Vec<&Window> = wins.iter().filter(|w| w.p.generation.is_some()).collect();
-    if !gens.is_empty() {
+    if gens.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\n{:<14} {:>5} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "GENERATION", "LIVE", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99", "TOK/s"
+    );
+    for w in gens {
+        let g = w.p.generation.as_ref().expect("filtered");
         let _ = writeln!(
             o,
-            "\n{:<14} {:>5} {:>10} {:>10} {:>10} {:>10} {:>8}",
-            "GENERATION", "LIVE", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99", "TOK/s"
+            "{:<14} {:>5} {:>10} {:>10} {:>10} {:>10} {:>8.1}",
+            w.p.name,
+            g.live,
+            q(&w.ttft, 0.5),
+            q(&w.ttft, 0.99),
+            q(&w.tpot, 0.5),
+            q(&w.tpot, 0.99),
+            w.tokens as f64 / span,
         );
-        for w in gens {
-            let g = w.p.generation.as_ref().expect("filtered");
-            let _ = writeln!(
-                o,
-                "{:<14} {:>5} {:>10} {:>10} {:>10} {:>10} {:>8.1}",
-                w.p.name,
-                g.live,
-                q(&w.ttft, 0.5),
-                q(&w.ttft, 0.99),
-                q(&w.tpot, 0.5),
-                q(&w.tpot, 0.99),
-                w.tokens as f64 / span,
-            );
-        }
     }
+}
+
+fn workers_table(o: &mut String, cur: &MetricsSnapshot, prev: Option<&MetricsSnapshot>, span: f64) {
     let _ = writeln!(
         o,
         "\n{:<7} {:<28} {:>6} {:>10}",
@@ -204,19 +228,6 @@ pub fn render(cur: &MetricsSnapshot, prev: Option<&MetricsSnapshot>) -> String {
             runs
         );
     }
-    let errs: Vec<String> = cur
-        .pipelines
-        .iter()
-        .flat_map(|p| {
-            p.errors
-                .iter()
-                .map(move |(c, n)| format!("{}:{c}={n}", p.name))
-        })
-        .collect();
-    if !errs.is_empty() {
-        let _ = writeln!(o, "\nerrors since start: {}", errs.join("  "));
-    }
-    o
 }
 
 /// Asks the daemon for one snapshot.
@@ -230,11 +241,15 @@ pub async fn fetch(
         .get(key.clone())
         .timeout(timeout)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| strip_source_locations(&e.to_string()))?;
     let reply = replies
         .recv_async()
         .await
-        .map_err(|_| format!("no daemon answered on {key} (is `metrics.node` {node:?}?)"))?;
+        .map_err(|_| {
+            format!(
+                "no daemon answered on {key} (is `metrics.node` {node:?}? with TLS: does the daemon's access control let this client query it?)"
+            )
+        })?;
     let sample = reply
         .result()
         .map_err(|e| format!("{key}: error reply {:?}", e.payload().to_bytes()))?;
@@ -242,22 +257,38 @@ pub async fn fetch(
         .map_err(|e| format!("{key}: not a metrics snapshot: {e}"))
 }
 
-/// Runs the view until `stop` resolves (live) or after one screen (`--once`).
+/// Writes one screen. On a terminal the screen is cleared first; anywhere
+/// else (a pipe, a file, a log) screens follow one another, separated by a
+/// blank line, with no escape sequences.
+fn show<W: Write>(out: &mut W, tty: bool, screen: &str) -> bool {
+    let r = if tty {
+        write!(out, "\x1b[2J\x1b[H{screen}")
+    } else {
+        writeln!(out, "{screen}")
+    };
+    r.and_then(|_| out.flush()).is_ok()
+}
+
+/// Runs the view until `stop` resolves (live) or after one screen
+/// (`--once`). `tty`: stdout is a terminal (the screen is redrawn in place).
 pub async fn run<W: Write>(
     args: &TopArgs,
     out: &mut W,
+    tty: bool,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
-    let session = super::open(&args.connect, args.connect_timeout).await?;
-    let timeout = args.connect_timeout;
+    let session = args.conn.open().await.map_err(|e| e.to_string())?;
+    let timeout = args.conn.connect_timeout;
     let mut prev = fetch(&session, &args.node, timeout).await?;
     if args.once {
         let _ = out.write_all(render(&prev, None).as_bytes());
         let _ = session.close().await;
         return Ok(());
     }
+    // Something at once; windowed figures from the next refresh on.
+    let mut open = show(out, tty, &render(&prev, None));
     tokio::pin!(stop);
-    loop {
+    while open {
         tokio::select! {
             _ = &mut stop => break,
             _ = tokio::time::sleep(args.interval) => {}
@@ -265,8 +296,7 @@ pub async fn run<W: Write>(
         let cur = match fetch(&session, &args.node, timeout).await {
             Ok(c) => c,
             Err(e) => {
-                let _ = write!(out, "\x1b[2J\x1b[H{e}\n(retrying)\n");
-                let _ = out.flush();
+                open = show(out, tty, &format!("{e}\n(retrying)\n"));
                 continue;
             }
         };
@@ -276,8 +306,7 @@ pub async fn run<W: Write>(
         } else {
             render(&cur, None)
         };
-        let _ = write!(out, "\x1b[2J\x1b[H{screen}");
-        let _ = out.flush();
+        open = show(out, tty, &screen);
         prev = cur;
     }
     let _ = session.close().await;
