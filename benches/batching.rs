@@ -18,17 +18,18 @@
 //! tables and verdicts; never fails on a number. Run it with
 //! `cargo bench --bench batching [-- --quick | --no-llm | --no-camera]`.
 
+#[path = "common/harness.rs"]
+mod harness;
 #[path = "common/plot.rs"]
 mod plot;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use reflexd::Daemon;
 use reflexd::tensor::Tensor;
 use reflexd::wire::{self, RequestMeta};
-use reflexd::{Config, Daemon};
 use serde_json::{Value, json};
 
 const CLS_MODEL: &str = "models/fetched/ch_ppocr_mobile_v2.0_cls_infer.onnx";
@@ -89,45 +90,11 @@ fn parse_args() -> Result<Args> {
     Ok(a)
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
+/// A daemon from `body` with two intra-op threads, and a connected client.
 async fn start(body: &str) -> Result<(Daemon, zenoh::Session)> {
-    let port = free_port()?;
-    let text = format!(
-        "[zenoh]\nlisten = [\"tcp/127.0.0.1:{port}\"]\nscouting = false\n\
-         [runtime]\nintra_op_threads = 2\n{body}"
-    );
-    let cfg = Config::from_toml(&text, &repo()).context("bench config")?;
-    let daemon = Daemon::start(cfg).await.context("daemon start")?;
-    let json = format!(
-        r#"{{ mode: "peer", listen: {{ endpoints: [] }}, connect: {{ endpoints: ["tcp/127.0.0.1:{port}"] }},
-             scouting: {{ multicast: {{ enabled: false }}, gossip: {{ enabled: false }} }} }}"#
-    );
-    let client = zenoh::open(zenoh::Config::from_json5(&json).map_err(|e| anyhow::anyhow!("{e}"))?)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for _ in 0..200 {
-        if client.info().peers_zid().await.next().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (daemon, _, client) =
+        harness::start(&format!("[runtime]\nintra_op_threads = 2\n{body}")).await?;
     Ok((daemon, client))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 // ------------------------------------------------------------- (a) camera
@@ -223,7 +190,7 @@ async fn camera_round(
 }
 
 async fn bench_camera(a: &Args) -> Result<()> {
-    let model = repo().join(CLS_MODEL);
+    let model = harness::repo().join(CLS_MODEL);
     if !model.exists() {
         bail!("{} missing: run `make setup`", model.display());
     }
@@ -305,15 +272,15 @@ async fn bench_camera(a: &Args) -> Result<()> {
         lat.sort_by(|x, y| x.total_cmp(y));
         let t = done as f64 / secs.max(1e-9);
         tput.insert(p, t);
-        p99.insert(p, percentile(&lat, 0.99));
+        p99.insert(p, harness::percentile(&lat, 0.99));
         println!(
             "| {label} | {done} | {t:.1} | {:.2} | {:.2} | {errors} |",
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.99)
+            harness::percentile(&lat, 0.5),
+            harness::percentile(&lat, 0.99)
         );
         curves.push((label, lat));
     }
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/bench/batching_camera_cdf.svg");
+    let path = harness::repo().join("docs/bench/batching_camera_cdf.svg");
     std::fs::create_dir_all(path.parent().unwrap())?;
     let series: Vec<(&str, &[f64])> = curves
         .iter()
@@ -413,7 +380,7 @@ fn mean(v: &[f64]) -> f64 {
 }
 
 async fn bench_llm(a: &Args) -> Result<()> {
-    let dir = repo().join(LLM_DIR);
+    let dir = harness::repo().join(LLM_DIR);
     if !dir.join("model.onnx").exists() {
         bail!("{} missing: run `make setup`", dir.display());
     }

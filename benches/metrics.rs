@@ -13,12 +13,13 @@
 //! SVG plots to docs/bench/; it never fails on a number:
 //! `cargo bench --bench metrics [-- --quick]`.
 
+#[path = "common/harness.rs"]
+mod harness;
 #[path = "common/plot.rs"]
 mod plot;
 
 use std::hint::black_box;
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
@@ -30,18 +31,8 @@ use reflexd::{Config, Daemon};
 /// Target of the issue: p50 with metrics within 2 % of p50 without.
 const TARGET_P50_RATIO: f64 = 1.02;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 async fn daemon(metrics: &str) -> Result<(Daemon, u16)> {
-    let port = free_port()?;
+    let port = harness::free_port()?;
     let text = format!(
         r#"
         [zenoh]
@@ -56,7 +47,7 @@ async fn daemon(metrics: &str) -> Result<(Daemon, u16)> {
         deadline_ms = 1000
         "#
     );
-    let cfg = Config::from_toml(&text, &repo()).map_err(|e| anyhow!("{e}"))?;
+    let cfg = Config::from_toml(&text, &harness::repo()).map_err(|e| anyhow!("{e}"))?;
     Ok((Daemon::start(cfg).await.map_err(|e| anyhow!("{e}"))?, port))
 }
 
@@ -69,13 +60,7 @@ struct Peer {
 
 impl Peer {
     async fn connect(port: u16) -> Result<Peer> {
-        let json = format!(
-            r#"{{ mode: "peer", listen: {{ endpoints: [] }}, connect: {{ endpoints: ["tcp/127.0.0.1:{port}"] }},
-                 scouting: {{ multicast: {{ enabled: false }}, gossip: {{ enabled: false }} }} }}"#
-        );
-        let session = zenoh::open(zenoh::Config::from_json5(&json).map_err(|e| anyhow!("{e}"))?)
-            .await
-            .map_err(|e| anyhow!("{e}"))?;
+        let session = harness::client(port).await?;
         let sub = session
             .declare_subscriber("b/out")
             .await
@@ -123,7 +108,7 @@ impl Peer {
 fn pct(xs: &[f64], q: f64) -> f64 {
     let mut v = xs.to_vec();
     v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
+    harness::percentile(&v, q)
 }
 
 fn scrape(addr: std::net::SocketAddr) -> usize {
@@ -273,7 +258,7 @@ async fn run(quick: bool) -> Result<()> {
         3.0 * record / clock
     );
 
-    let dir = repo().join("docs/bench");
+    let dir = harness::repo().join("docs/bench");
     std::fs::create_dir_all(&dir)?;
     let series: Vec<(&str, &[f64])> = vec![
         ("e2e_us, metrics on", &peers[0].e2e_us),

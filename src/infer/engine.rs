@@ -313,23 +313,43 @@ fn ports(session: &Session) -> Result<(Vec<Port>, Vec<Port>), String> {
 }
 
 /// A new runtime-owned CPU tensor of `dtype` and `shape`, filled by
-/// `fill` with its bytes (the one copy of incoming data).
+/// `fill` with its bytes.
 pub fn new_value(
     dtype: Dtype,
     shape: &[usize],
     fill: impl FnOnce(&mut [u8]),
 ) -> Result<DynValue, String> {
-    let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-    let mut v = DynTensor::new(&Allocator::default(), element_type(dtype), dims)
-        .map_err(|e| e.to_string())?;
+    let mut v = DynTensor::new(&Allocator::default(), element_type(dtype), shape)
+        .map_err(|e| e.to_string())?
+        .into_dyn();
     let n = shape.iter().product::<usize>() * dtype.size();
     if n > 0 {
         // SAFETY: the tensor was just allocated on the CPU allocator with this
         // element type and shape, so it owns exactly `n` writable bytes.
-        let buf = unsafe { std::slice::from_raw_parts_mut(v.data_ptr_mut().cast::<u8>(), n) };
-        fill(buf);
+        fill(unsafe { value_bytes_mut(&mut v, n) });
     }
-    Ok(v.into_dyn())
+    Ok(v)
+}
+
+/// The `n` bytes of a CPU tensor value, writable in place (the run path
+/// writes each frame into a value it keeps).
+///
+/// # Safety
+/// `v` must be a CPU tensor of at least `n` bytes (its element size times
+/// its element count).
+pub unsafe fn value_bytes_mut(v: &mut DynValue, n: usize) -> &mut [u8] {
+    if n == 0 {
+        return &mut [];
+    }
+    let ptr = match v.view().downcast::<ort::value::DynTensorValueType>() {
+        Ok(t) => t.data_ptr().cast::<u8>().cast_mut(),
+        Err(_) => return &mut [],
+    };
+    // SAFETY: per the contract. The pointer comes from the runtime (not
+    // from a Rust shared borrow), the bytes live as long as the value, and
+    // the returned slice borrows the value mutably, so nothing else reads
+    // or writes them meanwhile.
+    unsafe { std::slice::from_raw_parts_mut(ptr, n) }
 }
 
 /// Copies a tensor into a runtime-owned CPU value.

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod ep;
 pub mod post;
 pub mod pre;
+mod prealloc;
 pub mod profile;
 pub mod run;
 pub mod runtime;

@@ -1,22 +1,35 @@
 //! The one run path of tensor pipelines, for one request or a batch of them:
 //! it assembles the model's inputs from [`Feed`]s, runs the session once, and
 //! commits carried state and context only when the run succeeded (a failed
-//! frame leaves its stream as it was). Message tensors are written once into
-//! the runtime's input values (with the carried context in front); a single
-//! request's state is moved in and out as runtime values, a batch's is
-//! gathered along its batch axis and split back. Outputs are read in place by
-//! the caller ([`Ran::outputs`]) and encoded straight into replies.
+//! frame leaves its stream as it was). Outputs are read in place by the
+//! caller ([`Ran::outputs`]) and encoded straight into replies.
+//!
+//! Steady state costs no heap allocation here (issue 12): message tensors are
+//! written once into input values the runner keeps between runs (with the
+//! carried context in front) — the one copy of the input bytes; constants are
+//! runtime values built once; a single request's state is moved in and out as
+//! runtime values (a batch's is gathered along its batch axis and split
+//! back); outputs that are not state are written into values pre-allocated
+//! for the usual input shapes ([`super::prealloc`]); context tails reuse
+//! their buffers.
 
 use ort::logging::LogLevel;
 use ort::session::{RunOptions, SessionInputValue, SessionOutputs};
 use ort::value::DynValue;
+use smallvec::SmallVec;
 
 use super::engine::{self, Model};
+use super::prealloc::{self, Prealloc};
 use super::spec::{Feed, Spec};
 use super::state::StreamState;
 use crate::config::PipelineConfig;
 use crate::tensor::Tensor;
 use crate::wire::reply::OutTensor;
+
+/// Room on the stack for a run's inputs, outputs and members; more spill to
+/// the heap (batches, large models), which is allowed, just not per VAD
+/// frame.
+pub(crate) type Few<T> = SmallVec<[T; 6]>;
 
 /// A worker's session for one tensor pipeline, with its constants built
 /// once as runtime values and its run options.
@@ -33,6 +46,14 @@ pub struct Runner {
     /// give their memory back, so one large frame does not keep the arena
     /// (and RSS) at its size.
     usual_bytes: usize,
+    /// Per model input: the value the last run's client tensor was written
+    /// into, reused while the shape holds (never kept for a large run).
+    inputs: Vec<Option<DynValue>>,
+    /// Buffers of context tails that streams gave back, reused for the
+    /// next tails.
+    spare_tails: Vec<Vec<u8>>,
+    /// Outputs written into values allocated once, for the usual shapes.
+    prealloc: Prealloc,
 }
 
 fn run_options(shrink: bool) -> Result<RunOptions, String> {
@@ -53,12 +74,16 @@ impl Runner {
             .values()
             .map(|c| engine::new_value(c.dtype, &c.shape, |b| b.copy_from_slice(&c.bytes)))
             .collect::<Result<_, _>>()?;
+        let n_inputs = model.inputs.len();
         Ok(Runner {
             model,
             constants,
             quiet: run_options(false)?,
             shrink: Some(run_options(true)?),
             usual_bytes: usize::MAX / 4,
+            inputs: (0..n_inputs).map(|_| None).collect(),
+            spare_tails: Vec::new(),
+            prealloc: Prealloc::default(),
         })
     }
 
@@ -115,21 +140,52 @@ fn find<'t>(tensors: &'t [Tensor], name: &str) -> Result<&'t Tensor, String> {
 
 /// Context tails produced by a run, committed only if it succeeds:
 /// (request, context binding, tail bytes).
-type Tails = Vec<(usize, usize, Vec<u8>)>;
+type Tails = Few<(usize, usize, Vec<u8>)>;
+
+/// Where a client input is written: the runner's kept value for that model
+/// input (reused when dtype and shape match) and its spare tail buffers.
+struct Dest<'r> {
+    kept: &'r mut Option<DynValue>,
+    /// Keep the value for the next run (false for a large run).
+    keep_value: bool,
+    spare_tails: &'r mut Vec<Vec<u8>>,
+}
+
+/// The value of `dtype`/`shape` to write into: the kept one when it fits,
+/// else a new one.
+fn input_value<'d>(
+    kept: &'d mut Option<DynValue>,
+    dtype: crate::tensor::Dtype,
+    shape: &[usize],
+) -> Result<&'d mut DynValue, String> {
+    let fits = kept.as_ref().is_some_and(|v| {
+        engine::value_bytes("input", v).is_ok_and(|(d, s, _)| {
+            d == dtype
+                && s.len() == shape.len()
+                && s.iter().zip(shape).all(|(&a, &b)| a == b as i64)
+        })
+    });
+    if !fits {
+        *kept = Some(engine::new_value(dtype, shape, |_| {})?);
+    }
+    Ok(kept.as_mut().expect("set above"))
+}
 
 /// One client input for every request, concatenated along axis 0, each
 /// request's rows preceded by its carried context (`keep` elements per row)
 /// when the input carries context. Writes the new tails to `tails`.
+/// Returns the value when it is not kept for the next run.
 fn gather_client(
     items: &[Item],
     name: &str,
     context: Option<(usize, usize)>,
+    dest: Dest,
     tails: &mut Tails,
-) -> Result<DynValue, String> {
+) -> Result<Option<DynValue>, String> {
     let first = find(items[0].tensors, name)?;
     let dtype = first.dtype;
     let es = dtype.size();
-    let mut shape = first.shape.clone();
+    let mut shape: Few<usize> = first.shape.iter().copied().collect();
     let mut total = 0;
     for it in items {
         let t = find(it.tensors, name)?;
@@ -148,39 +204,46 @@ fn gather_client(
         *l += keep;
     }
     let width = (last + keep) * es;
-    let mut new_tails: Tails = Vec::new();
-    let v = engine::new_value(dtype, &shape, |buf| {
-        let mut row_at = 0;
-        for (i, it) in items.iter().enumerate() {
-            let t = find(it.tensors, name).expect("checked above");
-            let n_rows = t.elements() / last.max(1);
-            let carried = match (context, it.state.as_deref()) {
-                (Some((k, _)), Some(st)) => st.context[k].as_deref(),
-                _ => None,
-            };
-            let carried = carried.filter(|c| c.len() == n_rows * keep * es);
-            for r in 0..n_rows {
-                let dst = &mut buf[(row_at + r) * width..(row_at + r + 1) * width];
-                let (head, body) = dst.split_at_mut(keep * es);
-                match carried {
-                    Some(c) => head.copy_from_slice(&c[r * keep * es..(r + 1) * keep * es]),
-                    None => head.fill(0),
-                }
-                body.copy_from_slice(&t.data[r * last * es..(r + 1) * last * es]);
+    let value = input_value(dest.kept, dtype, &shape)?;
+    let n = shape.iter().product::<usize>() * es;
+    // SAFETY: a CPU tensor of this dtype and shape (checked or just made)
+    // owns exactly `n` writable bytes; nothing else reads it during the fill.
+    let buf = unsafe { engine::value_bytes_mut(value, n) };
+    let mut row_at = 0;
+    for (i, it) in items.iter().enumerate() {
+        let t = find(it.tensors, name)?;
+        let n_rows = t.elements() / last.max(1);
+        let carried = match (context, it.state.as_deref()) {
+            (Some((k, _)), Some(st)) => st.context[k].as_deref(),
+            _ => None,
+        };
+        let carried = carried.filter(|c| c.len() == n_rows * keep * es);
+        for r in 0..n_rows {
+            let dst = &mut buf[(row_at + r) * width..(row_at + r + 1) * width];
+            let (head, body) = dst.split_at_mut(keep * es);
+            match carried {
+                Some(c) => head.copy_from_slice(&c[r * keep * es..(r + 1) * keep * es]),
+                None => head.fill(0),
             }
-            if let Some((k, _)) = context {
-                let mut tail = Vec::with_capacity(n_rows * keep * es);
-                for r in 0..n_rows {
-                    let end = (row_at + r + 1) * width;
-                    tail.extend_from_slice(&buf[end - keep * es..end]);
-                }
-                new_tails.push((i, k, tail));
-            }
-            row_at += n_rows;
+            body.copy_from_slice(&t.data[r * last * es..(r + 1) * last * es]);
         }
-    })?;
-    tails.extend(new_tails);
-    Ok(v)
+        if let Some((k, _)) = context {
+            let mut tail = dest.spare_tails.pop().unwrap_or_default();
+            tail.clear();
+            for r in 0..n_rows {
+                let end = (row_at + r + 1) * width;
+                tail.extend_from_slice(&buf[end - keep * es..end]);
+            }
+            tails.push((i, k, tail));
+        }
+        row_at += n_rows;
+    }
+    // A large frame's buffer is not kept alive between runs.
+    Ok(if dest.keep_value {
+        None
+    } else {
+        dest.kept.take()
+    })
 }
 
 /// Carried state `j` of every request, concatenated along `axis`.
@@ -211,6 +274,40 @@ fn gather_state(items: &[Item], j: usize, axis: usize) -> Result<DynValue, Strin
     })
 }
 
+/// Writes every client input into its value (the runner's kept one, or a
+/// new one for a large run) and gathers batched state; returns the batched
+/// state values by model input.
+fn prepare(
+    runner: &mut Runner,
+    spec: &Spec,
+    items: &[Item],
+    large: bool,
+    tails: &mut Tails,
+) -> Result<Few<Option<DynValue>>, String> {
+    let single = items.len() == 1;
+    let mut gathered: Few<Option<DynValue>> = Few::new();
+    for (m, feed) in spec.feeds.iter().enumerate() {
+        gathered.push(None);
+        match feed {
+            Feed::Client { input, context } => {
+                let name = &spec.client_inputs[*input].name;
+                let dest = Dest {
+                    kept: &mut runner.inputs[m],
+                    keep_value: !large,
+                    spare_tails: &mut runner.spare_tails,
+                };
+                gathered[m] = gather_client(items, name, *context, dest, tails)?;
+            }
+            Feed::State(j) if !single => {
+                let axes = spec.batch.as_ref().ok_or("batch without batch axes")?;
+                gathered[m] = Some(gather_state(items, *j, axes.state[*j])?);
+            }
+            Feed::State(_) | Feed::Constant(_) => {}
+        }
+    }
+    Ok(gathered)
+}
+
 /// Runs `items` (one request, or a batch of one pipeline) as one session
 /// call. State and context are committed for every item only if the run
 /// succeeds.
@@ -234,38 +331,41 @@ pub fn run<'s>(runner: &'s mut Runner, spec: &Spec, items: &mut [Item]) -> Resul
         .max()
         .unwrap_or(0);
     let large = largest > 2 * runner.usual_bytes;
-    let opts = match (&runner.shrink, large) {
-        (Some(shrink), true) => shrink,
-        _ => &runner.quiet,
-    };
-    let outputs = {
-        let mut inputs: Vec<SessionInputValue> = Vec::with_capacity(spec.feeds.len());
-        for feed in &spec.feeds {
-            inputs.push(match feed {
-                Feed::Client { input, context } => {
-                    let name = &spec.client_inputs[*input].name;
-                    gather_client(items, name, *context, &mut tails)?.into()
-                }
-                Feed::Constant(i) => (&runner.constants[*i]).into(),
-                Feed::State(j) if single => {
-                    let st = items[0]
-                        .state
-                        .as_deref()
-                        .ok_or("stateful pipeline without state")?;
-                    (&st.values[*j]).into()
-                }
-                Feed::State(j) => {
-                    let axes = spec.batch.as_ref().ok_or("batch without batch axes")?;
-                    gather_state(items, *j, axes.state[*j])?.into()
-                }
-            });
-        }
-        runner
-            .model
-            .session
-            .run_with_options(&inputs[..], opts)
-            .map_err(|e| e.to_string())?
-    };
+    let gathered = prepare(runner, spec, items, large, &mut tails)?;
+    let Runner {
+        model,
+        constants,
+        quiet,
+        shrink,
+        inputs: kept,
+        spare_tails,
+        prealloc,
+        ..
+    } = runner;
+    let mut inputs: Few<SessionInputValue> = Few::new();
+    for (m, feed) in spec.feeds.iter().enumerate() {
+        inputs.push(match feed {
+            Feed::Client { .. } => gathered[m]
+                .as_ref()
+                .or(kept[m].as_ref())
+                .ok_or("client input was not written")?
+                .into(),
+            Feed::Constant(i) => (&constants[*i]).into(),
+            Feed::State(j) if single => {
+                let st = items[0]
+                    .state
+                    .as_deref()
+                    .ok_or("stateful pipeline without state")?;
+                (&st.values[*j]).into()
+            }
+            Feed::State(_) => gathered[m].as_ref().ok_or("state was not gathered")?.into(),
+        });
+    }
+    let outputs = match (shrink.as_ref(), large) {
+        (Some(shrink), true) => prealloc::plain(&mut model.session, &inputs, shrink),
+        _ => prealloc.run(&mut model.session, spec, &inputs, quiet, single),
+    }?;
+    drop(inputs);
     if large {
         // Freed buffers of a large run go back to the OS instead of
         // staying in the process heap (RSS) until the next large frame.
@@ -278,9 +378,13 @@ pub fn run<'s>(runner: &'s mut Runner, spec: &Spec, items: &mut [Item]) -> Resul
         outputs,
         rows: counts,
     };
-    ran.commit_state(spec, items, tails)?;
+    ran.commit_state(spec, items, tails, spare_tails)?;
     Ok(ran)
 }
+
+/// Spare tail buffers kept per runner at most (one per stream in flight is
+/// plenty; the rest are freed).
+const MAX_SPARE_TAILS: usize = 16;
 
 impl Ran<'_> {
     /// Moves (one request) or splits (a batch) the state outputs into the
@@ -291,20 +395,29 @@ impl Ran<'_> {
         spec: &Spec,
         items: &mut [Item],
         tails: Tails,
+        spare_tails: &mut Vec<Vec<u8>>,
     ) -> Result<(), String> {
         let names = &spec.state_outputs;
-        let mut fresh: Vec<Vec<DynValue>> = items.iter().map(|_| Vec::new()).collect();
-        for (j, out) in names.iter().enumerate() {
-            match &self.rows {
-                None => {
+        match &self.rows {
+            None => {
+                let mut fresh: Few<DynValue> = Few::new();
+                for out in names {
                     let v = self
                         .outputs
                         .remove(out.as_str())
                         .ok_or_else(|| format!("model did not return state output `{out}`"))?;
-                    fresh[0].push(v);
+                    fresh.push(v);
                 }
-                Some(counts) => {
-                    let axes = spec.batch.as_ref().ok_or("batch without batch axes")?;
+                if let Some(st) = items[0].state.as_deref_mut() {
+                    for (slot, v) in st.values.iter_mut().zip(fresh) {
+                        *slot = v;
+                    }
+                }
+            }
+            Some(counts) => {
+                let mut fresh: Vec<Vec<DynValue>> = items.iter().map(|_| Vec::new()).collect();
+                let axes = spec.batch.as_ref().ok_or("batch without batch axes")?;
+                for (j, out) in names.iter().enumerate() {
                     let v = self
                         .outputs
                         .get(out.as_str())
@@ -316,18 +429,21 @@ impl Ran<'_> {
                         fresh[i].push(piece);
                     }
                 }
-            }
-        }
-        for (it, values) in items.iter_mut().zip(fresh) {
-            if let Some(st) = it.state.as_deref_mut()
-                && !values.is_empty()
-            {
-                st.values = values;
+                for (it, values) in items.iter_mut().zip(fresh) {
+                    if let Some(st) = it.state.as_deref_mut()
+                        && !values.is_empty()
+                    {
+                        st.values = values;
+                    }
+                }
             }
         }
         for (i, k, tail) in tails {
-            if let Some(st) = items[i].state.as_deref_mut() {
-                st.context[k] = Some(tail);
+            if let Some(st) = items[i].state.as_deref_mut()
+                && let Some(old) = st.context[k].replace(tail)
+                && spare_tails.len() < MAX_SPARE_TAILS
+            {
+                spare_tails.push(old);
             }
         }
         Ok(())
@@ -335,7 +451,7 @@ impl Ran<'_> {
 
     /// Request `i`'s published outputs, read in place from the session's
     /// output memory (cut to its rows for a batch).
-    pub fn outputs<'a>(&'a self, spec: &'a Spec, i: usize) -> Result<Vec<OutTensor<'a>>, String> {
+    pub fn outputs<'a>(&'a self, spec: &'a Spec, i: usize) -> Result<Few<OutTensor<'a>>, String> {
         let mut start = 0;
         let rows = self.rows.as_ref().map(|counts| {
             start = counts[..i].iter().sum();

@@ -1,6 +1,6 @@
 //! Egress: the last stage. Workers publish predictions through their own
-//! [`Outbox`] (declared publishers cached per output key, so the hot path does
-//! no key resolution); ingress, workers and shutdown report failures through
+//! [`Outbox`] (declared publishers cached per output key in a bounded LRU, so
+//! the hot path does no key resolution and allocates no key); ingress, workers and shutdown report failures through
 //! [`fail`] / [`publish_error`]. Every put uses `CongestionControl::Drop`: a slow or
 //! absent subscriber must never stall a worker or the zenoh callback, and a
 //! dropped reply is preferable to a late prediction on a robot. Messages are
@@ -14,8 +14,11 @@
 //! a 32 ms audio frame's reply never waits behind (or is dropped behind) the
 //! fragments of a 400 KB camera map in the same queue.
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::hash::Hash;
+use std::num::NonZeroUsize;
 
+use lru::LruCache;
 use zenoh::Wait;
 use zenoh::qos::{CongestionControl, Priority};
 
@@ -24,18 +27,10 @@ use crate::error::Rejection;
 use crate::job::Job;
 use crate::wire::ErrorMessage;
 
-/// Bound on cached publishers per worker; the cache is cleared past it.
-const MAX_CACHED_PUBLISHERS: usize = 1024;
-
-/// The output key of a stream: `<output>/<stream>`, or `<output>` when the
-/// input key has no wildcard.
-pub fn output_key(output: &str, stream: &str) -> String {
-    if stream.is_empty() {
-        output.to_string()
-    } else {
-        format!("{output}/{stream}")
-    }
-}
+/// Bound on cached publishers per worker: past it the least recently used
+/// one is undeclared. Stream ids are chosen by clients, so the cache must
+/// not grow with them; 1024 covers any real robot's streams.
+pub const MAX_CACHED_PUBLISHERS: usize = 1024;
 
 /// Zenoh priorities from the most to the least urgent that applications may
 /// use (`Control` is zenoh's own).
@@ -56,40 +51,111 @@ pub fn level_priority(level: usize) -> Priority {
     PRIORITIES[level.min(PRIORITIES.len() - 1)]
 }
 
+/// A bounded map from output key to what publishes on it, least recently
+/// used first out.
+pub struct KeyCache<V> {
+    map: LruCache<String, V>,
+}
+
+impl<V> KeyCache<V> {
+    pub fn new(cap: usize) -> KeyCache<V> {
+        KeyCache {
+            map: LruCache::new(NonZeroUsize::new(cap.max(1)).expect("at least 1")),
+        }
+    }
+
+    /// The entry for `key`, made by `make` on a miss (evicting the least
+    /// recently used entry when full). A hit allocates nothing.
+    pub fn get_or_try_insert<Q, E>(
+        &mut self,
+        key: &Q,
+        make: impl FnOnce() -> Result<V, E>,
+    ) -> Result<&V, E>
+    where
+        String: Borrow<Q>,
+        Q: Hash + Eq + ToString + ?Sized,
+    {
+        if !self.map.contains(key) {
+            let v = make()?;
+            self.map.push(key.to_string(), v);
+        }
+        Ok(self.map.get(key).expect("inserted above"))
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Keys from the most to the least recently used.
+    #[cfg(test)]
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.map.iter().map(|(k, _)| k.as_str())
+    }
+}
+
 /// A worker's publishing side.
 pub struct Outbox {
     session: zenoh::Session,
-    publishers: HashMap<String, zenoh::pubsub::Publisher<'static>>,
+    publishers: KeyCache<zenoh::pubsub::Publisher<'static>>,
+    /// The output key being published, rebuilt in place per reply.
+    key: String,
 }
 
 impl Outbox {
     pub fn new(session: zenoh::Session) -> Outbox {
         Outbox {
             session,
-            publishers: HashMap::new(),
+            publishers: KeyCache::new(MAX_CACHED_PUBLISHERS),
+            key: String::new(),
         }
+    }
+
+    /// Publishes on the output key of `stream`: `<output>/<stream>`, or
+    /// `<output>` when the input key has no wildcard.
+    pub fn put_stream(
+        &mut self,
+        output: &str,
+        stream: &str,
+        level: usize,
+        payload: Vec<u8>,
+    ) -> Result<(), String> {
+        let mut key = std::mem::take(&mut self.key);
+        key.clear();
+        key.push_str(output);
+        if !stream.is_empty() {
+            key.push('/');
+            key.push_str(stream);
+        }
+        let r = self.put(&key, level, payload);
+        self.key = key;
+        r
     }
 
     /// Publishes on `key` at the zenoh priority of scheduler level `level`
     /// (a key always belongs to one pipeline, hence one level).
     pub fn put(&mut self, key: &str, level: usize, payload: Vec<u8>) -> Result<(), String> {
-        if !self.publishers.contains_key(key) {
-            if self.publishers.len() >= MAX_CACHED_PUBLISHERS {
-                self.publishers.clear();
-            }
-            let p = self
-                .session
+        let session = &self.session;
+        let publisher = self.publishers.get_or_try_insert(key, || {
+            session
                 .declare_publisher(key.to_string())
                 .congestion_control(CongestionControl::Drop)
                 .priority(level_priority(level))
                 .wait()
-                .map_err(|e| e.to_string())?;
-            self.publishers.insert(key.to_string(), p);
-        }
-        self.publishers[key]
-            .put(payload)
-            .wait()
-            .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())
+        })?;
+        publisher.put(payload).wait().map_err(|e| e.to_string())
+    }
+
+    /// Publishers currently declared.
+    #[cfg(test)]
+    pub fn cached(&self) -> usize {
+        self.publishers.len()
     }
 }
 
@@ -149,5 +215,64 @@ mod tests {
         assert!(ps.windows(2).all(|w| w[0] <= w[1]), "{ps:?}");
         assert_eq!(level_priority(6), Priority::Background);
         assert_eq!(level_priority(99), Priority::Background);
+    }
+
+    #[test]
+    fn key_cache_evicts_the_least_recently_used() {
+        let mut made = Vec::new();
+        let mut c: KeyCache<usize> = KeyCache::new(3);
+        let mut get = |c: &mut KeyCache<usize>, k: &str| {
+            *c.get_or_try_insert(k, || {
+                made.push(k.to_string());
+                Ok::<_, ()>(made.len())
+            })
+            .unwrap()
+        };
+        assert_eq!(get(&mut c, "o/a"), 1);
+        assert_eq!(get(&mut c, "o/b"), 2);
+        assert_eq!(get(&mut c, "o/c"), 3);
+        // A hit makes nothing and refreshes the key.
+        assert_eq!(get(&mut c, "o/a"), 1);
+        // Full: `o/b` is now the least recently used and goes.
+        assert_eq!(get(&mut c, "o/d"), 4);
+        assert_eq!(c.keys().collect::<Vec<_>>(), ["o/d", "o/a", "o/c"]);
+        assert_eq!(get(&mut c, "o/b"), 5, "an evicted key is made again");
+        assert_eq!(c.keys().collect::<Vec<_>>(), ["o/b", "o/d", "o/a"]);
+        assert_eq!(c.len(), 3);
+    }
+
+    #[test]
+    fn key_cache_failed_make_inserts_nothing() {
+        let mut c: KeyCache<u8> = KeyCache::new(2);
+        assert_eq!(c.get_or_try_insert("k", || Err("no")), Err("no"));
+        assert!(c.is_empty());
+    }
+
+    /// Many client-chosen stream ids through a real zenoh session: the
+    /// publishers stay bounded, the recent streams stay cached.
+    #[test]
+    fn outbox_stays_bounded_under_many_stream_ids() {
+        let cfg = zenoh::Config::from_json5(
+            r#"{ mode: "peer", listen: { endpoints: [] }, connect: { endpoints: [] },
+                 scouting: { multicast: { enabled: false }, gossip: { enabled: false } } }"#,
+        )
+        .unwrap();
+        let session = zenoh::open(cfg).wait().unwrap();
+        let mut outbox = Outbox::new(session);
+        let n = MAX_CACHED_PUBLISHERS * 3 + 7;
+        for i in 0..n {
+            outbox
+                .put_stream("t/out", &format!("s{i}"), 0, vec![1, 2, 3])
+                .unwrap();
+            assert!(outbox.cached() <= MAX_CACHED_PUBLISHERS);
+        }
+        assert_eq!(outbox.cached(), MAX_CACHED_PUBLISHERS);
+        let keys: Vec<&str> = outbox.publishers.keys().take(2).collect();
+        assert_eq!(
+            keys,
+            [format!("t/out/s{}", n - 1), format!("t/out/s{}", n - 2)]
+        );
+        outbox.put_stream("t/out", "", 0, vec![]).unwrap();
+        assert_eq!(outbox.publishers.keys().next(), Some("t/out"));
     }
 }

@@ -59,3 +59,25 @@ pub fn bound_rx(mut zc: zenoh::Config, limits: &Limits) -> Result<zenoh::Config,
     }
     Ok(zc)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The daemon's session takes same-host SHM buffers (camera frames)
+    /// without being configured for it: zenoh is built with
+    /// `shared-memory`, whose default is on. A build without the feature,
+    /// or a default turned off, would silently send frames over the socket.
+    #[test]
+    fn inline_config_has_shared_memory_on() {
+        let z = ZenohConfig::Inline {
+            mode: ZenohMode::Peer,
+            listen: vec!["tcp/127.0.0.1:0".into()],
+            connect: vec![],
+            scouting: false,
+        };
+        let zc = zenoh_config(&z).expect("config");
+        let on = zc.get_json("transport/shared_memory/enabled").expect("key");
+        assert_eq!(on, "true");
+    }
+}

@@ -19,6 +19,10 @@ use crate::obs::ratelimit::one_line;
 use crate::tensor::{Dtype, Tensor};
 use crate::wire::reply::{self, ReplyMeta};
 
+/// A session call's members, on the stack for all but large batches (the
+/// single-frame path allocates nothing here).
+type Few<T> = smallvec::SmallVec<[T; 4]>;
+
 type Member = crate::sched::Member<crate::ctx::Kinds>;
 
 /// Serves one job (with its stream's slot for a `latest` pipeline).
@@ -189,7 +193,7 @@ fn run_group(w: &mut Worker, ctx: &Ctx, outbox: &mut Outbox, group: &[&Member], 
     };
     // Each slot's state is only touched by the worker holding its ticket,
     // so these locks are uncontended.
-    let mut guards: Vec<_> = group
+    let mut guards: Few<_> = group
         .iter()
         .map(|(slot, _)| {
             slot.as_ref()
@@ -209,7 +213,7 @@ fn run_group(w: &mut Worker, ctx: &Ctx, outbox: &mut Outbox, group: &[&Member], 
             return;
         }
     };
-    let mut answered = vec![false; group.len()];
+    let mut answered: Few<bool> = smallvec::smallvec![false; group.len()];
     let call = Call {
         worker: w.id,
         group,
@@ -320,8 +324,8 @@ fn items<'a>(
     group: &'a [&Member],
     guards: &'a mut [Guard<'_>],
     now: Instant,
-) -> Result<Vec<Item<'a>>, Rejection> {
-    let mut items = Vec::with_capacity(group.len());
+) -> Result<Few<Item<'a>>, Rejection> {
+    let mut items = Few::with_capacity(group.len());
     for (g, (_, job)) in guards.iter_mut().zip(group) {
         let state = match g.as_mut() {
             None => None,
@@ -408,11 +412,10 @@ fn reply(ctx: &Ctx, outbox: &mut Outbox, job: &Job, ran: &Ran, i: usize, info: &
         late,
     };
     let bytes = reply::encode_prediction(&meta, &outputs);
-    let key = egress::output_key(&tp.cfg.output, &job.stream);
     // Counted before the put, so a client that has seen the prediction also
     // sees it counted.
     tp.stats.ok.fetch_add(1, Relaxed);
-    if let Err(e) = outbox.put(&key, tp.cfg.level, bytes) {
+    if let Err(e) = outbox.put_stream(&tp.cfg.output, &job.stream, tp.cfg.level, bytes) {
         tp.stats.ok.fetch_sub(1, Relaxed);
         if tp.log.allow(ErrorCode::InferenceFailed) {
             tracing::warn!(pipeline = %tp.cfg.name, error = %e, "cannot publish prediction");
