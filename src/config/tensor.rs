@@ -7,23 +7,55 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::common::{At, LevelIndex, RawCommon, common};
+use super::image::RawPre;
 use super::raw::{RawConstant, RawFormat, RawRawFormat, RawTensorPipeline};
 use super::*;
 
+/// A chain stage's link before the pipeline it names is resolved to an
+/// index (see `super::chain`).
+pub(super) struct PendingLink {
+    pub after: String,
+    pub feed: Option<BTreeMap<String, String>>,
+    pub pre: Option<PreSpec>,
+}
+
 pub(super) fn tensor_config(
-    p: RawTensorPipeline,
+    mut p: RawTensorPipeline,
     base: &Path,
     level_index: LevelIndex,
     levels: &[String],
     limits: &Limits,
-) -> Result<PipelineConfig, ConfigError> {
+) -> Result<(PipelineConfig, Option<PendingLink>), ConfigError> {
     let at = At(&p.name);
+    let (input, output) = super::chain::stage_keys(&at, &p)?;
+    let pending = match p.after.take() {
+        None => None,
+        Some(after) => Some(PendingLink {
+            after,
+            feed: p.feed.take(),
+            pre: p.pre.take().map(|r| pre_spec(&at, &r)).transpose()?,
+        }),
+    };
+    if pending.is_none() && p.feed.is_some() {
+        return Err(at.err(
+            "feed",
+            "only a chain stage (`after = \"…\"`) is fed by another pipeline",
+        ));
+    }
+    let answer = p
+        .answer
+        .as_ref()
+        .map(|a| {
+            AnswerConfig::from_raw(a, base)
+                .map_err(|e| invalid(format!("pipeline {:?}: {e}", p.name)))
+        })
+        .transpose()?;
     let c = common(
         RawCommon {
             name: &p.name,
             model: &p.model,
-            input: &p.input,
-            output: &p.output,
+            input: &input,
+            output: &output,
             error_key: p.error_key.as_deref(),
             level: p.level.as_deref(),
             deadline_ms: p.deadline_ms,
@@ -35,7 +67,7 @@ pub(super) fn tensor_config(
         level_index,
         levels,
     )?;
-    let format = format(&at, p.format, p.raw)?;
+    let format = format(&at, p.format, p.raw, p.pre.as_ref())?;
     let batch = batch_config(
         &at,
         p.max_batch,
@@ -55,7 +87,7 @@ pub(super) fn tensor_config(
         .iter()
         .map(|(k, v)| Ok((k.clone(), shape(&at.key(&format!("warmup.{k}")), v)?)))
         .collect::<Result<_, ConfigError>>()?;
-    Ok(PipelineConfig {
+    let config = PipelineConfig {
         queue_capacity: positive(&at.key("queue_capacity"), p.queue_capacity, 16)?,
         max_streams: positive(&at.key("max_streams"), p.max_streams, DEFAULT_MAX_STREAMS)?,
         idle_reset: p
@@ -82,10 +114,38 @@ pub(super) fn tensor_config(
         late: p.late,
         non_finite: p.non_finite,
         max_elements: positive(&at.key("max_elements"), p.max_elements, limits.max_elements)?,
-    })
+        answer,
+        next: None,
+        head: usize::MAX,
+    };
+    Ok((config, pending))
 }
 
-fn format(at: &At, f: RawFormat, raw: Option<RawRawFormat>) -> Result<InputFormat, ConfigError> {
+fn pre_spec(at: &At, raw: &RawPre) -> Result<PreSpec, ConfigError> {
+    PreSpec::from_raw(raw).map_err(|e| at.err(&format!("pre.{}", e.key), e.message))
+}
+
+fn format(
+    at: &At,
+    f: RawFormat,
+    raw: Option<RawRawFormat>,
+    pre: Option<&RawPre>,
+) -> Result<InputFormat, ConfigError> {
+    if f == RawFormat::Image {
+        if raw.is_some() {
+            return Err(at.err("raw", "a [pipeline.raw] table needs format = \"raw\""));
+        }
+        return Ok(InputFormat::Image(pre_spec(
+            at,
+            &pre.cloned().unwrap_or_default(),
+        )?));
+    }
+    if pre.is_some() {
+        return Err(at.err(
+            "pre",
+            "a [pipeline.pre] table needs format = \"image\" (or a chain stage fed with crops)",
+        ));
+    }
     match (f, raw) {
         (RawFormat::Safetensors, None) => Ok(InputFormat::Safetensors),
         (RawFormat::Safetensors, Some(_)) => {
@@ -100,6 +160,7 @@ fn format(at: &At, f: RawFormat, raw: Option<RawRawFormat>) -> Result<InputForma
             shape: shape(&at.key("raw.shape"), &r.shape)?,
             tensor: r.tensor,
         }),
+        (RawFormat::Image, _) => unreachable!("handled above"),
     }
 }
 

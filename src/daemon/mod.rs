@@ -132,7 +132,8 @@ impl Daemon {
             tokens::Deliverers::start(&ctx)
                 .map_err(|e| StartError::Worker(format!("cannot spawn delivery thread: {e}")))?,
         );
-        for pi in 0..ctx.tensors.len() {
+        // Chain stages have no zenoh input: their head's worker feeds them.
+        for pi in (0..ctx.tensors.len()).filter(|&pi| !ctx.tensors[pi].cfg.is_chained()) {
             d.subscribers
                 .push(ingress::subscribe(&ctx, pi).map_err(zerr)?);
         }
@@ -273,6 +274,8 @@ impl Daemon {
         for g in drained.gens.into_iter().chain(batched).chain(joiners) {
             tokens::finish(ctx, g, Finish::Cancelled);
         }
+        // Open speech segments end with the daemon (docs/answers.md).
+        crate::worker::close_streams(ctx);
     }
 }
 

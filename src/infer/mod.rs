@@ -6,10 +6,12 @@
 //! context); [`batch`] finds a model's batch axes; [`state`] is what a stream
 //! carries between frames. Around a run, [`pre`] turns a camera frame into the
 //! model's input tensor on the worker thread and [`post`] turns a model's
-//! outputs into answers (detections, classes, speech events). Nothing here
+//! outputs into answers (detections, classes, speech events); [`chain`] is
+//! what one stage of an in-process model chain hands the next. Nothing here
 //! touches zenoh or the scheduler.
 
 pub mod batch;
+pub mod chain;
 pub mod engine;
 pub mod post;
 pub mod pre;

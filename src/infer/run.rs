@@ -33,6 +33,9 @@ pub struct Runner {
     /// give their memory back, so one large frame does not keep the arena
     /// (and RSS) at its size.
     usual_bytes: usize,
+    /// This worker's pre-processor for the pipeline's image input (its
+    /// buffers are reused from frame to frame).
+    pub pre: Option<super::pre::Preprocessor>,
 }
 
 fn run_options(shrink: bool) -> Result<RunOptions, String> {
@@ -59,6 +62,7 @@ impl Runner {
             quiet: run_options(false)?,
             shrink: Some(run_options(true)?),
             usual_bytes: usize::MAX / 4,
+            pre: None,
         })
     }
 
@@ -92,8 +96,13 @@ pub struct Ran<'s> {
 /// Rows a request contributes: the leading dimension of its client inputs,
 /// which must agree.
 fn rows(spec: &Spec, tensors: &[Tensor]) -> Result<usize, String> {
-    let mut n = None;
-    for want in &spec.client_inputs {
+    let image = spec.image.as_ref().map(|b| b.input);
+    // A frame is one row of the image input.
+    let mut n = image.map(|_| 1);
+    for (k, want) in spec.client_inputs.iter().enumerate() {
+        if Some(k) == image {
+            continue;
+        }
         let t = find(tensors, &want.name)?;
         let r = *t.shape.first().ok_or("scalar client input")?;
         if *n.get_or_insert(r) != r {
@@ -215,6 +224,18 @@ fn gather_state(items: &[Item], j: usize, axis: usize) -> Result<DynValue, Strin
 /// call. State and context are committed for every item only if the run
 /// succeeds.
 pub fn run<'s>(runner: &'s mut Runner, spec: &Spec, items: &mut [Item]) -> Result<Ran<'s>, String> {
+    run_with(runner, spec, items, None)
+}
+
+/// [`run`], with the image input already written (one row per item, see
+/// `infer::pre::prepare`); without it the image input is read from the
+/// items' tensors like any other (warm-up).
+pub fn run_with<'s>(
+    runner: &'s mut Runner,
+    spec: &Spec,
+    items: &mut [Item],
+    mut image: Option<DynValue>,
+) -> Result<Ran<'s>, String> {
     let single = items.len() == 1;
     let counts = if single {
         None
@@ -242,6 +263,11 @@ pub fn run<'s>(runner: &'s mut Runner, spec: &Spec, items: &mut [Item]) -> Resul
         let mut inputs: Vec<SessionInputValue> = Vec::with_capacity(spec.feeds.len());
         for feed in &spec.feeds {
             inputs.push(match feed {
+                Feed::Client { input, .. }
+                    if image.is_some() && spec.image.as_ref().map(|b| b.input) == Some(*input) =>
+                {
+                    image.take().expect("checked").into()
+                }
                 Feed::Client { input, context } => {
                     let name = &spec.client_inputs[*input].name;
                     gather_client(items, name, *context, &mut tails)?.into()

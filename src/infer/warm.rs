@@ -36,6 +36,7 @@ pub fn load_and_warm(
     let model = engine::load(env, &p.into(), rt)?;
     let spec = Spec::new(p, &model)?;
     let mut runner = Runner::new(model, p).map_err(|e| warm_err(p, e))?;
+    runner.pre = (spec.image.as_ref()).map(|b| super::pre::Preprocessor::new(b.pre.clone()));
     let inputs = spec.warmup_inputs(p);
     let rows = p.batch.as_ref().map_or(1, |b| b.max_batch);
     for n in [1, rows] {

@@ -18,10 +18,13 @@ use crate::infer::Runner;
 use crate::io::egress::Outbox;
 use crate::llm::LlmModel;
 
+mod answer;
+mod chain;
 mod generate;
 mod os;
 mod tensor;
 
+pub use answer::close_streams;
 pub use os::{apply_affinity, apply_policy};
 
 pub struct Worker {

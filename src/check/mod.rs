@@ -15,6 +15,8 @@ use crate::infer::{Spec, runtime};
 use crate::io::zenoh::zenoh_config;
 use crate::llm::{self, LlmShared, ModelFiles};
 
+mod stages;
+
 /// Returns the human-readable report, or the first error.
 pub fn check(config: &Config) -> Result<String, StartError> {
     let (env, lib) = runtime::environment(config.runtime.onnxruntime.as_deref())?;
@@ -76,18 +78,39 @@ fn describe_tensor(out: &mut String, config: &Config, p: &PipelineConfig, spec: 
             dtype,
             shape,
         } => format!("raw {tensor}: {}{:?}", dtype.name(), shape),
+        InputFormat::Image(_) => format!(
+            "image message: {}",
+            crate::wire::image::Encoding::NAMES.join("/")
+        ),
+        InputFormat::Chained(_) => String::new(),
     };
-    let _ = writeln!(out, "  in:  {} [{fmt}]", p.input);
+    match &p.format {
+        InputFormat::Chained(link) => {
+            let _ = writeln!(out, "  in:  {}", stages::link(config, link));
+        }
+        _ => {
+            let _ = writeln!(out, "  in:  {} [{fmt}]", p.input);
+        }
+    }
     for port in &spec.client_inputs {
         let _ = writeln!(out, "       {port}");
     }
-    let _ = writeln!(out, "  out: {}/<stream>  errors: {}", p.output, p.error_key);
-    for port in spec
-        .model_outputs
-        .iter()
-        .filter(|o| spec.publish.contains(&o.name))
-    {
-        let _ = writeln!(out, "       {port}");
+    stages::describe(out, config, p, spec);
+    if p.next.is_none() {
+        let _ = writeln!(
+            out,
+            "  out: {}/<stream> [{}]  errors: {}",
+            p.output,
+            stages::published(p),
+            p.error_key
+        );
+        for port in spec
+            .model_outputs
+            .iter()
+            .filter(|o| spec.publish.contains(&o.name))
+        {
+            let _ = writeln!(out, "       {port}");
+        }
     }
     for s in &p.state {
         let _ = writeln!(out, "  state: {} → {}", s.output, s.input);
