@@ -7,7 +7,9 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
-use crate::config::{Config, Fallback, GeneratorConfig, InputFormat, Overflow, PipelineConfig};
+use crate::config::{
+    Config, Fallback, GeneratorConfig, InputFormat, Outputs, Overflow, PipelineConfig,
+};
 use crate::daemon::StartError;
 use crate::infer::engine::EngineError;
 use crate::infer::warm::load_and_warm;
@@ -86,7 +88,7 @@ fn describe_tensor(out: &mut String, config: &Config, p: &PipelineConfig, spec: 
     };
     match &p.format {
         InputFormat::Chained(link) => {
-            let _ = writeln!(out, "  in:  {}", stages::link(config, link));
+            let _ = writeln!(out, "  in:  {}", stages::link(config, p, link));
         }
         _ => {
             let _ = writeln!(out, "  in:  {} [{fmt}]", p.input);
@@ -104,10 +106,14 @@ fn describe_tensor(out: &mut String, config: &Config, p: &PipelineConfig, spec: 
             stages::published(p),
             p.error_key
         );
+        let tensors = p
+            .answer
+            .as_ref()
+            .is_none_or(|a| a.outputs != Outputs::Answer);
         for port in spec
             .model_outputs
             .iter()
-            .filter(|o| spec.publish.contains(&o.name))
+            .filter(|o| tensors && spec.publish.contains(&o.name))
         {
             let _ = writeln!(out, "       {port}");
         }

@@ -11,7 +11,7 @@ use crate::config::{AnswerKind, Config, Link, LinkFeed, Outputs, PipelineConfig}
 use crate::infer::Spec;
 
 /// The `in:` line of a chain stage.
-pub(super) fn link(config: &Config, link: &Link) -> String {
+pub(super) fn link(config: &Config, p: &PipelineConfig, link: &Link) -> String {
     let before = &config.pipelines[link.after].name;
     match &link.feed {
         LinkFeed::Tensors(map) => {
@@ -21,9 +21,10 @@ pub(super) fn link(config: &Config, link: &Link) -> String {
                 .collect();
             format!("chain stage after {before}: tensors {}", pairs.join(", "))
         }
-        LinkFeed::Crops(_) => {
-            format!("chain stage after {before}: one crop per region it found, in source pixels")
-        }
+        LinkFeed::Crops(_) => format!(
+            "chain stage after {before}: one crop per region it found, up to {} per run (max_batch)",
+            p.batch.as_ref().map_or(1, |b| b.max_batch)
+        ),
     }
 }
 
@@ -42,11 +43,13 @@ pub(super) fn describe(out: &mut String, config: &Config, p: &PipelineConfig, sp
     if let Some(b) = &spec.image {
         let port = &spec.client_inputs[b.input];
         let _ = writeln!(out, "  pre: {} → {}", pre_line(&b.pre), port.name);
-        let _ = writeln!(
-            out,
-            "       frames up to {} pixels (pre.max_pixels)",
-            b.pre.limits.max_pixels
-        );
+        if !p.is_chained() {
+            let _ = writeln!(
+                out,
+                "       frames up to {} pixels (pre.max_pixels)",
+                b.pre.limits.max_pixels
+            );
+        }
     }
     if let Some(b) = &spec.answer {
         let tensor = &spec.publish[b.output];

@@ -247,3 +247,121 @@ fn check_crops(ps: &[PipelineConfig], i: usize, after: usize) -> Result<(), Conf
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::Config;
+    use super::*;
+
+    const CAM: &str = r#"
+        [[level]]
+        name = "fast"
+        [[level]]
+        name = "slow"
+        [[pipeline]]
+        name = "cam"
+        model = "det.onnx"
+        input = "cam/*"
+        output = "out/cam"
+        level = "slow"
+        deadline_ms = 300
+        overflow = "latest"
+        format = "image"
+        answer = { kind = "detect" }
+    "#;
+
+    fn with(stage: &str) -> Result<Config, String> {
+        Config::from_toml(&format!("{CAM}\n[[pipeline]]\n{stage}"), Path::new("/b"))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_stage_inherits_its_heads_keys_and_is_linked_both_ways() {
+        let c = with(
+            "name = \"cls\"\nmodel = \"c.onnx\"\nafter = \"cam\"\nmax_batch = 4\nanswer = { kind = \"classify\" }",
+        )
+        .unwrap();
+        let (cam, cls) = (&c.pipelines[0], &c.pipelines[1]);
+        assert_eq!((cam.next, cam.head), (Some(1), 0));
+        assert_eq!((cls.next, cls.head), (None, 0));
+        assert_eq!(
+            (&cls.input, &cls.output, cls.level, cls.deadline),
+            (&cam.input, &cam.output, cam.level, cam.deadline)
+        );
+        assert_eq!(cls.error_key, "out/cam/error");
+        let InputFormat::Chained(Link {
+            after: 0,
+            feed: LinkFeed::Crops(Some(_)),
+        }) = &cls.format
+        else {
+            panic!("{:?}", cls.format)
+        };
+    }
+
+    #[test]
+    fn stage_errors_name_the_key() {
+        let cases = [
+            (
+                "name = \"x\"\nmodel = \"c.onnx\"\nafter = \"nope\"",
+                "after",
+            ),
+            ("name = \"x\"\nmodel = \"c.onnx\"\nafter = \"x\"", "itself"),
+            (
+                "name = \"x\"\nmodel = \"c.onnx\"\nafter = \"cam\"\ninput = \"a\"\nanswer = { kind = \"classify\" }",
+                "input",
+            ),
+            (
+                "name = \"x\"\nmodel = \"c.onnx\"\nafter = \"cam\"\nlevel = \"fast\"\nanswer = { kind = \"classify\" }",
+                "level",
+            ),
+            (
+                "name = \"x\"\nmodel = \"c.onnx\"\nafter = \"cam\"",
+                "answer.kind",
+            ),
+            (
+                "name = \"x\"\nmodel = \"c.onnx\"\nafter = \"cam\"\nanswer = { kind = \"classify\", outputs = \"both\" }",
+                "answer.outputs",
+            ),
+            (
+                "name = \"x\"\nmodel = \"c.onnx\"\nafter = \"cam\"\nfeed = { a = \"b\" }",
+                "answer would be lost",
+            ),
+            ("name = \"x\"\nmodel = \"c.onnx\"\ninput = \"i\"", "output"),
+        ];
+        for (stage, want) in cases {
+            let e = with(stage).unwrap_err();
+            assert!(e.contains(want) && e.contains("pipeline"), "{stage}: {e}");
+        }
+    }
+
+    #[test]
+    fn chains_are_linear_and_loops_are_refused() {
+        let two = "name = \"a\"\nmodel = \"c.onnx\"\nafter = \"cam\"\nanswer = { kind = \"classify\" }\n[[pipeline]]\nname = \"b\"\nmodel = \"c.onnx\"\nafter = \"cam\"\nanswer = { kind = \"classify\" }";
+        assert!(with(two).unwrap_err().contains("linear"));
+        let text = "[[pipeline]]\nname = \"p\"\nmodel = \"m\"\nafter = \"q\"\nfeed = { x = \"y\" }\n[[pipeline]]\nname = \"q\"\nmodel = \"m\"\nafter = \"p\"\nfeed = { x = \"y\" }";
+        let e = Config::from_toml(text, Path::new("/b"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("loops"), "{e}");
+    }
+
+    #[test]
+    fn answer_kinds_need_their_inputs() {
+        let base = "[[pipeline]]\nname = \"p\"\nmodel = \"m\"\ninput = \"i/*\"\noutput = \"o\"\n";
+        let err = |extra: &str| {
+            Config::from_toml(&format!("{base}{extra}"), Path::new("/b"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("answer = { kind = \"vad\" }").contains("latest"));
+        assert!(err("answer = { kind = \"detect\" }").contains("format = \"image\""));
+        assert!(err("answer = { kind = \"segment\" }").contains("detect, classify, vad"));
+        assert!(err("answer = { kind = \"classify\", top_k = 0 }").contains("answer.top_k"));
+        assert!(err("answer = { kind = \"classify\", outputs = \"some\" }").contains("outputs"));
+        assert!(err("answer = { kind = \"classify\", topk = 3 }").contains("topk"));
+        assert!(err("pre = { color = \"rgb\" }").contains("format = \"image\""));
+        assert!(err("format = \"image\"\npre = { pad = 3 }").contains("pre.pad"));
+    }
+}
