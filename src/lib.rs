@@ -13,6 +13,7 @@ pub mod egress;
 pub mod engine;
 pub mod error;
 pub mod health;
+pub mod infer;
 pub mod ingress;
 pub mod llm;
 pub mod logging;
