@@ -16,7 +16,12 @@ against.
       first line {"ready": true, "texts": [[...] per image]}, then
       "run K" -> {"latencies_us": [...K...], "stages_us": [det, cls, rec]}
       (frames cycle through the images; stage sums are rapidocr's own
-      timers, only for frames with text); "quit" ends.
+      timers, only for frames with text);
+      "bare K" -> {"rapidocr_us": [det, cls, rec], "arena_us": [...]}: the
+      tensors rapidocr fed its sessions for K frames, run again through its
+      own sessions (memory arena off, as rapidocr configures them) and
+      through sessions with ONNX Runtime's defaults (arena on);
+      "quit" ends.
 
 Images are read with cv2.imread (BGR; grey replicated), exactly what the Rust
 side decodes from the same PNG files.
@@ -125,22 +130,73 @@ def cmd_reference(args):
     sys.stdout.write("\n")
 
 
+class Recorder:
+    """Stands in for one of rapidocr's OrtInferSession objects and keeps the
+    tensors it is given while `tape` is a list."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.tape = None
+
+    def __call__(self, x):
+        if self.tape is not None:
+            self.tape.append(x)
+        return self.inner(x)
+
+
+def bare_runs(sessions, tapes, k):
+    """Runs the recorded tensors of k frames through `sessions` (det, cls, rec),
+    returns the summed microseconds per stage."""
+    total = [0.0, 0.0, 0.0]
+    for i in range(k):
+        for s, (sess, xs) in enumerate(zip(sessions, tapes[i % len(tapes)])):
+            name = sess.get_inputs()[0].name
+            for x in xs:
+                t = time.perf_counter()
+                sess.run(None, {name: x})
+                total[s] += (time.perf_counter() - t) * 1e6
+    return total
+
+
 def cmd_serve(args):
+    import onnxruntime as ort
+
     cv2.setNumThreads(args.threads)
     engine = RapidOCR(intra_op_num_threads=args.threads, inter_op_num_threads=1)
+    rec_det = engine.text_det.infer = Recorder(engine.text_det.infer)
+    rec_cls = engine.text_cls.infer = Recorder(engine.text_cls.infer)
+    rec_rec = engine.text_rec.session = Recorder(engine.text_rec.session)
     frames = []
     for p in args.images:
         img = cv2.imread(p, cv2.IMREAD_COLOR)
         if img is None:
             sys.exit(f"cannot read {p}")
         frames.append(img)
-    texts = [[l["text"] for l in lines_of(engine(f))] for f in frames]  # also warms up
+    texts, tapes = [], []
+    for f in frames:  # also the warm-up
+        for r in (rec_det, rec_cls, rec_rec):
+            r.tape = []
+        texts.append([l["text"] for l in lines_of(engine(f))])
+        tapes.append([rec_det.tape, rec_cls.tape, rec_rec.tape])
+    for r in (rec_det, rec_cls, rec_rec):
+        r.tape = None
+    own = [r.inner.session for r in (rec_det, rec_cls, rec_rec)]
+    # The same models with ONNX Runtime's defaults (memory arena on), same threads.
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    arena = [ort.InferenceSession(s._model_path, opts, providers=["CPUExecutionProvider"]) for s in own]
     print(json.dumps({"ready": True, "texts": texts}), flush=True)
     for line in sys.stdin:
         cmd = line.split()
         if not cmd or cmd[0] == "quit":
             break
         k = int(cmd[1])
+        if cmd[0] == "bare":
+            print(json.dumps({"rapidocr_us": bare_runs(own, tapes, k),
+                              "arena_us": bare_runs(arena, tapes, k)}), flush=True)
+            continue
         lat, stages = [], [0.0, 0.0, 0.0]
         for i in range(k):
             t = time.perf_counter()
