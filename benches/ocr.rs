@@ -14,8 +14,9 @@
 //! ("equal output"). Reported: frames/s, p50/p99 latency and ratios; the
 //! Rust chain's per-stage split (whole stage vs inside `Session::run`) next
 //! to rapidocr's own stage timers; and bare ONNX Runtime on the tensors
-//! rapidocr built (its sessions with the memory arena off, as it configures
-//! them, and with ORT's defaults) next to the Rust chain's time inside ORT.
+//! rapidocr built, through its own sessions (memory arena off, spinning on),
+//! ORT's defaults, arena on with spinning off (the Rust chain's settings) and
+//! the same on the folded models, next to the Rust chain's time inside ORT.
 //!
 //! `cargo bench --bench ocr [-- --quick | --rounds N | --frames N | --threads 1,2]`.
 //! Prints tables; never fails on a number.
@@ -160,18 +161,28 @@ impl Peer {
     }
 }
 
+/// Session sets of the peer's bare runs, in print order.
+const BARE_SETS: [(&str, &str); 4] = [
+    ("rapidocr", "rapidocr's sessions (arena off, spinning on)"),
+    ("arena", "ORT defaults (arena on, spinning on)"),
+    ("arena_nospin", "arena on, spinning off (as the Rust chain)"),
+    ("folded_nospin", "same, folded models"),
+];
+
 impl Peer {
-    /// Bare ORT on rapidocr's recorded tensors for `k` frames: (its own
-    /// sessions, sessions with ORT defaults), µs per stage.
-    fn bare(&mut self, k: usize) -> Result<([f64; 3], [f64; 3])> {
+    /// Bare ORT on rapidocr's recorded tensors for `k` frames: µs per stage
+    /// (det, cls, rec) for each of [`BARE_SETS`].
+    fn bare(&mut self, k: usize) -> Result<Vec<[f64; 3]>> {
         writeln!(self.stdin, "bare {k}")?;
         self.stdin.flush()?;
         let v = self.read()?;
-        let get = |key: &str| -> Result<[f64; 3]> {
-            let a: Vec<f64> = serde_json::from_value(v[key].clone())?;
-            Ok([a[0], a[1], a[2]])
-        };
-        Ok((get("rapidocr_us")?, get("arena_us")?))
+        BARE_SETS
+            .iter()
+            .map(|(key, _)| {
+                let a: Vec<f64> = serde_json::from_value(v[*key].clone())?;
+                Ok([a[0], a[1], a[2]])
+            })
+            .collect()
     }
 }
 
@@ -315,7 +326,7 @@ fn main() -> Result<()> {
             // Rotate who goes first, so drift hits every contender alike.
             for k in 0..3 {
                 match (round + k) % 3 {
-                    0 => python_round(&mut peer, &mut py, args.frames)?,
+                    0 => python_round(&mut peer, &mut py, args.frames, rgb.len())?,
                     i => rust[i - 1].round(&rgb, args.frames)?,
                 }
             }
@@ -335,16 +346,18 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn python_round(peer: &mut Peer, py: &mut PySide, frames: usize) -> Result<()> {
+/// One round of the peer: `frames` through rapidocr's pipeline, then one
+/// cycle of the images' recorded tensors through each bare session set.
+fn python_round(peer: &mut Peer, py: &mut PySide, frames: usize, images: usize) -> Result<()> {
     let (lat, st) = peer.run(frames)?;
     py.lat_us.extend(lat);
-    let (own, arena) = peer.bare(frames)?;
-    for i in 0..3 {
-        py.stages[i] += st[i];
-        py.bare.own[i] += own[i];
-        py.bare.arena[i] += arena[i];
+    (0..3).for_each(|i| py.stages[i] += st[i]);
+    let sets = peer.bare(images)?;
+    py.bare.sums.resize(sets.len(), [0.0; 3]);
+    for (sum, set) in py.bare.sums.iter_mut().zip(sets) {
+        (0..3).for_each(|i| sum[i] += set[i]);
     }
-    py.bare.frames += frames;
+    py.bare.frames += images;
     Ok(())
 }
 
@@ -369,11 +382,11 @@ fn check_equal(
     Ok(equal)
 }
 
-/// Bare ORT runs of the Python peer on rapidocr's own tensors.
+/// Bare ORT runs of the Python peer on rapidocr's own tensors: µs sums per
+/// stage for each of [`BARE_SETS`].
 #[derive(Default)]
 struct Bare {
-    own: [f64; 3],
-    arena: [f64; 3],
+    sums: Vec<[f64; 3]>,
     frames: usize,
 }
 
@@ -415,17 +428,23 @@ fn print_stages(threads: usize, rust: &[RustSide], py: &PySide) {
     );
     let bare = &py.bare;
     let bp = |v: f64| v / bare.frames as f64 / 1e3;
-    println!("  inside ONNX Runtime on the same tensors, shipped models (mean ms per frame):");
     println!(
-        "  stage     rust   python, rapidocr's sessions (arena off)   python, ORT defaults (arena on)"
+        "  inside ONNX Runtime, mean ms per frame (Python: bare runs on rapidocr's own tensors)"
     );
-    let inside = [a.sums.det[1], a.sums.cls[1], a.sums.rec[1]];
-    for (i, name) in ["det", "cls", "rec"].iter().enumerate() {
+    println!("    {:<52} {:>8} {:>8} {:>8}", "", "det", "cls", "rec");
+    for r in rust {
+        let inside = [r.sums.det[1], r.sums.cls[1], r.sums.rec[1]];
+        let m = inside.map(|v| ms(v, n(r)));
+        let label = format!("rust, {}", r.label);
+        println!("    {label:<52} {:>8.2} {:>8.2} {:>8.2}", m[0], m[1], m[2]);
+    }
+    for ((_, label), sum) in BARE_SETS.iter().zip(&bare.sums) {
+        let label = format!("python, {label}");
         println!(
-            "  {name:<8} {:>5.2}   {:>39.2}   {:>31.2}",
-            ms(inside[i], n(a)),
-            bp(bare.own[i]),
-            bp(bare.arena[i])
+            "    {label:<52} {:>8.2} {:>8.2} {:>8.2}",
+            bp(sum[0]),
+            bp(sum[1]),
+            bp(sum[2])
         );
     }
 }

@@ -17,10 +17,12 @@ against.
       "run K" -> {"latencies_us": [...K...], "stages_us": [det, cls, rec]}
       (frames cycle through the images; stage sums are rapidocr's own
       timers, only for frames with text);
-      "bare K" -> {"rapidocr_us": [det, cls, rec], "arena_us": [...]}: the
-      tensors rapidocr fed its sessions for K frames, run again through its
-      own sessions (memory arena off, as rapidocr configures them) and
-      through sessions with ONNX Runtime's defaults (arena on);
+      "bare K" -> {SET: [det, cls, rec] µs}: the tensors rapidocr fed its
+      sessions for K frames, run again through session sets: "rapidocr" (its
+      own: memory arena off, spinning on), "arena" (ORT defaults: arena and
+      spinning on), "arena_nospin" (arena on, spinning off, as the Rust chain
+      runs) and "folded_nospin" (the same on the models folded by
+      models/ocr/fold_ppocr.py, read from --folded-dir);
       "quit" ends.
 
 Images are read with cv2.imread (BGR; grey replicated), exactly what the Rust
@@ -181,12 +183,20 @@ def cmd_serve(args):
     for r in (rec_det, rec_cls, rec_rec):
         r.tape = None
     own = [r.inner.session for r in (rec_det, rec_cls, rec_rec)]
-    # The same models with ONNX Runtime's defaults (memory arena on), same threads.
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = args.threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    arena = [ort.InferenceSession(s._model_path, opts, providers=["CPUExecutionProvider"]) for s in own]
+    sets = {"rapidocr": own}
+    for name, spinning, folded in (("arena", True, False), ("arena_nospin", False, False),
+                                   ("folded_nospin", False, True)):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = args.threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        paths = [s._model_path for s in own]
+        if folded:
+            paths = [os.path.join(args.folded_dir, os.path.basename(p).replace(".onnx", ".folded.onnx"))
+                     for p in paths]
+        sets[name] = [ort.InferenceSession(p, opts, providers=["CPUExecutionProvider"]) for p in paths]
     print(json.dumps({"ready": True, "texts": texts}), flush=True)
     for line in sys.stdin:
         cmd = line.split()
@@ -194,8 +204,7 @@ def cmd_serve(args):
             break
         k = int(cmd[1])
         if cmd[0] == "bare":
-            print(json.dumps({"rapidocr_us": bare_runs(own, tapes, k),
-                              "arena_us": bare_runs(arena, tapes, k)}), flush=True)
+            print(json.dumps({name: bare_runs(ss, tapes, k) for name, ss in sets.items()}), flush=True)
             continue
         lat, stages = [], [0.0, 0.0, 0.0]
         for i in range(k):
@@ -216,6 +225,7 @@ def main():
     r.add_argument("--threads", type=int, default=2)
     s = sub.add_parser("serve")
     s.add_argument("--threads", type=int, required=True)
+    s.add_argument("--folded-dir", default="models/fetched")
     s.add_argument("images", nargs="+")
     args = ap.parse_args()
     np.set_printoptions(precision=3)
