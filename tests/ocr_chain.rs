@@ -3,12 +3,15 @@
 //! astronaut.png, and images with rendered text of known words
 //! (`tests/py/ocr_reference.py` draws them into a temporary directory and
 //! prints rapidocr's answer for each). Same lines (text), boxes with
-//! IoU ≥ 0.9, and every known word read.
+//! IoU ≥ 0.9, and every known word read — by the library, and by the
+//! daemon's OCR pipeline over loopback zenoh (frames as PNG files, padded
+//! bgr8 rows and rgb8), which also answers broken frames with their codes.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use reflexd::infer::ocr::{
@@ -16,12 +19,12 @@ use reflexd::infer::ocr::{
 };
 use serde::Deserialize;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 struct Reference {
     images: Vec<RefImage>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 struct RefImage {
     name: String,
     path: PathBuf,
@@ -29,7 +32,7 @@ struct RefImage {
     lines: Vec<RefLine>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 struct RefLine {
     text: String,
     confidence: f32,
@@ -67,6 +70,15 @@ fn reference(out: &Path) -> Reference {
         String::from_utf8_lossy(&o.stderr)
     );
     serde_json::from_slice(&o.stdout).expect("reference JSON")
+}
+
+/// rapidocr's answers, computed once per test run (the library test and
+/// the daemon test compare against the same run); the rendered PNGs stay
+/// in cargo's per-target temporary directory (removed by `cargo clean`).
+fn shared_reference() -> &'static Reference {
+    static REFERENCE: OnceLock<Reference> = OnceLock::new();
+    REFERENCE
+        .get_or_init(|| reference(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("ocr-reference")))
 }
 
 fn chain() -> OcrChain {
@@ -217,8 +229,7 @@ fn compare(img: &RefImage, got: &OcrOutput) -> Vec<String> {
 /// folded ones (models/ocr/fold_ppocr.py), which a deployment would use.
 #[test]
 fn matches_rapidocr_python_pipeline_on_real_and_rendered_images() {
-    let dir = std::env::temp_dir().join(format!("reflexd-ocr-{}", std::process::id()));
-    let reference = reference(&dir);
+    let reference = shared_reference();
     assert!(
         reference.images.len() >= 6,
         "reference covers too few images"
@@ -232,10 +243,9 @@ fn matches_rapidocr_python_pipeline_on_real_and_rendered_images() {
         ("folded models", OcrModels::folded_in),
     ] {
         println!("--- {label}");
-        let found = compare_all(&reference, chain_with(models));
+        let found = compare_all(reference, chain_with(models));
         problems.extend(found.into_iter().map(|p| format!("{label}: {p}")));
     }
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(
         problems.is_empty(),
         "differences from rapidocr:\n{}",
@@ -324,5 +334,162 @@ fn bad_frames_and_missed_deadlines_are_typed_errors() {
     assert!(
         matches!(r, Err(OcrError::Deadline { stage: "det" })),
         "{r:?}"
+    );
+}
+
+/// The daemon's OCR pipeline (folded models, as a deployment would run
+/// them): every reference image sent as a camera frame gives rapidocr's
+/// lines; broken frames get their error codes and the stream goes on.
+#[test]
+fn daemon_ocr_pipeline_reads_frames_like_rapidocr() {
+    let reference = shared_reference();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(daemon_ocr(reference));
+}
+
+fn ocr_config() -> String {
+    let m = |n: &str| common::fetched_model(&format!("{n}.folded.onnx"));
+    format!(
+        r#"
+        [[pipeline]]
+        name = "text"
+        model = "{}"
+        input = "t/cam/*"
+        output = "t/out/text"
+        format = "image"
+        deadline_ms = 60000
+        [pipeline.ocr]
+        cls = "{}"
+        rec = "{}"
+        max_pixels = 400000
+"#,
+        m("ch_PP-OCRv4_det_infer"),
+        m("ch_ppocr_mobile_v2.0_cls_infer"),
+        m("ch_PP-OCRv4_rec_infer"),
+    )
+}
+
+async fn put_frame(c: &zenoh::Session, payload: Vec<u8>, attachment: String) {
+    c.put("t/cam/a", payload)
+        .attachment(attachment.into_bytes())
+        .congestion_control(zenoh::qos::CongestionControl::Block)
+        .await
+        .unwrap();
+}
+
+async fn reply_for(sub: &common::Sub, id: &str) -> common::Reply {
+    loop {
+        let r = common::recv(sub).await;
+        if r.id().as_deref() == Some(id) {
+            return r;
+        }
+    }
+}
+
+/// Frame `i` of a reference image in one of three encodings.
+fn encoded(i: usize, img: &RefImage) -> (Vec<u8>, String) {
+    let rgb = load_rgb(&img.path);
+    let (w, h) = rgb.dimensions();
+    match i % 3 {
+        0 => (
+            std::fs::read(&img.path).unwrap(),
+            "encoding=png".to_string(),
+        ),
+        1 => {
+            // bgr8 with 8 bytes of junk padding per row
+            let step = w as usize * 3 + 8;
+            let mut out = vec![0xCD; step * h as usize];
+            for (y, row) in rgb.as_raw().chunks_exact(w as usize * 3).enumerate() {
+                for (x, p) in row.chunks_exact(3).enumerate() {
+                    out[y * step + x * 3..][..3].copy_from_slice(&[p[2], p[1], p[0]]);
+                }
+            }
+            (
+                out,
+                format!("encoding=bgr8;width={w};height={h};step={step}"),
+            )
+        }
+        _ => (
+            rgb.into_raw(),
+            format!("encoding=rgb8;width={w};height={h}"),
+        ),
+    }
+}
+
+async fn daemon_ocr(reference: &Reference) {
+    let (daemon, port) = common::start(&ocr_config()).await;
+    let c = common::client(port).await;
+    let sub = common::subscribe(&c, "t/out/**").await;
+    common::wired(&daemon, &c, "t/cam/a", "t/out/text/a").await;
+    let png = std::fs::read(&reference.images[0].path).unwrap();
+    let broken: [(&str, Vec<u8>, String); 3] = [
+        (
+            "bad_image",
+            vec![0; 100],
+            "encoding=rgb8;width=64;height=64".into(),
+        ),
+        (
+            "image_too_large",
+            vec![0; 3],
+            "encoding=rgb8;width=800;height=600".into(),
+        ),
+        (
+            "corrupt_image",
+            png[..png.len() / 2].to_vec(),
+            "encoding=png".into(),
+        ),
+    ];
+    for (code, bytes, desc) in broken {
+        put_frame(&c, bytes, format!("id={code};{desc}")).await;
+        let r = reply_for(&sub, code).await;
+        assert_eq!(r.code(), Some(code), "{}", r.brief());
+    }
+    let mut problems = Vec::new();
+    for (i, img) in reference.images.iter().enumerate() {
+        let (bytes, desc) = encoded(i, img);
+        let id = format!("img-{i}");
+        put_frame(&c, bytes, format!("id={id};seq={i};{desc}")).await;
+        let r = reply_for(&sub, &id).await;
+        let j = r.answer();
+        assert_eq!(j["pipeline"], "text", "{j}");
+        let a = &j["answer"];
+        assert_eq!(a["kind"], "ocr", "{j}");
+        let (w, h) = image::image_dimensions(&img.path).unwrap();
+        assert_eq!(
+            (a["width"].as_u64(), a["height"].as_u64()),
+            (Some(w.into()), Some(h.into()))
+        );
+        let stages: Vec<&str> = j["stages"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no stages: {j}"))
+            .iter()
+            .map(|s| s["pipeline"].as_str().unwrap())
+            .collect();
+        if !img.lines.is_empty() {
+            assert_eq!(stages, ["text.det", "text.cls", "text.rec"], "{j}");
+        }
+        let got = OcrOutput {
+            lines: serde_json::from_value(a["lines"].clone()).unwrap(),
+            boxes: a["boxes"].as_u64().unwrap() as usize,
+            ..OcrOutput::default()
+        };
+        println!(
+            "daemon {} ({}): {} lines, {}",
+            img.name,
+            desc,
+            got.lines.len(),
+            j["stages"]
+        );
+        problems.extend(compare(img, &got));
+    }
+    daemon.shutdown(std::time::Duration::from_secs(1)).await;
+    assert!(
+        problems.is_empty(),
+        "daemon answers differ from rapidocr:\n{}",
+        problems.join("\n")
     );
 }

@@ -12,7 +12,7 @@ use crate::config::{
 };
 use crate::daemon::StartError;
 use crate::infer::engine::EngineError;
-use crate::infer::warm::load_and_warm;
+use crate::infer::warm::{load_and_warm, load_ocr};
 use crate::infer::{Spec, runtime};
 use crate::io::zenoh::zenoh_config;
 use crate::llm::{self, LlmShared, ModelFiles};
@@ -35,8 +35,12 @@ pub fn check(config: &Config) -> Result<String, StartError> {
         let _ = writeln!(out, "worker {i}: serves {}{}", names.join(", "), w.policy);
     }
     for p in &config.pipelines {
-        let loaded = load_and_warm(&env, &config.runtime, p)?;
-        describe_tensor(&mut out, config, p, &loaded.spec);
+        let spec = match p.ocr {
+            // The same three sessions and warm-up as start-up.
+            Some(_) => load_ocr(&env, &config.runtime, p)?.1,
+            None => load_and_warm(&env, &config.runtime, p)?.spec,
+        };
+        describe_tensor(&mut out, config, p, &spec);
     }
     for g in &config.generators {
         // The same load and one-step warm-up as start-up, once (start-up
@@ -94,10 +98,14 @@ fn describe_tensor(out: &mut String, config: &Config, p: &PipelineConfig, spec: 
             let _ = writeln!(out, "  in:  {} [{fmt}]", p.input);
         }
     }
-    for port in &spec.client_inputs {
-        let _ = writeln!(out, "       {port}");
+    if let Some(o) = &p.ocr {
+        stages::describe_ocr(out, o, spec);
+    } else {
+        for port in &spec.client_inputs {
+            let _ = writeln!(out, "       {port}");
+        }
+        stages::describe(out, config, p, spec);
     }
-    stages::describe(out, config, p, spec);
     if p.next.is_none() {
         let _ = writeln!(
             out,
@@ -106,10 +114,10 @@ fn describe_tensor(out: &mut String, config: &Config, p: &PipelineConfig, spec: 
             stages::published(p),
             p.error_key
         );
-        let tensors = p
-            .answer
-            .as_ref()
-            .is_none_or(|a| a.outputs != Outputs::Answer);
+        let tensors = p.ocr.is_none()
+            && p.answer
+                .as_ref()
+                .is_none_or(|a| a.outputs != Outputs::Answer);
         for port in spec
             .model_outputs
             .iter()

@@ -7,6 +7,7 @@ use std::fmt::Write;
 
 use crate::config::answer::YoloLayout;
 use crate::config::image::{ColorOrder, Interpolation, Layout, PreConfig, ResizeMode};
+use crate::config::ocr::{LimitType, OcrConfig};
 use crate::config::{AnswerKind, Config, Link, LinkFeed, Outputs, PipelineConfig};
 use crate::infer::Spec;
 
@@ -30,6 +31,9 @@ pub(super) fn link(config: &Config, p: &PipelineConfig, link: &Link) -> String {
 
 /// What goes out on the output key.
 pub(super) fn published(p: &PipelineConfig) -> &'static str {
+    if p.ocr.is_some() {
+        return "answer: JSON text lines";
+    }
     match p.answer.as_ref().map(|a| a.outputs) {
         None => "prediction: safetensors",
         Some(Outputs::Answer) => "answer: JSON",
@@ -66,6 +70,46 @@ pub(super) fn describe(out: &mut String, config: &Config, p: &PipelineConfig, sp
             names.join(" → ")
         );
     }
+}
+
+/// The `ocr:` lines of an OCR pipeline: its models and main settings.
+pub(super) fn describe_ocr(out: &mut String, o: &OcrConfig, spec: &Spec) {
+    let q = &o.params;
+    let port = spec.model_inputs.first().map(|p| p.to_string());
+    let _ = writeln!(
+        out,
+        "  ocr: det {} → {} → rec {} (CTC, batches of {})",
+        port.unwrap_or_default(),
+        match (&o.cls, q.use_cls) {
+            (Some(c), true) => format!(
+                "angle classifier {} (batches of {}, turn above {})",
+                c.display(),
+                q.cls_batch,
+                q.cls_thresh
+            ),
+            _ => "crops (no angle classifier)".to_string(),
+        },
+        o.rec.display(),
+        q.rec_batch
+    );
+    let _ = writeln!(
+        out,
+        "       det: side {} {} (multiples of 32), thresh {}, box_thresh {}, unclip {}; lines below text_score {} dropped",
+        match q.det.limit_type {
+            LimitType::Min => "at least",
+            LimitType::Max => "at most",
+        },
+        q.det.limit_side_len,
+        q.det.thresh,
+        q.det.box_thresh,
+        q.det.unclip_ratio,
+        q.text_score
+    );
+    let _ = writeln!(
+        out,
+        "       frames up to {} pixels (ocr.max_pixels)",
+        q.max_pixels
+    );
 }
 
 fn chain_names(config: &Config, head: usize) -> Vec<&str> {

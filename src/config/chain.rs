@@ -163,6 +163,17 @@ fn classifies(p: &PipelineConfig) -> bool {
 fn check(ps: &[PipelineConfig], i: usize) -> Result<(), ConfigError> {
     let p = &ps[i];
     let at = At(&p.name);
+    if p.ocr.is_some()
+        && let Some(n) = p.next
+    {
+        return Err(At(&ps[n].name).err(
+            "after",
+            format!(
+                "= {:?}: an OCR pipeline runs its own chain (det → cls → rec) and publishes text lines; nothing can follow it",
+                p.name
+            ),
+        ));
+    }
     let kind = p.answer.as_ref().map(|a| &a.kind);
     if matches!(kind, Some(AnswerKind::Vad(_))) {
         if p.head != i || p.next.is_some() {

@@ -51,6 +51,7 @@ mod generate;
 pub mod image;
 pub mod labels;
 pub mod metrics;
+pub mod ocr;
 mod raw;
 mod service;
 mod tensor;
@@ -282,6 +283,9 @@ pub struct PipelineConfig {
     pub max_elements: usize,
     /// The answer stage (`[pipeline.answer]`), if any.
     pub answer: Option<AnswerConfig>,
+    /// `[pipeline.ocr]`: the pipeline reads text (its `model` is the
+    /// detector); the chain replaces the run and the answer stage.
+    pub ocr: Option<ocr::OcrConfig>,
     /// In a chain: the stage this one hands its result to.
     pub next: Option<usize>,
     /// In a chain: the stage whose zenoh input starts it (itself when it

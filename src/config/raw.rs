@@ -236,6 +236,8 @@ pub struct RawTensorPipeline {
     pub pre: Option<crate::config::image::RawPre>,
     /// Answer stage: detections, classes, speech events (docs/answers.md).
     pub answer: Option<crate::config::answer::RawAnswer>,
+    /// Text reading: recogniser, angle classifier, chain settings (docs/ocr.md).
+    pub ocr: Option<toml::Table>,
     /// Chain stage: the pipeline whose result feeds this one in-process.
     pub after: Option<String>,
     /// Chain stage fed with tensors: model input ← output of `after`.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::common::{At, LevelIndex, RawCommon, common};
 use super::image::RawPre;
+use super::ocr::OcrConfig;
 use super::raw::{RawConstant, RawFormat, RawRawFormat, RawTensorPipeline};
 use super::*;
 
@@ -67,7 +68,15 @@ pub(super) fn tensor_config(
         level_index,
         levels,
     )?;
-    let format = format(&at, p.format, p.raw, p.pre.as_ref())?;
+    let ocr = p
+        .ocr
+        .take()
+        .map(|t| ocr_config(&at, &p, &t, base))
+        .transpose()?;
+    let format = match &ocr {
+        Some(o) => ocr_format(&at, o)?,
+        None => format(&at, p.format, p.raw, p.pre.as_ref())?,
+    };
     let batch = batch_config(
         &at,
         p.max_batch,
@@ -115,10 +124,83 @@ pub(super) fn tensor_config(
         non_finite: p.non_finite,
         max_elements: positive(&at.key("max_elements"), p.max_elements, limits.max_elements)?,
         answer,
+        ocr,
         next: None,
         head: usize::MAX,
     };
     Ok((config, pending))
+}
+
+/// `[pipeline.ocr]`: validated, and the keys it cannot go with refused
+/// (the chain prepares frames itself, reads text instead of an answer
+/// stage, and runs one frame at a time).
+fn ocr_config(
+    at: &At,
+    p: &RawTensorPipeline,
+    raw: &toml::Table,
+    base: &Path,
+) -> Result<OcrConfig, ConfigError> {
+    if p.format != RawFormat::Image {
+        return Err(at.err(
+            "ocr",
+            "an OCR pipeline reads camera frames: it needs format = \"image\"",
+        ));
+    }
+    let refused = [
+        (
+            "pre",
+            p.pre.is_some(),
+            "the chain prepares frames itself (rapidocr's size rules); set ocr.max_pixels for the frame limit",
+        ),
+        (
+            "answer",
+            p.answer.is_some(),
+            "the OCR chain's text lines are the answer",
+        ),
+        (
+            "max_batch",
+            p.max_batch.is_some_and(|n| n > 1),
+            "the OCR chain runs one frame at a time (it batches the text crops inside)",
+        ),
+        (
+            "state",
+            !p.state.is_empty(),
+            "the OCR chain carries no state",
+        ),
+        (
+            "context",
+            !p.context.is_empty(),
+            "the OCR chain carries no state",
+        ),
+        (
+            "constants",
+            !p.constants.is_empty(),
+            "the OCR models take only the frame",
+        ),
+        (
+            "publish",
+            p.publish.is_some(),
+            "the OCR chain publishes its answer only",
+        ),
+    ];
+    if let Some((k, _, why)) = refused.iter().find(|(_, set, _)| *set) {
+        return Err(at.err(k, format!("is set on an OCR pipeline: {why}")));
+    }
+    OcrConfig::from_raw(raw, base).map_err(|e| invalid(format!("pipeline {:?}: {e}", p.name)))
+}
+
+/// The image input of an OCR pipeline: only the frame limit is the
+/// pipeline's; the fixed size binds the detector's input for the
+/// interface (the chain resizes each frame as rapidocr does).
+fn ocr_format(at: &At, o: &OcrConfig) -> Result<InputFormat, ConfigError> {
+    let raw = RawPre {
+        color: Some("bgr".into()),
+        width: Some(32),
+        height: Some(32),
+        max_pixels: Some(o.params.max_pixels),
+        ..RawPre::default()
+    };
+    Ok(InputFormat::Image(pre_spec(at, &raw)?))
 }
 
 fn pre_spec(at: &At, raw: &RawPre) -> Result<PreSpec, ConfigError> {

@@ -98,6 +98,7 @@ impl Daemon {
             .map(|(id, parker)| Worker {
                 id,
                 runners: Vec::new(),
+                ocr: Vec::new(),
                 llms: Vec::new(),
                 parker,
                 policy: config.workers[id].policy,

@@ -1,13 +1,15 @@
 //! Loading a tensor pipeline's session and warming it up before intake
 //! opens: one run on zeros (and, for a batched pipeline, one full batch, which
 //! proves the batch axes split back correctly and pre-sizes the runtime's
-//! buffers). Start-up and `reflexd check` both come through here.
+//! buffers). Start-up and `reflexd check` both come through here; OCR
+//! pipelines load their three sessions through [`load_ocr`].
 
 use std::time::Instant;
 
 use ort::environment::Environment;
 
 use super::engine::{self, EngineError};
+use super::ocr::OcrChain;
 use super::run::{self, Item, Runner};
 use super::spec::Spec;
 use super::state::StreamState;
@@ -100,4 +102,38 @@ fn probe_shrink(
         runner.no_shrink();
     }
     Ok(())
+}
+
+/// An OCR pipeline's chain (`[pipeline.ocr]`): detector, optional angle
+/// classifier and recogniser, each built with the pipeline's provider
+/// chain, checked (the recogniser's charset against its output width) and
+/// run once on blank input. The spec comes from the detector (the frame
+/// limit ingress checks is the pipeline's).
+pub fn load_ocr(
+    env: &Environment,
+    rt: &RuntimeConfig,
+    p: &PipelineConfig,
+) -> Result<(OcrChain, Spec), EngineError> {
+    let Some(o) = &p.ocr else {
+        return Err(warm_err(p, "not an OCR pipeline".into()));
+    };
+    let det = engine::load(env, &p.into(), rt)?;
+    let spec = Spec::new(p, &det)?;
+    let stage = |model: &std::path::Path| {
+        let s = engine::SessionSpec { model, ..p.into() };
+        engine::load(env, &s, rt).map(|m| m.session)
+    };
+    let cls = match (&o.cls, o.params.use_cls) {
+        (Some(path), true) => Some(stage(path)?),
+        _ => None,
+    };
+    let rec = stage(&o.rec)?;
+    let mut chain = OcrChain::new(det.session, cls, rec, o.params.clone()).map_err(|e| {
+        EngineError::Interface {
+            pipeline: p.name.clone(),
+            reason: e.to_string(),
+        }
+    })?;
+    chain.warm_up().map_err(|e| warm_err(p, e.to_string()))?;
+    Ok((chain, spec))
 }

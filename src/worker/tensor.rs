@@ -37,6 +37,8 @@ pub(super) fn serve(
         too_late(ctx, &member.1, started);
     } else if let Some(rej) = non_finite(ctx, &member.1) {
         egress::fail(ctx, &member.1, &rej);
+    } else if ctx.tensors[member.1.pipeline].cfg.ocr.is_some() {
+        super::ocr::serve(w, ctx, outbox, &member.1);
     } else {
         run_group(w, ctx, outbox, &[&member], Fill::default());
     }

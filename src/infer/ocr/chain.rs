@@ -172,7 +172,7 @@ impl OcrChain {
         rec: Session,
         params: OcrParams,
     ) -> Result<Self, OcrError> {
-        params.validate()?;
+        params.validate().map_err(OcrError::Config)?;
         if params.use_cls && cls.is_none() {
             return Err(OcrError::Config(
                 "use_cls = true needs the angle classifier model".into(),

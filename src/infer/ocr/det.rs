@@ -5,58 +5,17 @@
 //! rectangle → mean probability inside ("fast" score) → unclip → size and
 //! score filters → boxes in the prepared image's pixels, in reading order.
 
+use super::frame::{norm_lut, resize, round32, write_planes};
+use super::geometry::{
+    Pt, area_perimeter, dist, min_area_rect, mini_box_order, order_clockwise, reading_order,
+};
+use super::{DetParams, LimitType, OcrError};
 use fast_image_resize as fir;
 use image::{GrayImage, Luma, RgbImage};
 use imageproc::contours::find_contours;
 use imageproc::drawing::draw_polygon_mut;
 use imageproc::morphology::{Mask, grayscale_dilate};
 use imageproc::point::Point;
-use serde::{Deserialize, Serialize};
-
-use super::OcrError;
-use super::frame::{norm_lut, resize, round32, write_planes};
-use super::geometry::{
-    Pt, area_perimeter, dist, min_area_rect, mini_box_order, order_clockwise, reading_order,
-};
-
-/// Which side `limit_side_len` constrains (rapidocr `limit_type`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LimitType {
-    /// Scale up so the shorter side is at least `limit_side_len` (rapidocr's default).
-    Min,
-    /// Scale down so the longer side is at most `limit_side_len`.
-    Max,
-}
-
-/// Detector settings; defaults are rapidocr 1.4.4's `config.yaml`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DetParams {
-    pub limit_side_len: u32,
-    pub limit_type: LimitType,
-    /// Probability above which a map pixel is text.
-    pub thresh: f32,
-    /// Minimum mean probability inside a box.
-    pub box_thresh: f32,
-    pub max_candidates: usize,
-    pub unclip_ratio: f64,
-    pub use_dilation: bool,
-}
-
-impl Default for DetParams {
-    fn default() -> Self {
-        DetParams {
-            limit_side_len: 736,
-            limit_type: LimitType::Min,
-            thresh: 0.3,
-            box_thresh: 0.5,
-            max_candidates: 1000,
-            unclip_ratio: 1.6,
-            use_dilation: true,
-        }
-    }
-}
 
 /// A detected text box: corners `[tl, tr, br, bl]` in prepared-image pixels
 /// (integers, as rapidocr's), and its mean probability.

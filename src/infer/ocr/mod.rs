@@ -19,70 +19,10 @@ pub mod rec;
 use serde::{Deserialize, Serialize};
 
 pub use chain::{OcrChain, OcrModels, SessionOptions};
-pub use det::{DetParams, LimitType};
+// The settings live in the config layer (validated with the rest of the
+// config); the chain reads them from there.
+pub use crate::config::ocr::{DetParams, LimitType, OcrParams};
 pub use frame::{Frame, PixelFormat};
-
-/// Chain settings; every default is rapidocr 1.4.4's.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct OcrParams {
-    /// Frames whose longer side exceeds this are shrunk first.
-    pub max_side_len: u32,
-    /// Frames whose shorter side is under this are enlarged first.
-    pub min_side_len: u32,
-    /// Frames this short or less get letterboxed above and below.
-    pub min_height: u32,
-    /// Frames wider than this many heights get letterboxed (≤ 0: never).
-    pub width_height_ratio: f64,
-    pub det: DetParams,
-    /// Run the angle classifier (needs its model).
-    pub use_cls: bool,
-    /// Probability above which a patch classified "180" is turned.
-    pub cls_thresh: f32,
-    pub cls_batch: usize,
-    pub rec_batch: usize,
-    /// Lines whose recognition confidence is below this are dropped.
-    pub text_score: f32,
-    /// Larger frames are refused with [`OcrError::BadImage`].
-    pub max_pixels: u64,
-}
-
-impl Default for OcrParams {
-    fn default() -> Self {
-        OcrParams {
-            max_side_len: 2000,
-            min_side_len: 30,
-            min_height: 30,
-            width_height_ratio: 8.0,
-            det: DetParams::default(),
-            use_cls: true,
-            cls_thresh: 0.9,
-            cls_batch: 6,
-            rec_batch: 6,
-            text_score: 0.5,
-            max_pixels: 8192 * 8192,
-        }
-    }
-}
-
-impl OcrParams {
-    /// Rejects settings that cannot work (zero batch sizes, ...).
-    pub fn validate(&self) -> Result<(), OcrError> {
-        let bad = |m: &str| Err(OcrError::Config(m.to_string()));
-        if self.cls_batch == 0 || self.rec_batch == 0 {
-            return bad("cls_batch and rec_batch must be at least 1");
-        }
-        if self.max_side_len < 32 || self.min_side_len == 0 || self.det.limit_side_len < 32 {
-            return bad(
-                "max_side_len and det.limit_side_len must be at least 32, min_side_len at least 1",
-            );
-        }
-        if self.det.unclip_ratio <= 0.0 || !self.det.unclip_ratio.is_finite() {
-            return bad("det.unclip_ratio must be a positive number");
-        }
-        Ok(())
-    }
-}
 
 /// One recognised line of text.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
