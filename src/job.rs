@@ -9,6 +9,7 @@ use std::time::Instant;
 use crate::sched::Task;
 use crate::tensor::Tensor;
 use crate::wire::RequestMeta;
+use crate::wire::image::Frame;
 
 /// One request on its way to a worker.
 #[derive(Debug)]
@@ -17,6 +18,8 @@ pub struct Job {
     pub stream: Arc<str>,
     pub meta: RequestMeta,
     pub tensors: Vec<Tensor>,
+    /// A camera frame (image pipelines; `tensors` is then empty).
+    pub image: Option<Frame>,
     /// When the subscriber callback got the message.
     pub received: Instant,
     /// Position of the receipt in the daemon's event order.

@@ -4,7 +4,9 @@
 //! the stalled-reader scenario of tests/common/stall.rs for
 //! `slow_consumer`). The list of triggered codes includes the codes issue
 //! #11 adds (`non_finite`, `internal_error`, `duplicate_id`,
-//! `slow_consumer`): this test fails until each exists and is sent. Plus
+//! `slow_consumer`) and issue #13 (`bad_image`, `image_too_large`,
+//! `corrupt_image`, `bad_output`): this test fails until each exists and is
+//! sent. Plus
 //! two cases no other file covers: a message far over the payload limit
 //! dropped by zenoh's bounded reassembly before ingress, and the payload
 //! limit on generation commands.
@@ -32,7 +34,7 @@ fn documented_codes(doc: &str) -> Vec<String> {
 }
 
 /// Every code this file triggers over zenoh.
-const TRIGGERED: [&str; 24] = [
+const TRIGGERED: [&str; 28] = [
     "empty_payload",
     "payload_too_large",
     "bad_payload",
@@ -57,6 +59,10 @@ const TRIGGERED: [&str; 24] = [
     "internal_error",
     "duplicate_id",
     "slow_consumer",
+    "bad_image",
+    "image_too_large",
+    "corrupt_image",
+    "bad_output",
 ];
 
 #[test]
@@ -138,6 +144,20 @@ fn lab_config() -> String {
         queue_capacity = 256
         deadline_ms = 60000
         [[pipeline]]
+        name = "img"
+        model = "{}"
+        input = "t/img/*"
+        output = "t/out/img"
+        format = "image"
+        pre = {{ max_pixels = 10000 }}
+        [[pipeline]]
+        name = "badout"
+        model = "{affine}"
+        input = "t/badout/*"
+        output = "t/out/badout"
+        overflow = "latest"
+        answer = {{ kind = "vad" }}
+        [[pipeline]]
         name = "chat"
         kind = "generate"
         model = "{}"
@@ -147,6 +167,7 @@ fn lab_config() -> String {
         max_prompt_chars = 200
         "#,
         test_model("faulty.onnx"),
+        test_model("detect.onnx"),
         llm_dir()
     )
 }
@@ -197,6 +218,18 @@ impl Lab {
                 None => matches!(r, Reply::Error { json, .. } if json["stream"] == stream),
             })
             .await;
+        self.note(code, r.code());
+    }
+
+    /// Sends one image message (payload and attachment) and notes its code.
+    async fn frame(&mut self, code: &'static str, payload: Vec<u8>, att: &str, id: &str) {
+        self.c
+            .put("t/img/a", payload)
+            .attachment(format!("id={id};{att}").into_bytes())
+            .congestion_control(zenoh::qos::CongestionControl::Block)
+            .await
+            .unwrap();
+        let r = self.reply(code, |r| r.id().as_deref() == Some(id)).await;
         self.note(code, r.code());
     }
 
@@ -344,6 +377,35 @@ async fn tensor_codes(lab: &mut Lab) {
     let three = request(&[f32_tensor("x", &[3, 4], &rows)], "if", 0);
     lab.one("inference_failed", "t/faulty", three, Some("if"))
         .await;
+    lab.frame(
+        "bad_image",
+        vec![0; 100],
+        "encoding=rgb8;width=10;height=10",
+        "bi",
+    )
+    .await;
+    let big = vec![0; 128 * 96 * 3];
+    lab.frame(
+        "image_too_large",
+        big,
+        "encoding=rgb8;width=128;height=96",
+        "itl",
+    )
+    .await;
+    lab.frame(
+        "corrupt_image",
+        b"not a jpeg".to_vec(),
+        "encoding=jpeg",
+        "ci",
+    )
+    .await;
+    lab.one(
+        "bad_output",
+        "t/badout/a",
+        request(&[x(1.0)], "bo", 0),
+        Some("bo"),
+    )
+    .await;
     // The service still answers after all of that.
     lab.one("(prediction)", "t/affine/a", valid(), Some("valid"))
         .await;
@@ -404,6 +466,8 @@ async fn every_error_code_is_triggered_over_zenoh_and_received() {
     for (input, output) in [
         ("t/affine/a", "t/out/affine/a"),
         ("t/faulty", "t/out/faulty"),
+        ("t/img/a", "t/out/img/a"),
+        ("t/badout/a", "t/out/badout/a"),
         ("t/latest/a", "t/out/latest/a"),
         ("t/full", "t/out/full"),
         ("t/expire", "t/out/expire"),

@@ -259,7 +259,7 @@ impl DaemonPath {
     pub(crate) fn series(&mut self, frames: &Frames, n: usize, into: &mut Series) -> Result<()> {
         let name = match &self.pipeline.format {
             reflexd::config::InputFormat::Raw { tensor, .. } => tensor.clone(),
-            reflexd::config::InputFormat::Safetensors => "input".into(),
+            _ => "input".into(),
         };
         for i in 0..n {
             let t = reflexd::tensor::Tensor::new(

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::tensor::Dtype;
+pub use answer::{AnswerConfig, AnswerKind, Outputs};
+pub use image::PreSpec;
 
 /// Default upper bound on one message's payload (bytes).
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 16 << 20;
@@ -45,9 +47,14 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
     ConfigError::Invalid(msg.into())
 }
 
+pub mod answer;
+mod chain;
 mod common;
 mod generate;
+pub mod image;
+pub mod labels;
 pub mod metrics;
+pub mod ocr;
 mod provider;
 mod raw;
 mod service;
@@ -182,6 +189,29 @@ pub enum InputFormat {
         dtype: Dtype,
         shape: Vec<usize>,
     },
+    /// Camera frames (docs/images.md), pre-processed on the worker.
+    Image(PreSpec),
+    /// A chain stage: fed in-process by the pipeline before it.
+    Chained(Link),
+}
+
+/// How a chain stage takes what the stage before it handed over
+/// (docs/models.md, "Chains").
+#[derive(Clone, Debug)]
+pub struct Link {
+    /// Index of the pipeline before this one.
+    pub after: usize,
+    pub feed: LinkFeed,
+}
+
+#[derive(Clone, Debug)]
+pub enum LinkFeed {
+    /// Model input ← output of the stage before (by name).
+    Tensors(BTreeMap<String, String>),
+    /// One row per region the stage before found, cut out of the frame:
+    /// pre-processed by `[pipeline.pre]` when given, else by the answer
+    /// kind's own preparation.
+    Crops(Option<PreSpec>),
 }
 
 #[derive(Clone, Debug)]
@@ -236,6 +266,16 @@ pub struct PipelineConfig {
     /// Most elements of one input tensor (`limits.max_elements` unless the
     /// pipeline sets its own, lower or higher).
     pub max_elements: usize,
+    /// The answer stage (`[pipeline.answer]`), if any.
+    pub answer: Option<AnswerConfig>,
+    /// `[pipeline.ocr]`: the pipeline reads text (its `model` is the
+    /// detector); the chain replaces the run and the answer stage.
+    pub ocr: Option<ocr::OcrConfig>,
+    /// In a chain: the stage this one hands its result to.
+    pub next: Option<usize>,
+    /// In a chain: the stage whose zenoh input starts it (itself when it
+    /// is not a later stage).
+    pub head: usize,
 }
 
 /// Longest a worker may hold a job while it waits for a batch to fill.
@@ -257,6 +297,24 @@ pub struct BatchConfig {
 impl PipelineConfig {
     pub fn is_stateful(&self) -> bool {
         !self.state.is_empty() || !self.context.is_empty()
+    }
+
+    /// Fed in-process by another pipeline (no zenoh subscriber).
+    pub fn is_chained(&self) -> bool {
+        matches!(self.format, InputFormat::Chained(_))
+    }
+
+    /// The image pre-processing of the pipeline's input: frames from zenoh
+    /// or crops from the stage before.
+    pub fn pre(&self) -> Option<&PreSpec> {
+        match &self.format {
+            InputFormat::Image(p) => Some(p),
+            InputFormat::Chained(Link {
+                feed: LinkFeed::Crops(p),
+                ..
+            }) => p.as_ref(),
+            _ => None,
+        }
     }
 }
 
@@ -353,14 +411,16 @@ fn pipelines(
         ));
     }
     let (mut pipelines, mut generators) = (Vec::new(), Vec::new());
+    let mut links = Vec::new();
     let mut names = HashSet::new();
     for p in raw {
-        let (name, level) = match p {
+        let name = match p {
             RawPipeline::Tensor(t) => {
-                let pc = tensor::tensor_config(*t, base, level_index, levels, limits)?;
-                let nl = (pc.name.clone(), pc.level);
+                let (pc, link) = tensor::tensor_config(*t, base, level_index, levels, limits)?;
+                let name = pc.name.clone();
                 pipelines.push(pc);
-                nl
+                links.push(link);
+                name
             }
             RawPipeline::Generate(g) => {
                 let mut gc = generate::generator_config(*g, base, level_index, levels)?;
@@ -373,9 +433,9 @@ fn pipelines(
                         serving.peek().is_some() && serving.all(|w| w.levels.contains(&gc.level))
                     })
                     .collect();
-                let nl = (gc.name.clone(), gc.level);
+                let name = gc.name.clone();
                 generators.push(gc);
-                nl
+                name
             }
         };
         if !names.insert(name.clone()) {
@@ -383,6 +443,14 @@ fn pipelines(
                 "pipeline {name:?}: pipeline names must be unique"
             )));
         }
+    }
+    chain::resolve(&mut pipelines, links)?;
+    // Stages have their head's level by now.
+    let levels_used = pipelines
+        .iter()
+        .map(|p| (&p.name, p.level))
+        .chain(generators.iter().map(|g| (&g.name, g.level)));
+    for (name, level) in levels_used {
         if !workers.iter().any(|w| w.levels.contains(&level)) {
             return Err(invalid(format!(
                 "pipeline {name:?}: level = {:?}: no worker serves this level",

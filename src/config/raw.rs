@@ -186,6 +186,8 @@ pub enum RawFormat {
     #[default]
     Safetensors,
     Raw,
+    /// Camera frames (docs/images.md), with a `[pipeline.pre]` table.
+    Image,
 }
 
 /// Keys every pipeline kind has.
@@ -194,8 +196,9 @@ pub enum RawFormat {
 pub struct RawTensorPipeline {
     pub name: String,
     pub model: PathBuf,
-    pub input: String,
-    pub output: String,
+    /// Required unless `after` makes this pipeline a chain stage.
+    pub input: Option<String>,
+    pub output: Option<String>,
     pub error_key: Option<String>,
     pub level: Option<String>,
     pub deadline_ms: Option<f64>,
@@ -230,6 +233,17 @@ pub struct RawTensorPipeline {
     #[serde(default)]
     pub non_finite: NonFinite,
     pub max_elements: Option<usize>,
+    /// Image pre-processing (`format = "image"`, or a chain stage fed with
+    /// crops).
+    pub pre: Option<crate::config::image::RawPre>,
+    /// Answer stage: detections, classes, speech events (docs/answers.md).
+    pub answer: Option<crate::config::answer::RawAnswer>,
+    /// Text reading: recogniser, angle classifier, chain settings (docs/ocr.md).
+    pub ocr: Option<toml::Table>,
+    /// Chain stage: the pipeline whose result feeds this one in-process.
+    pub after: Option<String>,
+    /// Chain stage fed with tensors: model input ← output of `after`.
+    pub feed: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize, Debug)]

@@ -7,23 +7,56 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::common::{At, LevelIndex, RawCommon, common};
+use super::image::RawPre;
+use super::ocr::OcrConfig;
 use super::raw::{RawConstant, RawFormat, RawRawFormat, RawTensorPipeline};
 use super::*;
 
+/// A chain stage's link before the pipeline it names is resolved to an
+/// index (see `super::chain`).
+pub(super) struct PendingLink {
+    pub after: String,
+    pub feed: Option<BTreeMap<String, String>>,
+    pub pre: Option<PreSpec>,
+}
+
 pub(super) fn tensor_config(
-    p: RawTensorPipeline,
+    mut p: RawTensorPipeline,
     base: &Path,
     level_index: LevelIndex,
     levels: &[String],
     limits: &Limits,
-) -> Result<PipelineConfig, ConfigError> {
+) -> Result<(PipelineConfig, Option<PendingLink>), ConfigError> {
     let at = At(&p.name);
+    let (input, output) = super::chain::stage_keys(&at, &p)?;
+    let pending = match p.after.take() {
+        None => None,
+        Some(after) => Some(PendingLink {
+            after,
+            feed: p.feed.take(),
+            pre: p.pre.take().map(|r| pre_spec(&at, &r)).transpose()?,
+        }),
+    };
+    if pending.is_none() && p.feed.is_some() {
+        return Err(at.err(
+            "feed",
+            "only a chain stage (`after = \"…\"`) is fed by another pipeline",
+        ));
+    }
+    let answer = p
+        .answer
+        .as_ref()
+        .map(|a| {
+            AnswerConfig::from_raw(a, base)
+                .map_err(|e| invalid(format!("pipeline {:?}: {e}", p.name)))
+        })
+        .transpose()?;
     let c = common(
         RawCommon {
             name: &p.name,
             model: &p.model,
-            input: &p.input,
-            output: &p.output,
+            input: &input,
+            output: &output,
             error_key: p.error_key.as_deref(),
             level: p.level.as_deref(),
             deadline_ms: p.deadline_ms,
@@ -35,7 +68,15 @@ pub(super) fn tensor_config(
         level_index,
         levels,
     )?;
-    let format = format(&at, p.format, p.raw)?;
+    let ocr = p
+        .ocr
+        .take()
+        .map(|t| ocr_config(&at, &p, &t, base))
+        .transpose()?;
+    let format = match &ocr {
+        Some(o) => ocr_format(&at, o)?,
+        None => format(&at, p.format, p.raw, p.pre.as_ref())?,
+    };
     let batch = batch_config(
         &at,
         p.max_batch,
@@ -57,7 +98,7 @@ pub(super) fn tensor_config(
             "does not apply to format = \"raw\": the raw shape is the warm-up shape",
         ));
     }
-    Ok(PipelineConfig {
+    let config = PipelineConfig {
         queue_capacity: positive(&at.key("queue_capacity"), p.queue_capacity, 16)?,
         max_streams: positive(&at.key("max_streams"), p.max_streams, DEFAULT_MAX_STREAMS)?,
         idle_reset: p
@@ -84,10 +125,111 @@ pub(super) fn tensor_config(
         late: p.late,
         non_finite: p.non_finite,
         max_elements: positive(&at.key("max_elements"), p.max_elements, limits.max_elements)?,
-    })
+        answer,
+        ocr,
+        next: None,
+        head: usize::MAX,
+    };
+    Ok((config, pending))
 }
 
-fn format(at: &At, f: RawFormat, raw: Option<RawRawFormat>) -> Result<InputFormat, ConfigError> {
+/// `[pipeline.ocr]`: validated, and the keys it cannot go with refused
+/// (the chain prepares frames itself, reads text instead of an answer
+/// stage, and runs one frame at a time).
+fn ocr_config(
+    at: &At,
+    p: &RawTensorPipeline,
+    raw: &toml::Table,
+    base: &Path,
+) -> Result<OcrConfig, ConfigError> {
+    if p.format != RawFormat::Image {
+        return Err(at.err(
+            "ocr",
+            "an OCR pipeline reads camera frames: it needs format = \"image\"",
+        ));
+    }
+    let refused = [
+        (
+            "pre",
+            p.pre.is_some(),
+            "the chain prepares frames itself (rapidocr's size rules); set ocr.max_pixels for the frame limit",
+        ),
+        (
+            "answer",
+            p.answer.is_some(),
+            "the OCR chain's text lines are the answer",
+        ),
+        (
+            "max_batch",
+            p.max_batch.is_some_and(|n| n > 1),
+            "the OCR chain runs one frame at a time (it batches the text crops inside)",
+        ),
+        (
+            "state",
+            !p.state.is_empty(),
+            "the OCR chain carries no state",
+        ),
+        (
+            "context",
+            !p.context.is_empty(),
+            "the OCR chain carries no state",
+        ),
+        (
+            "constants",
+            !p.constants.is_empty(),
+            "the OCR models take only the frame",
+        ),
+        (
+            "publish",
+            p.publish.is_some(),
+            "the OCR chain publishes its answer only",
+        ),
+    ];
+    if let Some((k, _, why)) = refused.iter().find(|(_, set, _)| *set) {
+        return Err(at.err(k, format!("is set on an OCR pipeline: {why}")));
+    }
+    OcrConfig::from_raw(raw, base).map_err(|e| invalid(format!("pipeline {:?}: {e}", p.name)))
+}
+
+/// The image input of an OCR pipeline: only the frame limit is the
+/// pipeline's; the fixed size binds the detector's input for the
+/// interface (the chain resizes each frame as rapidocr does).
+fn ocr_format(at: &At, o: &OcrConfig) -> Result<InputFormat, ConfigError> {
+    let raw = RawPre {
+        color: Some("bgr".into()),
+        width: Some(32),
+        height: Some(32),
+        max_pixels: Some(o.params.max_pixels),
+        ..RawPre::default()
+    };
+    Ok(InputFormat::Image(pre_spec(at, &raw)?))
+}
+
+fn pre_spec(at: &At, raw: &RawPre) -> Result<PreSpec, ConfigError> {
+    PreSpec::from_raw(raw).map_err(|e| at.err(&format!("pre.{}", e.key), e.message))
+}
+
+fn format(
+    at: &At,
+    f: RawFormat,
+    raw: Option<RawRawFormat>,
+    pre: Option<&RawPre>,
+) -> Result<InputFormat, ConfigError> {
+    if f == RawFormat::Image {
+        if raw.is_some() {
+            return Err(at.err("raw", "a [pipeline.raw] table needs format = \"raw\""));
+        }
+        return Ok(InputFormat::Image(pre_spec(
+            at,
+            &pre.cloned().unwrap_or_default(),
+        )?));
+    }
+    if pre.is_some() {
+        return Err(at.err(
+            "pre",
+            "a [pipeline.pre] table needs format = \"image\" (or a chain stage fed with crops)",
+        ));
+    }
     match (f, raw) {
         (RawFormat::Safetensors, None) => Ok(InputFormat::Safetensors),
         (RawFormat::Safetensors, Some(_)) => {
@@ -102,6 +244,7 @@ fn format(at: &At, f: RawFormat, raw: Option<RawRawFormat>) -> Result<InputForma
             shape: shape(&at.key("raw.shape"), &r.shape)?,
             tensor: r.tensor,
         }),
+        (RawFormat::Image, _) => unreachable!("handled above"),
     }
 }
 

@@ -374,3 +374,38 @@ fn read_and_parse_errors_carry_their_cause_once() {
     let e = Config::from_toml("[[pipeline]\n", Path::new("/")).unwrap_err();
     assert!(e.source().is_none());
 }
+
+const OCR: &str = r#"
+    [[pipeline]]
+    name = "text"
+    model = "det.onnx"
+    input = "cam/*"
+    output = "text"
+    format = "image"
+    [pipeline.ocr]
+    rec = "rec.onnx"
+    cls = "cls.onnx"
+    max_pixels = 1000000
+"#;
+
+#[test]
+fn ocr_pipeline_takes_its_models_and_frame_limit() {
+    let c = Config::from_toml(OCR, Path::new("/base")).unwrap();
+    let p = &c.pipelines[0];
+    let o = p.ocr.as_ref().unwrap();
+    assert_eq!(o.rec, PathBuf::from("/base/rec.onnx"));
+    assert!(o.params.use_cls);
+    assert_eq!(p.pre().unwrap().limits.max_pixels, 1_000_000);
+}
+
+#[test]
+fn ocr_pipeline_refuses_what_it_cannot_do() {
+    let e = err(&OCR.replace("format = \"image\"", "format = \"safetensors\""));
+    assert!(e.contains("format = \"image\""), "{e}");
+    let e = err(&OCR.replace("[pipeline.ocr]", "max_batch = 4\n    [pipeline.ocr]"));
+    assert!(e.contains("max_batch") && e.contains("OCR"), "{e}");
+    let e = err(&format!(
+        "{OCR}\n    [[pipeline]]\n    name = \"next\"\n    model = \"m.onnx\"\n    after = \"text\"\n    feed = {{ x = \"y\" }}\n"
+    ));
+    assert!(e.contains("nothing can follow"), "{e}");
+}

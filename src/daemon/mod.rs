@@ -100,6 +100,7 @@ impl Daemon {
             .map(|(id, parker)| Worker {
                 id,
                 runners: Vec::new(),
+                ocr: Vec::new(),
                 llms: Vec::new(),
                 parker,
                 policy: config.workers[id].policy,
@@ -134,7 +135,8 @@ impl Daemon {
             tokens::Deliverers::start(&ctx)
                 .map_err(|e| StartError::Worker(format!("cannot spawn delivery thread: {e}")))?,
         );
-        for pi in 0..ctx.tensors.len() {
+        // Chain stages have no zenoh input: their head's worker feeds them.
+        for pi in (0..ctx.tensors.len()).filter(|&pi| !ctx.tensors[pi].cfg.is_chained()) {
             d.subscribers
                 .push(ingress::subscribe(&ctx, pi).map_err(zerr)?);
         }
@@ -277,6 +279,8 @@ impl Daemon {
         for g in drained.gens.into_iter().chain(batched).chain(joiners) {
             tokens::finish(ctx, g, Finish::Cancelled);
         }
+        // Open speech segments end with the daemon (docs/answers.md).
+        crate::worker::close_streams(ctx);
     }
 }
 

@@ -14,7 +14,7 @@ use super::{StartError, StartStep};
 use crate::config::{Config, GeneratorConfig};
 use crate::ctx::{Ctx, GenPipe, Sched, TensorPipe};
 use crate::infer::engine::EngineError;
-use crate::infer::warm::load_and_warm;
+use crate::infer::warm::{load_and_warm, load_ocr};
 use crate::llm::registry::Registry;
 use crate::llm::{self, DecodeSlots, LlmShared, ModelFiles};
 use crate::obs::batch::{BatchStats, DecodeStats};
@@ -84,12 +84,20 @@ pub(super) fn tensor_pipes(
         for w in workers.iter_mut() {
             if config.workers[w.id].levels.contains(&p.level) {
                 prog.step(&p.name, w.id);
+                if p.ocr.is_some() {
+                    let (chain, s) = load_ocr(env, &config.runtime, p)?;
+                    spec.get_or_insert(s);
+                    w.runners.push(None);
+                    w.ocr.push(Some(Box::new(chain)));
+                    continue;
+                }
                 let loaded = load_and_warm(env, &config.runtime, p)?;
                 spec.get_or_insert(loaded.spec);
                 w.runners.push(Some(loaded.runner));
             } else {
                 w.runners.push(None);
             }
+            w.ocr.push(None);
         }
         let spec = spec.expect("config validation guarantees a worker per level");
         tracing::info!(

@@ -8,12 +8,17 @@
 //! context); [`batch`] finds a model's batch axes; [`state`] is what a stream
 //! carries between frames. Around a run, [`pre`] turns a camera frame into the
 //! model's input tensor on the worker thread and [`post`] turns a model's
-//! outputs into answers (detections, classes, speech events). Nothing here
-//! touches zenoh or the scheduler.
+//! outputs into answers (detections, classes, speech events); [`chain`] is
+//! what one stage of an in-process model chain hands the next; [`ocr`] is the
+//! PP-OCR chain's steps (DB boxes, crops, angle classifier, CTC), which the
+//! daemon's OCR stages run on their own sessions. Nothing here touches zenoh
+//! or the scheduler.
 
 pub mod batch;
+pub mod chain;
 pub mod engine;
 pub mod ep;
+pub mod ocr;
 pub mod post;
 pub mod pre;
 mod prealloc;

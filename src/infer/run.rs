@@ -54,6 +54,9 @@ pub struct Runner {
     spare_tails: Vec<Vec<u8>>,
     /// Outputs written into values allocated once, for the usual shapes.
     prealloc: Prealloc,
+    /// This worker's pre-processor for the pipeline's image input (its
+    /// buffers are reused from frame to frame).
+    pub pre: Option<super::pre::Preprocessor>,
 }
 
 fn run_options(shrink: bool) -> Result<RunOptions, String> {
@@ -84,6 +87,7 @@ impl Runner {
             inputs: (0..n_inputs).map(|_| None).collect(),
             spare_tails: Vec::new(),
             prealloc: Prealloc::default(),
+            pre: None,
         })
     }
 
@@ -117,8 +121,13 @@ pub struct Ran<'s> {
 /// Rows a request contributes: the leading dimension of its client inputs,
 /// which must agree.
 fn rows(spec: &Spec, tensors: &[Tensor]) -> Result<usize, String> {
-    let mut n = None;
-    for want in &spec.client_inputs {
+    let image = spec.image.as_ref().map(|b| b.input);
+    // A frame is one row of the image input.
+    let mut n = image.map(|_| 1);
+    for (k, want) in spec.client_inputs.iter().enumerate() {
+        if Some(k) == image {
+            continue;
+        }
         let t = find(tensors, &want.name)?;
         let r = *t.shape.first().ok_or("scalar client input")?;
         if *n.get_or_insert(r) != r {
@@ -283,12 +292,14 @@ fn prepare(
     items: &[Item],
     large: bool,
     tails: &mut Tails,
+    skip: Option<usize>,
 ) -> Result<Few<Option<DynValue>>, String> {
     let single = items.len() == 1;
     let mut gathered: Few<Option<DynValue>> = Few::new();
     for (m, feed) in spec.feeds.iter().enumerate() {
         gathered.push(None);
         match feed {
+            Feed::Client { input, .. } if skip == Some(*input) => {}
             Feed::Client { input, context } => {
                 let name = &spec.client_inputs[*input].name;
                 let dest = Dest {
@@ -312,6 +323,18 @@ fn prepare(
 /// call. State and context are committed for every item only if the run
 /// succeeds.
 pub fn run<'s>(runner: &'s mut Runner, spec: &Spec, items: &mut [Item]) -> Result<Ran<'s>, String> {
+    run_with(runner, spec, items, None)
+}
+
+/// [`run`], with the image input already written (one row per item, see
+/// `infer::pre::prepare`); without it the image input is read from the
+/// items' tensors like any other (warm-up).
+pub fn run_with<'s>(
+    runner: &'s mut Runner,
+    spec: &Spec,
+    items: &mut [Item],
+    mut image: Option<DynValue>,
+) -> Result<Ran<'s>, String> {
     let single = items.len() == 1;
     let counts = if single {
         None
@@ -331,7 +354,17 @@ pub fn run<'s>(runner: &'s mut Runner, spec: &Spec, items: &mut [Item]) -> Resul
         .max()
         .unwrap_or(0);
     let large = largest > 2 * runner.usual_bytes;
-    let gathered = prepare(runner, spec, items, large, &mut tails)?;
+    // A pre-processed image input is already a runtime value (written by
+    // `infer::pre`); the items' frame tensors are not gathered for it.
+    let image_input = image.as_ref().and(spec.image.as_ref()).map(|b| b.input);
+    let mut gathered = prepare(runner, spec, items, large, &mut tails, image_input)?;
+    if let Some(input) = image_input {
+        for (m, feed) in spec.feeds.iter().enumerate() {
+            if matches!(feed, Feed::Client { input: i, .. } if *i == input) {
+                gathered[m] = image.take();
+            }
+        }
+    }
     let Runner {
         model,
         constants,

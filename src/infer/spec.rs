@@ -48,6 +48,11 @@ pub struct Spec {
     /// Batch axes when the pipeline batches (`max_batch > 1`); start-up
     /// fails if the config asks for batching and the model cannot batch.
     pub batch: Option<BatchAxes>,
+    /// The client input filled with pre-processed frames (image pipelines
+    /// and stages fed with crops).
+    pub image: Option<super::pre::ImageBinding>,
+    /// The answer stage and the output it reads.
+    pub answer: Option<super::post::AnswerBinding>,
 }
 
 fn iface(p: &PipelineConfig, reason: String) -> EngineError {
@@ -122,13 +127,17 @@ impl Spec {
         let ports = Ports { p, model };
         check_constants(&ports)?;
         let state_init = state_bindings(&ports)?;
-        let client_inputs = client_inputs(&ports)?;
+        let mut client_inputs = client_inputs(&ports)?;
         check_raw_format(p, &client_inputs)?;
         check_warmup(&ports, &client_inputs)?;
+        let image = super::pre::bind(p, &mut client_inputs).map_err(|e| iface(p, e))?;
         let publish = published(&ports)?;
+        let answer = super::post::bind(p, &publish, &model.outputs).map_err(|e| iface(p, e))?;
         let batch = batch_axes(&ports, &client_inputs, &publish)?;
         let feeds = feeds(p, model.inputs, &client_inputs);
         Ok(Spec {
+            image,
+            answer,
             client_inputs,
             publish,
             state_init,

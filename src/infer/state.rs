@@ -3,7 +3,8 @@
 //! tail of its last input (prepended to the next). Held in the stream's
 //! scheduler slot and touched only by the worker running the stream's frame.
 //! State values stay runtime values: a run's state output is moved into the
-//! stream, never copied (single-row runs).
+//! stream, never copied (single-row runs). The answer stage keeps its own
+//! per-stream state here too (VAD segments), so it resets with the rest.
 
 use std::time::Instant;
 
@@ -19,6 +20,8 @@ pub struct StreamState {
     /// row of the previous input; `None` before the first frame.
     pub context: Vec<Option<Vec<u8>>>,
     pub last_used: Instant,
+    /// The answer stage's per-stream state (VAD speech tracking).
+    pub answer: Option<super::post::StreamAnswer>,
 }
 
 impl StreamState {
@@ -33,6 +36,10 @@ impl StreamState {
             values,
             context: vec![None; contexts],
             last_used: now,
+            answer: spec
+                .answer
+                .as_ref()
+                .and_then(super::post::StreamAnswer::new),
         })
     }
 }

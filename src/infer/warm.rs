@@ -3,13 +3,15 @@
 //! proves the batch axes split back correctly and pre-sizes the runtime's
 //! buffers; for a warm-up range, runs at its min and max shapes, which a
 //! TensorRT engine was built for). Start-up and `reflexd check` both come
-//! through here.
+//! through here; OCR pipelines load their three sessions through
+//! [`load_ocr`].
 
 use std::time::Instant;
 
 use ort::environment::Environment;
 
 use super::engine::{self, EngineError, Port};
+use super::ocr::OcrChain;
 use super::profile;
 use super::run::{self, Item, Runner};
 use super::spec::{ModelPorts, Spec, WarmPoint};
@@ -45,6 +47,7 @@ pub fn load_and_warm(
     let model = engine::load_with(env, &p.into(), rt, Some(&derive))?;
     let spec = Spec::new(p, &model)?;
     let mut runner = Runner::new(model, p).map_err(|e| warm_err(p, e))?;
+    runner.pre = (spec.image.as_ref()).map(|b| super::pre::Preprocessor::new(b.pre.clone()));
     for (point, rows) in warm_runs(p) {
         let inputs = spec.warmup_inputs_at(p, point);
         warm_once(&mut runner, &spec, p, &inputs, rows).map_err(|e| {
@@ -131,4 +134,38 @@ fn probe_shrink(
         runner.no_shrink();
     }
     Ok(())
+}
+
+/// An OCR pipeline's chain (`[pipeline.ocr]`): detector, optional angle
+/// classifier and recogniser, each built with the pipeline's provider
+/// chain, checked (the recogniser's charset against its output width) and
+/// run once on blank input. The spec comes from the detector (the frame
+/// limit ingress checks is the pipeline's).
+pub fn load_ocr(
+    env: &Environment,
+    rt: &RuntimeConfig,
+    p: &PipelineConfig,
+) -> Result<(OcrChain, Spec), EngineError> {
+    let Some(o) = &p.ocr else {
+        return Err(warm_err(p, "not an OCR pipeline".into()));
+    };
+    let det = engine::load(env, &p.into(), rt)?;
+    let spec = Spec::new(p, &det)?;
+    let stage = |model: &std::path::Path| {
+        let s = engine::SessionSpec { model, ..p.into() };
+        engine::load(env, &s, rt).map(|m| m.session)
+    };
+    let cls = match (&o.cls, o.params.use_cls) {
+        (Some(path), true) => Some(stage(path)?),
+        _ => None,
+    };
+    let rec = stage(&o.rec)?;
+    let mut chain = OcrChain::new(det.session, cls, rec, o.params.clone()).map_err(|e| {
+        EngineError::Interface {
+            pipeline: p.name.clone(),
+            reason: e.to_string(),
+        }
+    })?;
+    chain.warm_up().map_err(|e| warm_err(p, e.to_string()))?;
+    Ok((chain, spec))
 }

@@ -99,6 +99,17 @@ impl<V> KeyCache<V> {
     }
 }
 
+/// The output key of a stream: `<output>/<stream>`, or `<output>` when the
+/// input key has no wildcard (off the hot path: [`Outbox::put_stream`]
+/// builds it in a reused buffer).
+pub fn output_key(output: &str, stream: &str) -> String {
+    if stream.is_empty() {
+        output.to_string()
+    } else {
+        format!("{output}/{stream}")
+    }
+}
+
 /// A worker's publishing side.
 pub struct Outbox {
     session: zenoh::Session,

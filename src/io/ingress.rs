@@ -1,11 +1,16 @@
-//! Ingress: the first stage. One zenoh subscriber per pipeline; its callback
-//! runs on a zenoh thread, so it only bounds, decodes and validates the
-//! message, then hands a [`Job`] to the scheduler without blocking. It never
-//! runs a model. A message that fails any check is answered on the error key
-//! and counted; nothing else is affected.
+//! Ingress: the first stage. One zenoh subscriber per pipeline (chain
+//! stages have none: their head's worker feeds them); its callback runs on
+//! a zenoh thread, so it only bounds, decodes and validates the message,
+//! then hands a [`Job`] to the scheduler without blocking. It never runs a
+//! model. Camera frames ([`submit_frame`], the entry every frame carrier
+//! shares) get only the cheap check here: sizes and a JPEG/PNG header, the
+//! bytes stay shared with the message; the worker decodes them. A message
+//! that fails any check is answered on the error key and counted; nothing
+//! else is affected.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 
 use bytes::Bytes;
 use zenoh::Wait;
@@ -18,6 +23,7 @@ use crate::error::{ErrorCode, Rejection};
 use crate::job::Job;
 use crate::sched::Submitted;
 use crate::tensor::Tensor;
+use crate::wire::image::{Frame, ImageClaim, ImageHeader, check_image, parse_image_attachment};
 use crate::wire::{self, RequestMeta};
 
 /// Longest stream id accepted (bytes).
@@ -61,51 +67,137 @@ fn on_sample(ctx: &Ctx, pi: usize, sample: &Sample) {
     let received = ctx.sched.now();
     let tp = &ctx.tensors[pi];
     tp.stats.received.fetch_add(1, Relaxed);
-    let mut stream = stream_id(&tp.cfg.input, sample.key_expr().as_str());
+    let stream = stream_id(&tp.cfg.input, sample.key_expr().as_str());
     match decode(ctx, pi, &stream, sample) {
-        Ok((tensors, meta)) => {
-            let job = Box::new(Job {
-                pipeline: pi,
-                stream: stream.into(),
-                meta,
-                tensors,
-                received,
-                recv_order: ctx.order.fetch_add(1, Relaxed),
-                deadline: received + tp.cfg.deadline,
-            });
-            match ctx.sched.submit(job) {
-                Submitted::Queued => {}
-                Submitted::Replaced(old) => egress::fail(
-                    ctx,
-                    &old,
-                    &Rejection::new(
-                        ErrorCode::Superseded,
-                        "a newer frame of this stream arrived before this one ran",
-                    ),
-                ),
-                Submitted::Rejected(rej, job) => egress::fail(ctx, &job, &rej),
-            }
+        Ok(Decoded::Tensors(tensors, meta)) => {
+            submit(ctx, pi, stream, (tensors, None, meta), received)
         }
-        Err((rej, meta)) => {
-            if rej.code == ErrorCode::BadStream {
-                // Never echo an over-long id back in full.
-                stream.truncate(truncate(&stream).len());
-            }
-            tp.stats.error(rej.code);
-            egress::publish_error(
-                &ctx.session,
-                &tp.cfg.error_key,
-                &tp.cfg.name,
-                &stream,
-                meta.id.as_deref(),
-                meta.seq,
-                &rej,
+        Ok(Decoded::Frame(header, data)) => {
+            let meta = RequestMeta {
+                id: header.id,
+                seq: header.seq,
+                ts_us: header.ts_us,
+            };
+            let claim = &header.claim;
+            submit_frame(
+                ctx,
+                pi,
+                FrameMsg {
+                    stream,
+                    claim,
+                    data,
+                    meta,
+                    received,
+                },
             );
         }
+        Err((rej, meta)) => refuse(ctx, pi, stream, &rej, &meta),
     }
 }
 
-type Decoded = (Vec<Tensor>, RequestMeta);
+/// The one entry for camera frames, whatever carried them: the plain zenoh
+/// image message here, ROS 2 `sensor_msgs/Image` / `CompressedImage`
+/// mapped onto an [`ImageClaim`] by their ingress. Checks the frame against
+/// pipeline `pi`'s limits (sizes and, for JPEG/PNG, the header only) and
+/// queues it; a refused frame is answered on the pipeline's error key. Call
+/// it from the zenoh callback, once per message, after counting the
+/// message as received.
+pub fn submit_frame(ctx: &Ctx, pi: usize, frame: FrameMsg<'_>) {
+    let FrameMsg {
+        stream,
+        claim,
+        data,
+        meta,
+        received,
+    } = frame;
+    match check_frame(ctx, pi, claim, data) {
+        Ok(f) => submit(ctx, pi, stream, (Vec::new(), Some(f), meta), received),
+        Err(rej) => refuse(ctx, pi, stream, &rej, &meta),
+    }
+}
+
+/// A received camera frame, as [`submit_frame`] takes it.
+pub struct FrameMsg<'a> {
+    /// The stream id (see [`stream_id`]).
+    pub stream: String,
+    pub claim: &'a ImageClaim,
+    /// The frame's bytes (shared with the received message, not copied).
+    pub data: Bytes,
+    pub meta: RequestMeta,
+    /// When the message arrived (`ctx.sched.now()` in the callback).
+    pub received: Instant,
+}
+
+fn check_frame(ctx: &Ctx, pi: usize, claim: &ImageClaim, data: Bytes) -> Result<Frame, Rejection> {
+    let limits = ctx.tensors[pi]
+        .spec
+        .image
+        .as_ref()
+        .map(|b| b.pre.limits)
+        .ok_or_else(|| {
+            Rejection::new(
+                ErrorCode::BadImage,
+                "this pipeline does not take camera frames",
+            )
+        })?;
+    let desc = check_image(claim, &data, &limits)?;
+    Ok(Frame { desc, data })
+}
+
+fn submit(ctx: &Ctx, pi: usize, stream: String, d: JobParts, received: Instant) {
+    let tp = &ctx.tensors[pi];
+    let (tensors, image, meta) = d;
+    let job = Box::new(Job {
+        pipeline: pi,
+        stream: stream.into(),
+        meta,
+        tensors,
+        image,
+        received,
+        recv_order: ctx.order.fetch_add(1, Relaxed),
+        deadline: received + tp.cfg.deadline,
+    });
+    match ctx.sched.submit(job) {
+        Submitted::Queued => {}
+        Submitted::Replaced(old) => egress::fail(
+            ctx,
+            &old,
+            &Rejection::new(
+                ErrorCode::Superseded,
+                "a newer frame of this stream arrived before this one ran",
+            ),
+        ),
+        Submitted::Rejected(rej, job) => egress::fail(ctx, &job, &rej),
+    }
+}
+
+fn refuse(ctx: &Ctx, pi: usize, mut stream: String, rej: &Rejection, meta: &RequestMeta) {
+    let tp = &ctx.tensors[pi];
+    if rej.code == ErrorCode::BadStream {
+        // Never echo an over-long id back in full.
+        stream.truncate(truncate(&stream).len());
+    }
+    tp.stats.error(rej.code);
+    egress::publish_error(
+        &ctx.session,
+        &tp.cfg.error_key,
+        &tp.cfg.name,
+        &stream,
+        meta.id.as_deref(),
+        meta.seq,
+        rej,
+    );
+}
+
+/// What a job carries: message tensors or a frame, and request metadata.
+type JobParts = (Vec<Tensor>, Option<Frame>, RequestMeta);
+
+/// A message decoded in the callback.
+enum Decoded {
+    Tensors(Vec<Tensor>, RequestMeta),
+    /// An image message's attachment and bytes, to be checked.
+    Frame(ImageHeader, Bytes),
+}
 
 /// The payload's bytes without a copy when zenoh holds them in one piece.
 fn payload_bytes(sample: &Sample) -> Bytes {
@@ -162,6 +254,13 @@ fn decode(
     }
     let bytes = payload_bytes(sample);
     let (tensors, meta) = match &tp.cfg.format {
+        InputFormat::Image(_) => return decode_image(sample, bytes),
+        InputFormat::Chained(_) => {
+            return Err(no_meta(Rejection::new(
+                ErrorCode::InternalError,
+                "a chain stage has no zenoh input",
+            )));
+        }
         InputFormat::Safetensors => wire::decode_safetensors(&bytes, tp.cfg.max_elements)?,
         InputFormat::Raw {
             tensor,
@@ -179,9 +278,27 @@ fn decode(
         }
     };
     match tp.spec.validate(&tensors) {
-        Ok(()) => Ok((tensors, meta)),
+        Ok(()) => Ok(Decoded::Tensors(tensors, meta)),
         Err(r) => Err((r, meta)),
     }
+}
+
+/// An image message's attachment (docs/images.md); the frame is checked by
+/// [`submit_frame`].
+fn decode_image(sample: &Sample, bytes: Bytes) -> Result<Decoded, (Rejection, RequestMeta)> {
+    let att = sample
+        .attachment()
+        .map(|a| a.to_bytes())
+        .unwrap_or_default();
+    let header = parse_image_attachment(&att).map_err(|(e, partial)| {
+        let meta = RequestMeta {
+            id: partial.id,
+            seq: partial.seq,
+            ts_us: None,
+        };
+        (Rejection::from(e), meta)
+    })?;
+    Ok(Decoded::Frame(header, bytes))
 }
 
 fn truncate(s: &str) -> &str {

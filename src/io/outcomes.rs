@@ -35,6 +35,10 @@ pub fn tensor(p: &PipelineConfig, spec: &Spec) -> Vec<ErrorCode> {
         TooManyStreams | Superseded => latest,
         Busy => !latest,
         NonFinite => p.non_finite == config::NonFinite::Reject && float_input,
+        // Camera frames are decoded and checked on the worker.
+        BadImage | ImageTooLarge | CorruptImage => matches!(p.format, InputFormat::Image(_)),
+        // The model's output does not fit the answer stage.
+        BadOutput => spec.answer.is_some(),
         BadCommand | EmptyPrompt | PromptTooLong | BadParameter | TooManyGenerations
         | SlowConsumer | DuplicateId => false,
     };

@@ -408,6 +408,18 @@ impl<K: Kinds> Scheduler<K> {
         None
     }
 
+    /// The streams pipeline `pipeline` tracks (shutdown closes their
+    /// per-stream answer state).
+    pub fn stream_slots(&self, pipeline: usize) -> Vec<Arc<StreamSlot<K>>> {
+        self.pipelines[pipeline]
+            .streams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Removes everything still queued (after workers have stopped).
     pub fn drain(&self) -> Drained<K> {
         let mut out = Drained {

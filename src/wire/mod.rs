@@ -1,6 +1,7 @@
 //! Wire formats at the daemon's edges (see `docs/protocol.md`), one file per
 //! format and direction: [`request`] decodes what clients send (safetensors
-//! and raw tensor messages, attachments), [`command`] parses generation
+//! and raw tensor messages, attachments), [`image`] describes and checks
+//! camera frames (docs/images.md), [`command`] parses generation
 //! commands, [`reply`] encodes what the daemon sends back (predictions,
 //! errors, token and final messages). Ingress decodes inside the zenoh
 //! callback, so decoders only parse and bound-check: a hostile payload costs
@@ -12,7 +13,9 @@ use safetensors::tensor::Dtype as StDtype;
 use crate::error::{ErrorCode, Rejection};
 use crate::tensor::Dtype;
 
+pub mod answer;
 pub mod command;
+pub mod image;
 pub mod reply;
 pub mod request;
 

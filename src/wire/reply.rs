@@ -86,6 +86,9 @@ pub struct ReplyMeta<'a> {
     pub e2e_us: u64,
     /// Finished after its deadline.
     pub late: bool,
+    /// More string metadata: pre-processing time, the answer's JSON when a
+    /// pipeline publishes both (docs/answers.md), a chain's stage timing.
+    pub extra: &'a [(&'a str, &'a str)],
 }
 
 /// Serialises constant metadata pairs once, as the inside of a JSON object
@@ -157,6 +160,9 @@ fn write_meta(buf: &mut Vec<u8>, m: &ReplyMeta) {
     kv_num(buf, "queue_us", m.queue_us);
     kv_num(buf, "inference_us", m.inference_us);
     kv_num(buf, "e2e_us", m.e2e_us);
+    for (k, v) in m.extra {
+        kv_str(buf, k, v);
+    }
     let _ = write!(buf, "\"late\":\"{}\"}}", m.late);
 }
 
@@ -313,6 +319,7 @@ mod tests {
             inference_us: 20,
             e2e_us: 40,
             late: false,
+            extra: &[],
         }
     }
 

@@ -4,8 +4,9 @@
 //! deadline, runs the model and hands the outcome to `io`: predictions are
 //! published from the worker with `CongestionControl::Drop` (never waits),
 //! generation messages go into per-generation outboxes drained by delivery
-//! threads. [`tensor`] serves tensor jobs and batches, [`generate`] advances
-//! generations one model run per turn.
+//! threads. [`tensor`] serves tensor jobs and batches, [`ocr`] reads the text
+//! in an OCR pipeline's frames, [`generate`] advances generations one model
+//! run per turn.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,14 +14,19 @@ use std::time::Instant;
 use crate::config::ThreadPolicy;
 use crate::ctx::{Ctx, Work};
 use crate::infer::Runner;
+use crate::infer::ocr::OcrChain;
 use crate::io::egress::Outbox;
 use crate::llm::LlmModel;
 use crate::sched::Parker;
 
+mod answer;
+mod chain;
 mod generate;
+mod ocr;
 mod os;
 mod tensor;
 
+pub use answer::close_streams;
 pub use os::{apply_affinity, apply_policy};
 
 pub struct Worker {
@@ -28,6 +34,9 @@ pub struct Worker {
     /// Indexed by tensor pipeline; `None` for pipelines whose level this
     /// worker does not serve.
     pub runners: Vec<Option<Runner>>,
+    /// Indexed like `runners`: the chain of an OCR pipeline this worker
+    /// serves (its `runners` entry is `None`).
+    pub ocr: Vec<Option<Box<OcrChain>>>,
     /// Indexed by generation pipeline, like `runners`.
     pub llms: Vec<Option<LlmModel>>,
     pub parker: Parker,

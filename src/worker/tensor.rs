@@ -12,12 +12,14 @@ use super::{Worker, micros};
 use crate::config::{Late, NonFinite};
 use crate::ctx::{Batch, Ctx, StreamSlot};
 use crate::error::{ErrorCode, Rejection};
+use crate::infer::chain::Handoff;
 use crate::infer::{Item, Ran, Runner, Spec, StreamState};
 use crate::io::egress::{self, Outbox};
 use crate::job::Job;
 use crate::obs::ratelimit::one_line;
 use crate::tensor::{Dtype, Tensor};
-use crate::wire::reply::{self, ReplyMeta};
+use crate::wire::answer::encode_answer;
+use crate::wire::reply::{self, OutTensor, ReplyMeta};
 
 /// A session call's members, on the stack for all but large batches (the
 /// single-frame path allocates nothing here).
@@ -39,6 +41,8 @@ pub(super) fn serve(
         too_late(ctx, &member.1, started);
     } else if let Some(rej) = non_finite(ctx, &member.1) {
         egress::fail(ctx, &member.1, &rej);
+    } else if ctx.tensors[member.1.pipeline].cfg.ocr.is_some() {
+        super::ocr::serve(w, ctx, outbox, &member.1);
     } else {
         run_group(w, ctx, outbox, &[&member], Fill::default());
     }
@@ -191,6 +195,21 @@ fn run_group(w: &mut Worker, ctx: &Ctx, outbox: &mut Outbox, group: &[&Member], 
         }
         return;
     };
+    let started = ctx.sched.now();
+    // Frames are decoded and pre-processed straight into the image input;
+    // a frame that fails is answered here and left out of the run.
+    let kept;
+    let (group, frames) = if tp.spec.image.is_some() {
+        match super::answer::prepare_frames(ctx, runner, group) {
+            Some((g, f)) => {
+                kept = g;
+                (&kept[..], Some(f))
+            }
+            None => return,
+        }
+    } else {
+        (group, None)
+    };
     // Each slot's state is only touched by the worker holding its ticket,
     // so these locks are uncontended.
     let mut guards: Few<_> = group
@@ -200,7 +219,6 @@ fn run_group(w: &mut Worker, ctx: &Ctx, outbox: &mut Outbox, group: &[&Member], 
                 .map(|s| s.state.lock().unwrap_or_else(|e| e.into_inner()))
         })
         .collect();
-    let started = ctx.sched.now();
     for (_, job) in group {
         tp.stats.time(&tp.stats.queue_wait, started - job.received);
     }
@@ -221,11 +239,25 @@ fn run_group(w: &mut Worker, ctx: &Ctx, outbox: &mut Outbox, group: &[&Member], 
         fill,
     };
     let ran = panic::catch_unwind(AssertUnwindSafe(|| {
-        run_and_reply(ctx, &call, (runner, outbox), &mut items, &mut answered)
+        run_and_reply(
+            ctx,
+            &call,
+            (runner, outbox),
+            &mut items,
+            &mut answered,
+            frames,
+        )
     }));
     drop(items);
     let done = ctx.sched.now();
-    if ran.is_err() {
+    if let Ok(handoffs) = ran {
+        // Chains: the next stages run now, on this worker, each on its
+        // own session (see `super::chain`).
+        for (i, h, run_order) in handoffs {
+            let head = super::chain::HeadRun { started, run_order };
+            super::chain::continue_chain(w, ctx, outbox, &group[i].1, (h, head));
+        }
+    } else {
         // Contained: the jobs not yet answered get internal_error, the
         // streams start over from zero state, the worker goes on.
         let rej = Rejection::new(
@@ -248,6 +280,14 @@ fn run_group(w: &mut Worker, ctx: &Ctx, outbox: &mut Outbox, group: &[&Member], 
     }
 }
 
+/// A group's frames, written into the image input.
+pub(super) struct Frames {
+    pub value: Option<ort::value::DynValue>,
+    /// Per job of the (filtered) group.
+    pub transforms: Vec<crate::infer::pre::Transform>,
+    pub pre_us: u64,
+}
+
 /// One session call's jobs and how they were collected.
 struct Call<'a> {
     worker: usize,
@@ -257,14 +297,16 @@ struct Call<'a> {
 }
 
 /// The session call and the replies, inside the caller's panic guard;
-/// `answered[i]` is set once job `i` has its outcome.
+/// `answered[i]` is set once job `i` has its outcome. Returns what chain
+/// heads hand their next stage, by job index.
 fn run_and_reply(
     ctx: &Ctx,
     call: &Call,
     (runner, outbox): (&mut Runner, &mut Outbox),
     items: &mut [Item],
     answered: &mut [bool],
-) {
+    mut frames: Option<Frames>,
+) -> Vec<(usize, Handoff, u64)> {
     let Call {
         worker,
         group,
@@ -278,27 +320,44 @@ fn run_and_reply(
         crate::fault::at(crate::fault::Stage::Run, job.meta.id.as_deref());
     }
     let running = ctx.progress.running(worker);
-    let result = crate::infer::run::run(runner, &tp.spec, items);
+    let image = frames.as_mut().and_then(|f| f.value.take());
+    let run_started = ctx.sched.now();
+    let result = crate::infer::run::run_with(runner, &tp.spec, items, image);
     drop(running);
     let done = ctx.sched.now();
     if let Some(bs) = &tp.batch_stats {
-        ctx.sched.note_batch_run(pi, done - started);
+        ctx.sched.note_batch_run(pi, done - run_started);
         bs.record(group.len(), fill.wait_us, fill.cut_by_deadline);
     }
     for _ in group {
-        tp.stats.time(&tp.stats.inference, done - started);
+        tp.stats.time(&tp.stats.inference, done - run_started);
     }
     let info = RunInfo {
         worker,
         run_order,
         started,
+        run_started,
         done,
         batch: group.len(),
+        pre_us: frames.as_ref().map_or(0, |f| f.pre_us),
     };
+    let mut handoffs = Vec::new();
     match result {
         Ok(ran) => {
+            let answers = tp.spec.answer.is_some() || tp.cfg.next.is_some();
             for (i, (_, job)) in group.iter().enumerate() {
-                reply(ctx, outbox, job, &ran, i, &info);
+                if answers {
+                    let extra = super::answer::Extra {
+                        transform: frames.as_ref().and_then(|f| f.transforms.get(i)),
+                        state: items[i].state.as_deref_mut(),
+                    };
+                    let sent = super::answer::reply(ctx, outbox, (job, i), &ran, &info, extra);
+                    if let Some(h) = sent {
+                        handoffs.push((i, h, run_order));
+                    }
+                } else {
+                    reply(ctx, outbox, job, &ran, i, &info);
+                }
                 answered[i] = true;
             }
         }
@@ -313,6 +372,7 @@ fn run_and_reply(
             }
         }
     }
+    handoffs
 }
 
 type Guard<'a> = Option<std::sync::MutexGuard<'a, Option<StreamState>>>;
@@ -330,7 +390,7 @@ fn items<'a>(
         let state = match g.as_mut() {
             None => None,
             Some(g) => Some(
-                stream_state(ctx, pi, g, now)
+                stream_state(ctx, pi, &job.stream, g, now)
                     .map_err(|e| Rejection::new(ErrorCode::InferenceFailed, e))?,
             ),
         };
@@ -347,6 +407,7 @@ fn items<'a>(
 fn stream_state<'a>(
     ctx: &Ctx,
     pi: usize,
+    stream: &str,
     slot: &'a mut Option<StreamState>,
     now: Instant,
 ) -> Result<&'a mut StreamState, String> {
@@ -354,19 +415,43 @@ fn stream_state<'a>(
     let fresh = || StreamState::new(&tp.spec, tp.cfg.context.len(), now);
     match slot {
         Some(st) if now.duration_since(st.last_used) <= tp.cfg.idle_reset => {}
-        _ => *slot = Some(fresh()?),
+        _ => {
+            if let Some(old) = slot.as_mut() {
+                // An open speech segment ends where the stream went quiet.
+                super::answer::close_stream(ctx, pi, stream, old, "idle");
+            }
+            *slot = Some(fresh()?)
+        }
     }
     Ok(slot.as_mut().expect("set above"))
 }
 
 /// When and how a job's model run happened, for its reply's metadata.
-struct RunInfo {
-    worker: usize,
-    run_order: u64,
-    started: Instant,
-    done: Instant,
+pub(super) struct RunInfo {
+    pub worker: usize,
+    pub run_order: u64,
+    /// When the worker took the job (its queue wait ends).
+    pub started: Instant,
+    /// When the session call began (after pre-processing).
+    pub run_started: Instant,
+    pub done: Instant,
     /// Jobs in the session call (1 when not batched).
-    batch: usize,
+    pub batch: usize,
+    /// Pre-processing of the call's frames (µs; 0 without frames).
+    pub pre_us: u64,
+}
+
+/// What a reply carries besides ids and timing.
+pub(super) struct Body<'a> {
+    /// Output tensors (a safetensors prediction), or none for an answer
+    /// message.
+    pub tensors: Option<&'a [OutTensor<'a>]>,
+    /// The answer object (JSON text); with tensors it goes into metadata.
+    pub answer: Option<&'a str>,
+    /// A chain's per-stage timing (JSON array).
+    pub stages: Option<&'a str>,
+    /// Time in model runs (µs): the session call, or a chain's stages.
+    pub inference_us: u64,
 }
 
 /// Publishes request `i`'s prediction with ids and timing.
@@ -381,6 +466,19 @@ fn reply(ctx: &Ctx, outbox: &mut Outbox, job: &Job, ran: &Ran, i: usize, info: &
             return egress::fail(ctx, job, &Rejection::new(ErrorCode::InferenceFailed, e));
         }
     };
+    let body = Body {
+        tensors: Some(&outputs),
+        answer: None,
+        stages: None,
+        inference_us: micros(info.done - info.run_started),
+    };
+    publish(ctx, outbox, job, info, &body);
+}
+
+/// Publishes a job's outcome on its pipeline's output key (late results
+/// flagged, or dropped with `late = "drop"`), counted before the put.
+pub(super) fn publish(ctx: &Ctx, outbox: &mut Outbox, job: &Job, info: &RunInfo, body: &Body) {
+    let tp = &ctx.tensors[job.pipeline];
     // End-to-end is measured last, just before the message is built.
     let now = ctx.sched.now();
     let e2e = now - job.received;
@@ -397,6 +495,15 @@ fn reply(ctx: &Ctx, outbox: &mut Outbox, job: &Job, ran: &Ran, i: usize, info: &
     }
     tp.stats.time(&tp.stats.e2e, e2e);
     crate::fault::at(crate::fault::Stage::Encode, job.meta.id.as_deref());
+    let pre = (info.pre_us > 0).then(|| info.pre_us.to_string());
+    let mut extra: Vec<(&str, &str)> = Vec::new();
+    if let Some(p) = &pre {
+        extra.push(("pre_us", p));
+    }
+    if body.tensors.is_some() {
+        extra.extend(body.answer.map(|a| ("answer", a)));
+        extra.extend(body.stages.map(|s| ("stages", s)));
+    }
     let meta = ReplyMeta {
         fixed: &tp.fixed_meta[info.worker],
         id: job.meta.id.as_deref(),
@@ -407,11 +514,16 @@ fn reply(ctx: &Ctx, outbox: &mut Outbox, job: &Job, ran: &Ran, i: usize, info: &
         recv_order: job.recv_order,
         run_order: info.run_order,
         queue_us: micros(info.started - job.received),
-        inference_us: micros(info.done - info.started),
+        inference_us: body.inference_us,
         e2e_us: micros(e2e),
         late,
+        extra: &extra,
     };
-    let bytes = reply::encode_prediction(&meta, &outputs);
+    let bytes = match (body.tensors, body.answer) {
+        (Some(outputs), _) => reply::encode_prediction(&meta, outputs),
+        (None, Some(answer)) => encode_answer(&meta, body.stages, answer),
+        (None, None) => reply::encode_prediction(&meta, &[]),
+    };
     // Counted before the put, so a client that has seen the prediction also
     // sees it counted.
     tp.stats.ok.fetch_add(1, Relaxed);

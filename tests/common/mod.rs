@@ -190,19 +190,26 @@ pub enum Reply {
         key: String,
         json: serde_json::Value,
     },
+    /// An answer message (`[pipeline.answer]`, docs/answers.md).
+    Answer {
+        key: String,
+        json: serde_json::Value,
+    },
 }
 
 impl Reply {
     pub fn meta(&self, k: &str) -> Option<&str> {
         match self {
             Reply::Prediction { meta, .. } => meta.get(k).map(|s| s.as_str()),
-            Reply::Error { .. } => None,
+            Reply::Error { .. } | Reply::Answer { .. } => None,
         }
     }
     pub fn id(&self) -> Option<String> {
         match self {
             Reply::Prediction { meta, .. } => meta.get("id").cloned(),
-            Reply::Error { json, .. } => json["id"].as_str().map(str::to_string),
+            Reply::Error { json, .. } | Reply::Answer { json, .. } => {
+                json["id"].as_str().map(str::to_string)
+            }
         }
     }
     pub fn code(&self) -> Option<&str> {
@@ -218,6 +225,7 @@ impl Reply {
         match self {
             Reply::Prediction { key, meta, .. } => format!("prediction on {key}: {meta:?}"),
             Reply::Error { key, json } => format!("error on {key}: {json}"),
+            Reply::Answer { key, json } => format!("answer on {key}: {json}"),
         }
     }
 
@@ -228,6 +236,15 @@ impl Reply {
                 .find(|t| t.name == name)
                 .expect("tensor in prediction"),
             Reply::Error { json, .. } => panic!("expected a prediction, got error {json}"),
+            Reply::Answer { json, .. } => panic!("expected a prediction, got answer {json}"),
+        }
+    }
+
+    /// The answer message's JSON (panics on anything else).
+    pub fn answer(&self) -> &serde_json::Value {
+        match self {
+            Reply::Answer { json, .. } => json,
+            other => panic!("expected an answer message, got {}", other.brief()),
         }
     }
 }
@@ -253,8 +270,14 @@ pub async fn try_recv(sub: &Sub, wait: Duration) -> Option<Reply> {
             json: serde_json::from_slice(&bytes).expect("error body is JSON"),
         })
     } else {
-        let (tensors, meta) = wire::decode_output(&bytes).expect("prediction is safetensors");
-        Some(Reply::Prediction { key, tensors, meta })
+        match wire::decode_output(&bytes) {
+            Ok((tensors, meta)) => Some(Reply::Prediction { key, tensors, meta }),
+            Err(e) => {
+                let json = serde_json::from_slice(&bytes)
+                    .unwrap_or_else(|_| panic!("neither a prediction ({e}) nor an answer: {key}"));
+                Some(Reply::Answer { key, json })
+            }
+        }
     }
 }
 

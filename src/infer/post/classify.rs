@@ -2,59 +2,10 @@
 //! one frame arrive as a flat slice (`[1, C]` or `[C]`); an optional
 //! softmax turns logits into probabilities first.
 
-use std::path::Path;
+use serde::Serialize;
 
-use serde::{Deserialize, Serialize};
-
-use super::labels::load_labels;
-use super::{AnswerConfigError, PostError, cfg_err};
-
-#[derive(Deserialize, Debug, Default, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct RawClassify {
-    /// How many classes to report (default 5).
-    pub top_k: Option<usize>,
-    /// Apply softmax to the output first (for models that emit logits; default false).
-    pub softmax: Option<bool>,
-    /// Drop classes scoring below this (after softmax; default: keep all k).
-    pub min_score: Option<f64>,
-    /// Class names file, one per line (relative to the config file).
-    pub labels: Option<std::path::PathBuf>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct ClassConfig {
-    pub top_k: usize,
-    pub softmax: bool,
-    pub min_score: Option<f32>,
-    pub labels: Option<Vec<String>>,
-}
-
-impl ClassConfig {
-    pub fn from_raw(raw: &RawClassify, base: &Path) -> Result<ClassConfig, AnswerConfigError> {
-        let top_k = raw.top_k.unwrap_or(5);
-        if top_k == 0 || top_k > 1000 {
-            return Err(cfg_err("top_k", format!("{top_k} is not in 1..=1000")));
-        }
-        if let Some(m) = raw.min_score
-            && !m.is_finite()
-        {
-            return Err(cfg_err("min_score", format!("{m} is not a finite number")));
-        }
-        let labels = match &raw.labels {
-            None => None,
-            Some(p) => {
-                Some(load_labels(&base.join(p)).map_err(|e| cfg_err("labels", e.to_string()))?)
-            }
-        };
-        Ok(ClassConfig {
-            top_k,
-            softmax: raw.softmax.unwrap_or(false),
-            min_score: raw.min_score.map(|m| m as f32),
-            labels,
-        })
-    }
-}
+use super::PostError;
+pub use crate::config::answer::{ClassConfig, RawClassify};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ClassScore {

@@ -3,101 +3,16 @@
 //! greedy NMS, then undo the letterbox/resize with the pre-processing
 //! transform and clip to the frame.
 
-use std::path::Path;
+use serde::Serialize;
 
-use serde::{Deserialize, Serialize};
-
-use super::labels::load_labels;
-use super::{AnswerConfigError, PostError, cfg_err};
+use super::PostError;
+pub use crate::config::answer::{DetectConfig, RawDetect, YoloLayout};
 use crate::infer::pre::Transform;
 
 /// At most this many boxes enter NMS (the best-scoring ones), so a model
 /// that fires everywhere costs a bounded O(n²), as in Ultralytics (`max_nms`).
 pub const MAX_CANDIDATES: usize = 30_000;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum YoloLayout {
-    /// `[1, 4+C, N]`: rows cx, cy, w, h, then C class scores (YOLOv8/v11).
-    V8,
-    /// `[1, N, 5+C]`: per box cx, cy, w, h, objectness, C class scores
-    /// (YOLOv5/v7); score = objectness × class score.
-    V5,
-}
-
-#[derive(Deserialize, Debug, Default, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct RawDetect {
-    /// "yolov8" (default) or "yolov5".
-    pub layout: Option<String>,
-    /// Minimum score kept (default 0.25).
-    pub confidence: Option<f64>,
-    /// NMS overlap threshold (default 0.45).
-    pub iou: Option<f64>,
-    /// Most detections per frame (default 100).
-    pub max_detections: Option<usize>,
-    /// Suppress overlapping boxes of different classes too (default false).
-    pub class_agnostic: Option<bool>,
-    /// Class names file, one per line (relative to the config file).
-    pub labels: Option<std::path::PathBuf>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct DetectConfig {
-    pub layout: YoloLayout,
-    pub confidence: f32,
-    pub iou: f32,
-    pub max_detections: usize,
-    pub class_agnostic: bool,
-    pub labels: Option<Vec<String>>,
-}
-
-fn unit(key: &'static str, v: Option<f64>, default: f32) -> Result<f32, AnswerConfigError> {
-    let v = v.unwrap_or(default as f64);
-    if !(0.0..=1.0).contains(&v) {
-        return Err(cfg_err(key, format!("{v} is not in [0, 1]")));
-    }
-    Ok(v as f32)
-}
-
-impl DetectConfig {
-    /// Validates `raw`; a relative labels path is taken from `base` (the
-    /// config file's directory).
-    pub fn from_raw(raw: &RawDetect, base: &Path) -> Result<DetectConfig, AnswerConfigError> {
-        let layout = match raw.layout.as_deref().unwrap_or("yolov8") {
-            "yolov8" => YoloLayout::V8,
-            "yolov5" => YoloLayout::V5,
-            other => {
-                return Err(cfg_err(
-                    "layout",
-                    format!("{other:?} is not one of yolov8, yolov5"),
-                ));
-            }
-        };
-        let max_detections = raw.max_detections.unwrap_or(100);
-        if max_detections == 0 || max_detections > 10_000 {
-            return Err(cfg_err(
-                "max_detections",
-                format!("{max_detections} is not in 1..=10000"),
-            ));
-        }
-        let labels = match &raw.labels {
-            None => None,
-            Some(p) => {
-                Some(load_labels(&base.join(p)).map_err(|e| cfg_err("labels", e.to_string()))?)
-            }
-        };
-        Ok(DetectConfig {
-            layout,
-            confidence: unit("confidence", raw.confidence, 0.25)?,
-            iou: unit("iou", raw.iou, 0.45)?,
-            max_detections,
-            class_agnostic: raw.class_agnostic.unwrap_or(false),
-            labels,
-        })
-    }
-}
-
-/// Corners in pixels, `x1 <= x2`, `y1 <= y2`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct BBox {
     pub x1: f32,

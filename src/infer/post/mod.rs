@@ -6,46 +6,39 @@
 //! pre-processing [`crate::infer::pre::Transform`]. Only the VAD tracker
 //! keeps state (one per stream).
 
+mod answer;
+mod bind;
 mod classify;
 mod detect;
-mod labels;
 #[cfg(test)]
 mod tests;
 mod vad;
 
+pub use crate::config::answer::AnswerConfigError;
+pub use crate::config::labels::{LabelError, load_labels, parse_labels};
+pub use answer::{Answer, AnswerInput, StreamAnswer, answer, float_view, request_values};
+pub use bind::{AnswerBinding, bind};
 pub use classify::{ClassConfig, ClassScore, RawClassify, top_k};
 pub use detect::{
     BBox, DetectConfig, Detection, Detections, RawDetect, YoloLayout, decode_yolo, iou, nms,
 };
-pub use labels::{LabelError, load_labels, parse_labels};
 pub use vad::{RawVad, VadAnswer, VadConfig, VadEvent, VadTracker};
 
 /// A model output that does not fit the configured answer stage.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 pub enum PostError {
-    /// Rank, layout or class count does not match the config
-    /// (proposed code `bad_output`: a model/config mismatch, not a client error).
+    /// Rank, layout or class count does not match the config (error code
+    /// `bad_output`: a model/config mismatch, not a client error).
     #[error("{0}")]
     BadOutput(String),
 }
 
 impl PostError {
     pub fn code(&self) -> &'static str {
-        "bad_output"
+        self.error_code().code()
     }
-}
 
-/// Raw-config error for an answer stage (`[pipeline.answer]`), naming the key.
-#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
-#[error("answer.{key}: {message}")]
-pub struct AnswerConfigError {
-    pub key: &'static str,
-    pub message: String,
-}
-
-pub(crate) fn cfg_err(key: &'static str, message: impl Into<String>) -> AnswerConfigError {
-    AnswerConfigError {
-        key,
-        message: message.into(),
+    pub fn error_code(&self) -> crate::error::ErrorCode {
+        crate::error::ErrorCode::BadOutput
     }
 }

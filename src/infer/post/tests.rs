@@ -238,6 +238,7 @@ fn vad_cfg(min_speech_ms: u64, min_silence_ms: u64, pad_ms: u64) -> VadConfig {
         min_speech_ms: Some(min_speech_ms),
         min_silence_ms: Some(min_silence_ms),
         speech_pad_ms: Some(pad_ms),
+        frame_ms: None,
     })
     .unwrap()
 }

@@ -9,72 +9,9 @@
 //! silence has lasted `min_silence_ms` (its timestamp is where the silence
 //! began). One [`VadTracker`] per stream, owned by the worker.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::{AnswerConfigError, cfg_err};
-
-#[derive(Deserialize, Debug, Default, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct RawVad {
-    /// Speech starts at a probability ≥ this (default 0.5).
-    pub threshold: Option<f64>,
-    /// Silence is a probability < this (default max(threshold − 0.15, 0.01)).
-    pub neg_threshold: Option<f64>,
-    /// Shorter segments are dropped (default 250).
-    pub min_speech_ms: Option<u64>,
-    /// Silence needed to end a segment (default 100).
-    pub min_silence_ms: Option<u64>,
-    /// Widen each reported segment by this on both sides (default 30).
-    pub speech_pad_ms: Option<u64>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct VadConfig {
-    pub threshold: f32,
-    pub neg_threshold: f32,
-    pub min_speech_us: u64,
-    pub min_silence_us: u64,
-    pub speech_pad_us: u64,
-}
-
-impl Default for VadConfig {
-    fn default() -> Self {
-        VadConfig::from_raw(&RawVad::default()).expect("defaults are valid")
-    }
-}
-
-impl VadConfig {
-    pub fn from_raw(raw: &RawVad) -> Result<VadConfig, AnswerConfigError> {
-        let threshold = raw.threshold.unwrap_or(0.5);
-        if !(threshold > 0.0 && threshold <= 1.0) {
-            return Err(cfg_err(
-                "threshold",
-                format!("{threshold} is not in (0, 1]"),
-            ));
-        }
-        let neg = raw.neg_threshold.unwrap_or((threshold - 0.15).max(0.01));
-        if !(0.0..=threshold).contains(&neg) {
-            return Err(cfg_err(
-                "neg_threshold",
-                format!("{neg} is not in [0, threshold = {threshold}]"),
-            ));
-        }
-        let ms = |key: &'static str, v: Option<u64>, d: u64| -> Result<u64, AnswerConfigError> {
-            let v = v.unwrap_or(d);
-            if v > 60_000 {
-                return Err(cfg_err(key, format!("{v} ms is over a minute")));
-            }
-            Ok(v * 1000)
-        };
-        Ok(VadConfig {
-            threshold: threshold as f32,
-            neg_threshold: neg as f32,
-            min_speech_us: ms("min_speech_ms", raw.min_speech_ms, 250)?,
-            min_silence_us: ms("min_silence_ms", raw.min_silence_ms, 100)?,
-            speech_pad_us: ms("speech_pad_ms", raw.speech_pad_ms, 30)?,
-        })
-    }
-}
+pub use crate::config::answer::{RawVad, VadConfig};
 
 /// A segment boundary, timestamps in the stream's clock (µs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

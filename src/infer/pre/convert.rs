@@ -8,9 +8,9 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use super::config::{ColorOrder, Layout, OutDtype, PreConfig};
 use super::decode::{Pixels, SrcOrder};
 use super::geometry::Rect;
+use crate::config::image::{ColorOrder, Layout, OutDtype, PreConfig};
 
 /// ITU-R BT.601 luma weights (OpenCV's RGB2GRAY).
 const LUMA: [f32; 3] = [0.299, 0.587, 0.114];

@@ -9,8 +9,7 @@ use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
 
-use super::error::ImageError;
-use super::image::{Encoding, ImageInput, MAX_SIDE};
+use crate::wire::image::{Encoding, ImageError, ImageInput, MAX_SIDE};
 
 /// Which source channel holds what; channels past the first 3 (alpha) and
 /// past the first 1 for gray (gray+alpha PNG) are ignored.

@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use super::config::ResizeMode;
+use crate::config::image::ResizeMode;
 
 /// `target = source * scale + offset`, per axis, in continuous pixel
 /// coordinates (pixel `i` covers `[i, i+1)`; both images share this

@@ -9,32 +9,33 @@
 //! returned [`Transform`] maps model-input coordinates back to source
 //! pixels for the answer stage.
 
-mod config;
+mod bind;
 mod convert;
 mod decode;
-mod error;
+mod feed;
 mod geometry;
-mod image;
-mod message;
+mod packed;
 #[cfg(test)]
 mod tests;
 
 use fast_image_resize as fir;
 
-pub use config::{
+// The config types live in `crate::config::image` and the message format in
+// `crate::wire::image` (lower layers: config validation and ingress read
+// them); re-exported so the pre-processing API is one module.
+pub use crate::config::image::{
     ColorOrder, Interpolation, Layout, Normalize, OutDtype, PreConfig, PreConfigError, PreSpec,
     RawPre, ResizeMode,
 };
-pub use error::{IMAGE_ERROR_CODES, ImageError};
+pub use crate::wire::image::{
+    DEFAULT_MAX_PIXELS, Encoding, Frame, IMAGE_ERROR_CODES, ImageClaim, ImageDesc, ImageError,
+    ImageHeader, ImageInput, ImageLimits, KEYS, MAX_ATTACHMENT_LEN, MAX_ID_LEN, MAX_SIDE,
+    PartialMeta, check_image, compressed_dims, encode_image_attachment, parse_image_attachment,
+};
+pub use bind::{ImageBinding, bind};
+pub use feed::{Prepared, prepare};
 pub use geometry::{Plan, Rect, Transform, Window, plan};
-pub use image::{
-    DEFAULT_MAX_PIXELS, Encoding, ImageClaim, ImageDesc, ImageInput, ImageLimits, MAX_SIDE,
-    check_image, compressed_dims,
-};
-pub use message::{
-    ImageHeader, KEYS, MAX_ATTACHMENT_LEN, MAX_ID_LEN, PartialMeta, encode_image_attachment,
-    parse_image_attachment,
-};
+pub use packed::Rgb8;
 
 use decode::Pixels;
 

@@ -6,6 +6,7 @@
 use std::io::Cursor;
 
 use super::error::{ImageError, bad};
+pub use crate::config::image::{DEFAULT_MAX_PIXELS, ImageLimits, MAX_SIDE};
 
 /// Pixel layouts reflexd accepts. Names follow ROS 2 `sensor_msgs/Image`
 /// (`image_encodings.h`), plus `jpeg`/`png` for compressed frames.
@@ -80,26 +81,6 @@ impl Encoding {
 
     pub fn is_compressed(self) -> bool {
         self.bytes_per_pixel().is_none()
-    }
-}
-
-/// Longest side accepted whatever the pixel limit: JPEG's own maximum is
-/// 65 535, and a 40 000-pixel-wide camera frame is a bug, not a frame.
-pub const MAX_SIDE: u32 = 32_768;
-/// Default `max_pixels`: 8 Mpx covers 4K UHD (3840×2160).
-pub const DEFAULT_MAX_PIXELS: u64 = 8 * 1024 * 1024;
-
-/// Per-pipeline bounds on a frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ImageLimits {
-    pub max_pixels: u64,
-}
-
-impl Default for ImageLimits {
-    fn default() -> Self {
-        ImageLimits {
-            max_pixels: DEFAULT_MAX_PIXELS,
-        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Why a frame was refused. Each variant maps to one stable code string
-//! (`code()`), the same contract as `crate::error::ErrorCode`: clients and
-//! metrics match on the code, the message says what exactly was wrong.
+//! (`code()`) and its `crate::error::ErrorCode`: clients and metrics match
+//! on the code, the message says what exactly was wrong.
 
 /// A frame that cannot be turned into a model input.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
@@ -27,8 +27,8 @@ pub enum ImageError {
     Corrupt(String),
 }
 
-/// Stable code strings, in the order of [`ImageError`]'s variants (the lead
-/// adds them to `crate::error::ErrorCode`; `bad_payload` already exists).
+/// Stable code strings, in the order of [`ImageError`]'s variants (each is
+/// a `crate::error::ErrorCode`, see `ImageError::error_code`).
 pub const IMAGE_ERROR_CODES: [&str; 4] = [
     "bad_payload",
     "bad_image",

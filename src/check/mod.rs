@@ -8,15 +8,17 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use crate::config::{
-    Config, Fallback, GeneratorConfig, InputFormat, Overflow, PipelineConfig, Provider,
+    Config, Fallback, GeneratorConfig, InputFormat, Outputs, Overflow, PipelineConfig, Provider,
 };
 use crate::daemon::StartError;
 use crate::infer::engine::EngineError;
 use crate::infer::profile::{self, Profile};
-use crate::infer::warm::load_and_warm;
+use crate::infer::warm::{load_and_warm, load_ocr};
 use crate::infer::{Spec, ep, runtime};
 use crate::io::zenoh::zenoh_config;
 use crate::llm::{self, LlmShared, ModelFiles};
+
+mod stages;
 
 /// Returns the human-readable report, or the first error.
 pub fn check(config: &Config) -> Result<String, StartError> {
@@ -34,8 +36,12 @@ pub fn check(config: &Config) -> Result<String, StartError> {
         let _ = writeln!(out, "worker {i}: serves {}{}", names.join(", "), w.policy);
     }
     for p in &config.pipelines {
-        let loaded = load_and_warm(&env, &config.runtime, p)?;
-        describe_tensor(&mut out, config, p, &loaded.spec);
+        let spec = match p.ocr {
+            // The same three sessions and warm-up as start-up.
+            Some(_) => load_ocr(&env, &config.runtime, p)?.1,
+            None => load_and_warm(&env, &config.runtime, p)?.spec,
+        };
+        describe_tensor(&mut out, config, p, &spec);
     }
     for g in &config.generators {
         // The same load and one-step warm-up as start-up, once (start-up
@@ -80,18 +86,47 @@ fn describe_tensor(out: &mut String, config: &Config, p: &PipelineConfig, spec: 
             dtype,
             shape,
         } => format!("raw {tensor}: {}{:?}", dtype.name(), shape),
+        InputFormat::Image(_) => format!(
+            "image message: {}",
+            crate::wire::image::Encoding::NAMES.join("/")
+        ),
+        InputFormat::Chained(_) => String::new(),
     };
-    let _ = writeln!(out, "  in:  {} [{fmt}]", p.input);
-    for port in &spec.client_inputs {
-        let _ = writeln!(out, "       {port}");
+    match &p.format {
+        InputFormat::Chained(link) => {
+            let _ = writeln!(out, "  in:  {}", stages::link(config, p, link));
+        }
+        _ => {
+            let _ = writeln!(out, "  in:  {} [{fmt}]", p.input);
+        }
     }
-    let _ = writeln!(out, "  out: {}/<stream>  errors: {}", p.output, p.error_key);
-    for port in spec
-        .model_outputs
-        .iter()
-        .filter(|o| spec.publish.contains(&o.name))
-    {
-        let _ = writeln!(out, "       {port}");
+    if let Some(o) = &p.ocr {
+        stages::describe_ocr(out, o, spec);
+    } else {
+        for port in &spec.client_inputs {
+            let _ = writeln!(out, "       {port}");
+        }
+        stages::describe(out, config, p, spec);
+    }
+    if p.next.is_none() {
+        let _ = writeln!(
+            out,
+            "  out: {}/<stream> [{}]  errors: {}",
+            p.output,
+            stages::published(p),
+            p.error_key
+        );
+        let tensors = p.ocr.is_none()
+            && p.answer
+                .as_ref()
+                .is_none_or(|a| a.outputs != Outputs::Answer);
+        for port in spec
+            .model_outputs
+            .iter()
+            .filter(|o| tensors && spec.publish.contains(&o.name))
+        {
+            let _ = writeln!(out, "       {port}");
+        }
     }
     for s in &p.state {
         let _ = writeln!(out, "  state: {} → {}", s.output, s.input);

@@ -2,15 +2,39 @@
 //! daemon's config: [`RawPre`] mirrors the TOML (unknown keys are errors),
 //! [`PreSpec::from_raw`] validates it alone, and [`PreSpec::resolve`] fixes
 //! what comes from the model (input size, element type) once the model is
-//! loaded, giving a [`PreConfig`] that cannot hold an invalid value.
+//! loaded, giving a [`PreConfig`] that cannot hold an invalid value. The
+//! frame bounds ([`ImageLimits`], [`MAX_SIDE`]) live here too: the image
+//! message check (`wire::image`) and the pre-processor (`infer::pre`) both
+//! read them.
 
 use serde::Deserialize;
 
-use super::image::{ImageLimits, MAX_SIDE};
+/// Longest side accepted whatever the pixel limit: JPEG's own maximum is
+/// 65 535, and a 40 000-pixel-wide camera frame is a bug, not a frame.
+pub const MAX_SIDE: u32 = 32_768;
+/// Default `max_pixels`: 8 Mpx covers 4K UHD (3840×2160).
+pub const DEFAULT_MAX_PIXELS: u64 = 8 * 1024 * 1024;
+
+/// Per-pipeline bounds on a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageLimits {
+    pub max_pixels: u64,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        ImageLimits {
+            max_pixels: DEFAULT_MAX_PIXELS,
+        }
+    }
+}
 
 #[derive(Deserialize, Debug, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RawPre {
+    /// The model input the frame is written into; default: the model's only
+    /// input that is not a constant or carried state.
+    pub input: Option<String>,
     /// Channel order the model wants: "rgb" (default), "bgr", "gray".
     pub color: Option<String>,
     /// "stretch" (default), "letterbox", "crop" (centre crop).
@@ -136,6 +160,8 @@ impl Normalize {
 /// Validated `[pipeline.pre]`, before the model is known.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PreSpec {
+    /// `pre.input`: the model input fed with the frame (`None`: the only one).
+    pub input: Option<String>,
     pub color: ColorOrder,
     pub resize: ResizeMode,
     pub interpolation: Interpolation,
@@ -331,6 +357,7 @@ impl PreSpec {
             return Err(err("max_pixels", "must be at least 1"));
         }
         Ok(PreSpec {
+            input: raw.input.clone(),
             color,
             resize: resize_mode(raw)?,
             interpolation,

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use super::error::ImageError;
-use super::image::{Encoding, ImageClaim};
+use super::frame::{Encoding, ImageClaim};
 
 /// Longest request id echoed back (same bound as raw tensor messages).
 pub const MAX_ID_LEN: usize = 128;
