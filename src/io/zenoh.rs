@@ -28,6 +28,11 @@ pub fn zenoh_config(z: &ZenohConfig) -> Result<zenoh::Config, String> {
                     "multicast": { "enabled": scouting },
                     "gossip": { "enabled": scouting },
                 },
+                // Opt-in through a config file (docs/deploy.md): a shared
+                // buffer stays the publisher's until the daemon has run the
+                // request, so a deep queue of large requests exhausted a
+                // client's pool and stalled it.
+                "transport": { "shared_memory": { "enabled": false } },
             });
             zenoh::Config::from_json5(&json.to_string()).map_err(|e| e.to_string())
         }
@@ -64,12 +69,11 @@ pub fn bound_rx(mut zc: zenoh::Config, limits: &Limits) -> Result<zenoh::Config,
 mod tests {
     use super::*;
 
-    /// The daemon's session takes same-host SHM buffers (camera frames)
-    /// without being configured for it: zenoh is built with
-    /// `shared-memory`, whose default is on. A build without the feature,
-    /// or a default turned off, would silently send frames over the socket.
+    /// Shared memory is opt-in (a config file): an inline config leaves it
+    /// off, so a client's deep queue of large requests cannot exhaust its
+    /// pool through the daemon (docs/deploy.md).
     #[test]
-    fn inline_config_has_shared_memory_on() {
+    fn inline_config_has_shared_memory_off() {
         let z = ZenohConfig::Inline {
             mode: ZenohMode::Peer,
             listen: vec!["tcp/127.0.0.1:0".into()],
@@ -78,6 +82,6 @@ mod tests {
         };
         let zc = zenoh_config(&z).expect("config");
         let on = zc.get_json("transport/shared_memory/enabled").expect("key");
-        assert_eq!(on, "true");
+        assert_eq!(on, "false");
     }
 }
