@@ -534,7 +534,13 @@ impl Bare {
                     let a = Instant::now();
                     let mut last = row.to_vec();
                     let b = Instant::now();
-                    let t = sampling::sample(&mut last, &history, &Sampling::default(), &mut rng);
+                    let t = sampling::sample(
+                        &mut last,
+                        &history,
+                        &Sampling::default(),
+                        &mut rng,
+                        &mut sampling::Scratch::default(),
+                    );
                     let c = Instant::now();
                     history.push(t);
                     x.copy_us.push((b - a).as_secs_f64() * 1e6);

@@ -14,6 +14,7 @@ use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::value::{DynTensor, DynValue, TensorElementType, ValueType};
 
 use crate::config::{Fallback, PipelineConfig, Provider, RuntimeConfig};
+use crate::obs::cost::PoolThreads;
 use crate::tensor::{Dtype, Tensor};
 
 #[derive(thiserror::Error, Debug)]
@@ -162,8 +163,17 @@ pub fn provider_compiled_in(p: &Provider) -> Result<bool, String> {
     r.map_err(|e| e.to_string())
 }
 
-fn base_builder(env: &Environment, rt: &RuntimeConfig) -> Result<SessionBuilder, String> {
-    let b = Session::builder(env).map_err(|e| e.to_string())?;
+fn base_builder(
+    env: &Environment,
+    rt: &RuntimeConfig,
+    pool: Option<&PoolThreads>,
+) -> Result<SessionBuilder, String> {
+    let mut b = Session::builder(env).map_err(|e| e.to_string())?;
+    if let Some(pool) = pool {
+        b = b
+            .with_thread_manager(pool.clone())
+            .map_err(|e| e.to_string())?;
+    }
     let b = b
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(|e| e.to_string())?;
@@ -181,6 +191,9 @@ pub struct SessionSpec<'a> {
     pub model: &'a Path,
     pub providers: &'a [Provider],
     pub fallback: Fallback,
+    /// Starts the session's intra-op threads so their CPU clocks are known
+    /// (generation pipelines report CPU time per token).
+    pub pool: Option<PoolThreads>,
 }
 
 impl<'a> From<&'a PipelineConfig> for SessionSpec<'a> {
@@ -190,6 +203,7 @@ impl<'a> From<&'a PipelineConfig> for SessionSpec<'a> {
             model: &p.model,
             providers: &p.providers,
             fallback: p.fallback,
+            pool: None,
         }
     }
 }
@@ -222,7 +236,7 @@ pub fn load(
                 return Err("not compiled into the loaded ONNX Runtime library".into());
             }
             let eps: Vec<_> = pipeline.providers[i..].iter().map(dispatch).collect();
-            let b = base_builder(env, rt)?;
+            let b = base_builder(env, rt, pipeline.pool.as_ref())?;
             let mut b = b.with_execution_providers(eps).map_err(|e| e.to_string())?;
             b.commit_from_file(path).map_err(|e| e.to_string())
         })();
