@@ -48,7 +48,7 @@ pub fn argmax(v: &[f32]) -> usize {
 #[derive(Default)]
 pub struct Scratch {
     idx: Vec<u32>,
-    weight: Vec<f32>,
+    weight: Vec<f64>,
 }
 
 /// Applies the CTRL-style repetition penalty to the tokens in `history`.
@@ -98,7 +98,7 @@ pub fn sample(
     let v = logits.len();
     let w = Weight {
         t: p.temperature,
-        max: logits[argmax(logits)] / p.temperature,
+        max: f64::from(logits[argmax(logits)] / p.temperature),
     };
     s.idx.clear();
     s.idx.extend(0..v as u32);
@@ -129,12 +129,13 @@ pub fn sample(
 #[derive(Clone, Copy)]
 struct Weight {
     t: f32,
-    max: f32,
+    max: f64,
 }
 
 impl Weight {
-    fn of(self, l: f32) -> f32 {
-        (l / self.t - self.max).exp()
+    /// In f64: sums over a whole vocabulary must not depend on their order.
+    fn of(self, l: f32) -> f64 {
+        (f64::from(l / self.t) - self.max).exp()
     }
 }
 
@@ -144,7 +145,7 @@ fn nucleus(
     s: &mut Scratch,
     logits: &[f32],
     kept: usize,
-    total: f32,
+    total: f64,
     w: Weight,
     top_p: f32,
 ) -> usize {
@@ -158,7 +159,7 @@ fn nucleus(
         let mut acc = 0.0;
         for (i, &t) in s.idx[..sorted].iter().enumerate() {
             acc += w.of(logits[t as usize]) / total;
-            if acc >= top_p {
+            if acc >= f64::from(top_p) {
                 return i + 1;
             }
         }
@@ -175,8 +176,8 @@ fn draw(s: &mut Scratch, logits: &[f32], n: usize, w: Weight, rng: &mut Rng) -> 
     s.weight.clear();
     s.weight
         .extend(s.idx[..n].iter().map(|&i| w.of(logits[i as usize])));
-    let total: f32 = s.weight.iter().sum();
-    let mut r = rng.next_f32() * total;
+    let total: f64 = s.weight.iter().sum();
+    let mut r = f64::from(rng.next_f32()) * total;
     for (&t, &w) in s.idx[..n].iter().zip(&s.weight) {
         if r < w {
             return t;
@@ -252,17 +253,17 @@ mod tests {
 
     /// The sampler before partial selection: sort everything, cut, draw.
     fn full_sort_sample(logits: &[f32], p: &Sampling, rng: &mut Rng) -> u32 {
-        let mut cand: Vec<(u32, f32)> = logits
+        let mut cand: Vec<(u32, f64)> = logits
             .iter()
             .enumerate()
-            .map(|(i, &l)| (i as u32, l / p.temperature))
+            .map(|(i, &l)| (i as u32, f64::from(l / p.temperature)))
             .collect();
         cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if p.top_k > 0 {
             cand.truncate(p.top_k);
         }
         let max = cand[0].1;
-        let mut total = 0.0f32;
+        let mut total = 0.0f64;
         for c in cand.iter_mut() {
             c.1 = (c.1 - max).exp();
             total += c.1;
@@ -272,7 +273,7 @@ mod tests {
             let mut keep = cand.len();
             for (i, c) in cand.iter().enumerate() {
                 acc += c.1 / total;
-                if acc >= p.top_p {
+                if acc >= f64::from(p.top_p) {
                     keep = i + 1;
                     break;
                 }
@@ -280,7 +281,7 @@ mod tests {
             cand.truncate(keep);
             total = cand.iter().map(|c| c.1).sum();
         }
-        let mut r = rng.next_f32() * total;
+        let mut r = f64::from(rng.next_f32()) * total;
         for c in &cand {
             if r < c.1 {
                 return c.0;
