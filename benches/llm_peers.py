@@ -21,9 +21,9 @@ the Rust ones (noise then hits every contender alike):
                    the converter's --genai-config option writes)
 
 Protocol (line-based, so the parent needs no Python-side library): after
-loading, one JSON line {"ready": true, ...}; then each stdin line "run" gives
-one JSON line with the prompt ids, generated ids and timestamps; "quit" or end
-of input exits. TTFT = tokenize + prefill + first argmax; TPOT = (time of the
+loading, one JSON line {"ready": true, ...}; then each stdin line "run" (the
+--prompt question) or "run <JSON string>" (that question) gives one JSON line
+with the prompt ids, generated ids and timestamps; "quit" or end of input exits. TTFT = tokenize + prefill + first argmax; TPOT = (time of the
 last token - time of the first) / (n - 1), the same definitions the Rust side
 uses. A watchdog ends the process after --max-seconds whatever the parent does,
 so a crashed benchmark never leaves a model-sized process behind.
@@ -233,10 +233,14 @@ def main() -> int:
         cmd = line.strip()
         if cmd == "quit":
             break
-        if cmd != "run":
+        if cmd == "run":
+            question = a.prompt
+        elif cmd.startswith("run "):
+            question = json.loads(cmd[4:])
+        else:
             emit({"error": f"unknown command {cmd!r}"})
             continue
-        r = loop.run_once(a.prompt, a.tokens)
+        r = loop.run_once(question, a.tokens)
         t0, times = r.pop("t0"), r.pop("token_times")
         n = len(times)
         r["ttft_ms"] = (times[0] - t0) * 1e3 if n else None

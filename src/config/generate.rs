@@ -1,7 +1,8 @@
 //! Stage two for `kind = "generate"` pipelines: command, cancel and query
 //! topics, generation limits (tokens, prompt size in characters, tokens and
-//! messages, live generations), prefill chunking, continuous batching and
-//! the per-generation outbox, turned into a [`GeneratorConfig`].
+//! messages, live generations), prefill chunking, continuous batching, the
+//! per-generation outbox, speculative decoding and the prefix cache, turned
+//! into a [`GeneratorConfig`].
 
 use std::path::Path;
 
@@ -14,6 +15,10 @@ use super::*;
 pub const DEFAULT_MAX_UNSENT: usize = 64;
 /// Default bound on the messages of one command.
 pub const DEFAULT_MAX_MESSAGES: usize = 64;
+/// Default most draft tokens per verify pass.
+pub const DEFAULT_DRAFT_TOKENS: usize = 4;
+/// Default prefix cache per worker, in tokens.
+pub const DEFAULT_PREFIX_CACHE_TOKENS: usize = 1024;
 
 pub(super) fn generator_config(
     p: RawGeneratePipeline,
@@ -58,6 +63,18 @@ pub(super) fn generator_config(
         ));
     }
     let max_unsent = positive(&at.key("max_unsent"), p.max_unsent, DEFAULT_MAX_UNSENT)?;
+    let speculation = speculation(&at, p.speculation.as_deref(), p.draft_model, base)?;
+    let draft_tokens = positive(
+        &at.key("draft_tokens"),
+        p.draft_tokens,
+        DEFAULT_DRAFT_TOKENS,
+    )?;
+    if draft_tokens > 16 {
+        return Err(at.err(
+            "draft_tokens",
+            format!("= {draft_tokens}: at most 16 (a verify pass of more rarely pays)"),
+        ));
+    }
     if max_unsent < 3 {
         return Err(at.err(
             "max_unsent",
@@ -92,8 +109,46 @@ pub(super) fn generator_config(
         prefill_chunk: positive(&at.key("prefill_chunk"), p.prefill_chunk, 64)?,
         max_batch,
         max_unsent,
+        speculation,
+        draft_tokens,
+        prefix_cache_tokens: p.prefix_cache_tokens.unwrap_or(DEFAULT_PREFIX_CACHE_TOKENS),
         allowed_levels: Vec::new(),
     })
+}
+
+/// `speculation` (default `"prompt_lookup"`) and `draft_model`, which
+/// `"draft"` needs and nothing else takes.
+fn speculation(
+    at: &At,
+    mode: Option<&str>,
+    draft_model: Option<std::path::PathBuf>,
+    base: &Path,
+) -> Result<Speculation, ConfigError> {
+    let mode = mode.unwrap_or("prompt_lookup");
+    let s = match (mode, draft_model) {
+        ("off", None) => Speculation::Off,
+        ("prompt_lookup", None) => Speculation::PromptLookup,
+        ("draft", Some(dir)) => Speculation::Draft(base.join(dir)),
+        ("draft", None) => {
+            return Err(at.err(
+                "draft_model",
+                "missing: speculation = \"draft\" needs the directory of a converted draft model of the same tokenizer",
+            ));
+        }
+        ("off" | "prompt_lookup", Some(_)) => {
+            return Err(at.err(
+                "draft_model",
+                format!("is set but speculation = {mode:?}: it is only used with speculation = \"draft\""),
+            ));
+        }
+        (other, _) => {
+            return Err(at.err(
+                "speculation",
+                format!("= {other:?}: expected \"off\", \"prompt_lookup\" or \"draft\""),
+            ));
+        }
+    };
+    Ok(s)
 }
 
 /// The cancel and query keys (defaults beside the command topic).

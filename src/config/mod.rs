@@ -93,6 +93,16 @@ pub struct Config {
     pub metrics: MetricsConfig,
 }
 
+/// Where speculative decoding takes its drafts from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Speculation {
+    Off,
+    /// n-grams of the prompt and the text so far.
+    PromptLookup,
+    /// A smaller model of the same tokenizer (a converted model directory).
+    Draft(PathBuf),
+}
+
 /// A generation pipeline: an LLM answering commands with streamed tokens.
 #[derive(Clone, Debug)]
 pub struct GeneratorConfig {
@@ -128,6 +138,12 @@ pub struct GeneratorConfig {
     /// Continuous batching: most generations decoded together in one
     /// model run per step (1 = each generation steps alone).
     pub max_batch: usize,
+    /// Speculative decoding of greedy requests.
+    pub speculation: Speculation,
+    /// Most draft tokens verified in one pass.
+    pub draft_tokens: usize,
+    /// Prompt-prefix KV each worker keeps for reuse, in tokens (0 = off).
+    pub prefix_cache_tokens: usize,
     /// Levels a command may ask for with `priority`: the pipeline's own and
     /// lower ones whose every worker also holds this model's session.
     pub allowed_levels: Vec<usize>,

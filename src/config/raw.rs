@@ -271,6 +271,10 @@ pub struct RawGeneratePipeline {
     pub prefill_chunk: Option<usize>,
     pub max_batch: Option<usize>,
     pub max_unsent: Option<usize>,
+    pub speculation: Option<String>,
+    pub draft_tokens: Option<usize>,
+    pub draft_model: Option<PathBuf>,
+    pub prefix_cache_tokens: Option<usize>,
 }
 
 /// One execution provider, by `kind`.

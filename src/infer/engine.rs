@@ -16,6 +16,7 @@ use ort::value::{DynTensor, DynValue, TensorElementType, ValueType};
 use super::ep;
 use super::profile::Profile;
 use crate::config::{Fallback, PipelineConfig, Provider, RuntimeConfig};
+use crate::obs::cost::PoolThreads;
 use crate::tensor::{Dtype, Tensor};
 
 #[derive(thiserror::Error, Debug)]
@@ -137,8 +138,17 @@ pub fn provider_compiled_in(p: &Provider) -> Result<bool, String> {
     r.map_err(|e| e.to_string())
 }
 
-fn base_builder(env: &Environment, rt: &RuntimeConfig) -> Result<SessionBuilder, String> {
-    let b = Session::builder(env).map_err(|e| e.to_string())?;
+fn base_builder(
+    env: &Environment,
+    rt: &RuntimeConfig,
+    pool: Option<&PoolThreads>,
+) -> Result<SessionBuilder, String> {
+    let mut b = Session::builder(env).map_err(|e| e.to_string())?;
+    if let Some(pool) = pool {
+        b = b
+            .with_thread_manager(pool.clone())
+            .map_err(|e| e.to_string())?;
+    }
     let b = b
         // `All` (ORT_ENABLE_ALL): ort's `Level3` is ORT_ENABLE_LAYOUT, which
         // skips the CPU layout transforms (NCHWc) convolution models gain from.
@@ -158,6 +168,9 @@ pub struct SessionSpec<'a> {
     pub model: &'a Path,
     pub providers: &'a [Provider],
     pub fallback: Fallback,
+    /// Starts the session's intra-op threads so their CPU clocks are known
+    /// (generation pipelines report CPU time per token).
+    pub pool: Option<PoolThreads>,
 }
 
 impl<'a> From<&'a PipelineConfig> for SessionSpec<'a> {
@@ -167,6 +180,7 @@ impl<'a> From<&'a PipelineConfig> for SessionSpec<'a> {
             model: &p.model,
             providers: &p.providers,
             fallback: p.fallback,
+            pool: None,
         }
     }
 }
@@ -220,7 +234,7 @@ pub fn load_with(
                 .iter()
                 .map(|p| ep::dispatch(p, trt.as_ref()))
                 .collect();
-            let b = base_builder(env, rt)?;
+            let b = base_builder(env, rt, pipeline.pool.as_ref())?;
             let mut b = b.with_execution_providers(eps).map_err(|e| e.to_string())?;
             b.commit_from_file(path).map_err(|e| e.to_string())
         })();

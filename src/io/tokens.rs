@@ -6,7 +6,10 @@
 //! text), so a client that stops reading blocks only its own slot's thread.
 //! Before each step a worker checks the outbox has room for the step's
 //! messages ([`has_room`]); a generation whose client has fallen that far
-//! behind ends with `slow_consumer` instead.
+//! behind ends with `slow_consumer` instead. A speculative step may produce
+//! several tokens: it is told how many the outbox can take ([`room`]). The
+//! final message carries the generation's cost per token and speculation
+//! figures, which are also added to the pipeline's counters here.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
@@ -18,12 +21,13 @@ use zenoh::Wait;
 use zenoh::qos::{CongestionControl, Priority};
 
 use super::egress;
+use crate::config::Speculation;
 use crate::ctx::{Ctx, Delivery};
 use crate::error::ErrorCode;
 use crate::llm::registry::Out;
-use crate::llm::{Finish, Generation, timing};
+use crate::llm::{Finish, Generation, StepOutput, timing};
 use crate::obs::PipelineStats;
-use crate::wire::reply::{ErrorBody, FinalMsg, TokenMsg, Usage};
+use crate::wire::reply::{ErrorBody, FinalMsg, SpecReport, TokenMsg, Usage};
 
 /// Messages one step may queue at most: its token, the text held back by
 /// the detokenizer and the final message.
@@ -34,6 +38,15 @@ pub fn has_room(ctx: &Ctx, g: &Generation) -> bool {
     ctx.gens[g.pipeline].registry.room(g.route) >= STEP_MESSAGES
 }
 
+/// Tokens `g`'s next step may produce: its outbox's room less the
+/// held-back text and the final message.
+pub fn room(ctx: &Ctx, g: &Generation) -> usize {
+    ctx.gens[g.pipeline]
+        .registry
+        .room(g.route)
+        .saturating_sub(STEP_MESSAGES - 1)
+}
+
 fn push(ctx: &Ctx, g: &Generation, out: Out) {
     if ctx.gens[g.pipeline].registry.push(g.route, out).is_err() {
         // Unreachable while workers check `has_room` before each step.
@@ -41,10 +54,18 @@ fn push(ctx: &Ctx, g: &Generation, out: Out) {
     }
 }
 
-/// Queues the text released by the latest token.
-pub fn token(ctx: &Ctx, g: &Generation, token_id: u32, text: &str) {
-    ctx.gens[g.pipeline].stats.tokens.fetch_add(1, Relaxed);
-    piece(ctx, g, g.tokens.len() - 1, Some(token_id), text);
+/// Queues the text released by each token of a step (the step already
+/// appended them to `g.tokens`).
+pub fn step_tokens(ctx: &Ctx, g: &Generation, out: &StepOutput) {
+    let n = out.tokens.len();
+    ctx.gens[g.pipeline]
+        .stats
+        .tokens
+        .fetch_add(n as u64, Relaxed);
+    let first = g.tokens.len().saturating_sub(n);
+    for (i, (token_id, text)) in out.tokens.iter().enumerate() {
+        piece(ctx, g, first + i, Some(*token_id), text);
+    }
 }
 
 fn piece(ctx: &Ctx, g: &Generation, seq: usize, token_id: Option<u32>, text: &str) {
@@ -83,10 +104,13 @@ pub fn finish(ctx: &Ctx, mut g: Box<Generation>, reason: Finish) {
         usage: Usage {
             prompt_tokens: g.prompt_tokens(),
             completion_tokens: g.tokens.len(),
+            cached_prompt_tokens: g.cached_tokens,
         },
         timing: timing(&g, now),
         provider: gp.provider,
         late,
+        cost: g.cost.report(g.tokens.len()),
+        speculation: spec_report(&gp.cfg.speculation, &g),
         error: g.error.as_ref().map(|e| ErrorBody {
             code: e.code.code(),
             message: &e.message,
@@ -124,9 +148,56 @@ pub fn finish(ctx: &Ctx, mut g: Box<Generation>, reason: Finish) {
     tracing::debug!(id = %g.cmd.id, reason = reason.as_str(), tokens = g.tokens.len(), "generation finished");
 }
 
+/// The speculation part of a final message: for greedy requests of a
+/// pipeline that speculates.
+fn spec_report(mode: &Speculation, g: &Generation) -> Option<SpecReport> {
+    let mode = match mode {
+        Speculation::Off => return None,
+        Speculation::PromptLookup => "prompt_lookup",
+        Speculation::Draft(_) => "draft",
+    };
+    if !g.is_greedy() {
+        return None;
+    }
+    let s = &g.spec;
+    let ratio = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
+    Some(SpecReport {
+        mode,
+        drafted: s.drafted,
+        accepted: s.accepted,
+        acceptance: ratio(s.accepted, s.drafted),
+        verify_steps: s.verify_steps,
+        tokens_per_verify: ratio(s.verify_tokens, s.verify_steps),
+        plain_steps: s.plain_steps,
+        tpot_gain: s.tpot_gain(),
+    })
+}
+
+/// Adds a finished generation's cost, prefix-cache and speculation figures
+/// to the pipeline's counters.
+fn record_cost(st: &PipelineStats, g: &Generation) {
+    let gs = &st.generation;
+    gs.cpu_us.fetch_add(g.cost.cpu_ns / 1000, Relaxed);
+    if let Some(e) = g.cost.energy_uj {
+        gs.energy_uj.fetch_add(e as u64, Relaxed);
+        gs.energy_tokens.fetch_add(g.tokens.len() as u64, Relaxed);
+    }
+    gs.cached_prompt_tokens
+        .fetch_add(g.cached_tokens as u64, Relaxed);
+    let (s, sp) = (&g.spec, &gs.spec);
+    sp.drafted.fetch_add(s.drafted, Relaxed);
+    sp.accepted.fetch_add(s.accepted, Relaxed);
+    sp.verify_steps.fetch_add(s.verify_steps, Relaxed);
+    sp.verify_tokens.fetch_add(s.verify_tokens, Relaxed);
+    sp.est_plain_us
+        .fetch_add((s.est_plain_ns / 1e3) as u64, Relaxed);
+    sp.actual_us.fetch_add((s.actual_ns / 1e3) as u64, Relaxed);
+}
+
 /// Records a finished generation's latencies and token counts; the
 /// duration of a failed one goes under its error code.
 fn record(st: &PipelineStats, g: &Generation, now: Instant, failed: Option<ErrorCode>) {
+    record_cost(st, g);
     if let Some(s) = g.started {
         st.time(&st.queue_wait, s - g.received);
     }

@@ -7,18 +7,21 @@
 //! higher level still waits at most one step. Finished, cancelled and late
 //! members leave after any step without stalling the others.
 //!
-//! KV layout: the merged cache is `[B, kv_heads, width, head_dim]` per layer,
-//! each row left-aligned (its valid length is the generation's `past_len`)
-//! and zero-padded on the right. The decoder's GroupQueryAttention reads the
-//! per-row valid length from the attention mask's row sum and writes each
-//! new key/value right after it, so rows of different lengths decode exactly
-//! as they would alone. The merged cache is rebuilt (copied) only when
-//! membership changes; between changes each step's `present.*` outputs are
-//! moved into the next step's inputs.
+//! KV layout: one in-place cache `[max_batch, kv_heads, cap, head_dim]` per
+//! layer; member i owns row i (its valid length is its `past_len`), and a
+//! step binds the first `members` rows. GroupQueryAttention reads each
+//! row's length from the attention mask's row sum and writes the new
+//! key/value right after it, so rows of different lengths decode exactly
+//! as they would alone, and no step copies the cache. Rows are copied only
+//! when membership changes: a joiner's own cache is copied into the next
+//! free row once, and a leaving member's row is filled by moving the last
+//! row into it. A lone member decodes on row 0 like a generation on its
+//! own, speculation included.
 
-use ort::value::{DynValue, Tensor as OrtTensor};
-
-use super::model::{i64_tensor, take_token};
+use super::decode::take_token;
+use super::forward::Pass;
+use super::kv::KvCache;
+use super::spec::SpecMode;
 use super::{Generation, LlmModel, StepOutput};
 use crate::sched::JoinQueue;
 
@@ -46,7 +49,7 @@ impl DecodeSlots {
         if !self.joins.join(g)? {
             return Ok(None);
         }
-        let mut b = Box::new(DecodeBatch::new(pipeline, level));
+        let mut b = Box::new(DecodeBatch::new(pipeline, level, self.max_batch));
         self.take_joiners(&mut b);
         if b.members.is_empty() && !self.retire(&mut b) {
             return Ok(None);
@@ -54,7 +57,7 @@ impl DecodeSlots {
         Ok(Some(b))
     }
 
-    /// Merges waiting joiners into the batch (at the start of a step).
+    /// Adds waiting joiners to the batch (merged at its next step).
     pub fn take_joiners(&self, b: &mut DecodeBatch) {
         self.joins.take(|g| b.add(g));
     }
@@ -81,147 +84,143 @@ impl DecodeSlots {
 pub struct DecodeBatch {
     pub pipeline: usize,
     pub level: usize,
+    /// Members `0..merged` own rows `0..merged` of `kv`; later ones just
+    /// joined and still hold their own caches.
     pub members: Vec<Box<Generation>>,
-    /// Per member: its row in `past`, or `None` if its KV cache is still
-    /// its own (just joined).
-    rows: Vec<Option<usize>>,
-    /// Merged `past_key_values.*` in model input order (k, v per layer).
-    past: Vec<DynValue>,
-    width: usize,
-    /// Membership changed since `past` was built.
-    dirty: bool,
+    merged: usize,
+    max_batch: usize,
+    kv: Option<KvCache>,
+    /// Per-step inputs, reused.
+    ids: Vec<u32>,
+    past: Vec<usize>,
 }
 
 impl DecodeBatch {
-    fn new(pipeline: usize, level: usize) -> DecodeBatch {
+    fn new(pipeline: usize, level: usize, max_batch: usize) -> DecodeBatch {
         DecodeBatch {
             pipeline,
             level,
             members: Vec::new(),
-            rows: Vec::new(),
-            past: Vec::new(),
-            width: 0,
-            dirty: false,
+            merged: 0,
+            max_batch: max_batch.max(1),
+            kv: None,
+            ids: Vec::with_capacity(max_batch),
+            past: Vec::with_capacity(max_batch),
         }
     }
 
-    /// A joiner becomes a member; its KV cache is merged at the next step.
+    /// A joiner becomes a member; its KV cache is copied into a row at
+    /// the next step.
     fn add(&mut self, g: Box<Generation>) {
-        self.rows.push(None);
         self.members.push(g);
-        self.dirty = true;
     }
 
-    /// Takes out the members for which `leave` holds.
+    /// Takes out the members for which `leave` holds; the last merged row
+    /// moves into each freed one.
     pub fn remove(&mut self, mut leave: impl FnMut(&Generation) -> bool) -> Vec<Box<Generation>> {
         let mut out = Vec::new();
         let mut i = 0;
         while i < self.members.len() {
-            if leave(&self.members[i]) {
-                out.push(self.members.remove(i));
-                self.rows.remove(i);
-                self.dirty = true;
-            } else {
+            if !leave(&self.members[i]) {
                 i += 1;
+                continue;
+            }
+            if i < self.merged {
+                let last = self.merged - 1;
+                if i != last
+                    && let Some(kv) = &mut self.kv
+                    && let Err(e) = kv.move_row(i, last, self.members[last].past_len)
+                {
+                    // Unreachable by construction (rows and lengths fit).
+                    tracing::error!(error = %e, "decode batch row move failed");
+                }
+                self.members.swap(i, last);
+                self.merged -= 1;
+                out.push(self.members.remove(last));
+            } else {
+                out.push(self.members.remove(i));
             }
         }
         out
     }
 
-    /// Copies every member's valid KV rows into a fresh merged cache.
-    fn rebuild(&mut self, kv_heads: usize, head_dim: usize) -> Result<(), String> {
-        let b = self.members.len();
-        let width = self.members.iter().map(|g| g.past_len).max().unwrap_or(0);
-        let old = std::mem::take(&mut self.past);
-        let tensors = self
-            .members
-            .iter()
-            .find(|g| !g.past.is_empty())
-            .map(|g| g.past.len())
-            .unwrap_or(old.len());
-        let mut merged = Vec::with_capacity(tensors);
-        for t in 0..tensors {
-            let mut buf = vec![0f32; b * kv_heads * width * head_dim];
-            let old_data = match old.get(t) {
-                Some(v) => Some(v.try_extract_tensor::<f32>().map_err(|e| e.to_string())?.1),
-                None => None,
-            };
-            for (bi, (g, row)) in self.members.iter().zip(&self.rows).enumerate() {
-                let (src, src_row, src_width) = match row {
-                    Some(r) => (old_data.ok_or("merged cache missing")?, *r, self.width),
-                    None => {
-                        let v = g.past.get(t).ok_or("joiner without a KV cache")?;
-                        let data = v.try_extract_tensor::<f32>().map_err(|e| e.to_string())?.1;
-                        (data, 0, g.past_len)
-                    }
-                };
-                let n = g.past_len * head_dim;
-                for h in 0..kv_heads {
-                    let s = (src_row * kv_heads + h) * src_width * head_dim;
-                    let d = (bi * kv_heads + h) * width * head_dim;
-                    buf[d..d + n].copy_from_slice(&src[s..s + n]);
+    /// Copies each joiner's own cache into the next free row, growing the
+    /// batch cache (a new one, rows copied once) when a joiner needs more
+    /// positions than it has.
+    fn merge(&mut self) -> Result<(), String> {
+        if self.merged == self.members.len() {
+            return Ok(());
+        }
+        let need = self.members.iter().map(|g| g.cap).max().unwrap_or(0);
+        let shape = self.members[self.merged]
+            .kv
+            .as_ref()
+            .ok_or("a joiner without a KV cache")?
+            .shape;
+        if self.kv.as_ref().is_none_or(|kv| kv.cap < need) {
+            let mut grown = KvCache::new(shape, self.max_batch, need)?;
+            if let Some(old) = &self.kv {
+                for (r, g) in self.members[..self.merged].iter().enumerate() {
+                    grown.copy_row_from(r, old, r, g.past_len)?;
                 }
             }
-            let shape = [b, kv_heads, width, head_dim];
-            merged.push(
-                OrtTensor::from_array((shape, buf))
-                    .map_err(|e| e.to_string())?
-                    .into_dyn(),
-            );
+            self.kv = Some(grown);
         }
-        for g in &mut self.members {
-            g.past.clear();
+        let kv = self.kv.as_mut().expect("allocated above");
+        while self.merged < self.members.len() {
+            let g = &mut self.members[self.merged];
+            let own = g.kv.take().ok_or("a joiner without a KV cache")?;
+            kv.copy_row_from(self.merged, &own, 0, g.past_len)?;
+            self.merged += 1;
         }
-        self.rows = (0..b).map(Some).collect();
-        self.past = merged;
-        self.width = width;
-        self.dirty = false;
         Ok(())
     }
 
-    /// One decode step for every member: one model run, one token each.
-    pub fn step(&mut self, model: &mut LlmModel) -> Result<Vec<StepOutput>, String> {
-        let sh = model.shared.clone();
-        let gen_cfg = &sh.generation;
-        if self.dirty {
-            self.rebuild(gen_cfg.num_key_value_heads, gen_cfg.head_dim)?;
-        }
+    /// One decode step for every member: one model run, one token each (a
+    /// lone member may verify several drafted tokens instead). `room(g)`
+    /// is how many tokens `g`'s outbox can take this step.
+    pub fn step(
+        &mut self,
+        model: &mut LlmModel,
+        room: impl Fn(&Generation) -> usize,
+    ) -> Result<Vec<StepOutput>, String> {
+        self.merge()?;
+        let kv = self.kv.as_ref().ok_or("decode batch without a cache")?;
         let b = self.members.len();
-        let w = self.width;
-        let mut ids = Vec::with_capacity(b);
-        let mut pos = Vec::with_capacity(b);
-        let mut mask = vec![0i64; b * (w + 1)];
-        for (bi, g) in self.members.iter().enumerate() {
-            ids.push(g.next_input.ok_or("batched member has no next token")? as i64);
-            pos.push(g.past_len as i64);
-            mask[bi * (w + 1)..bi * (w + 1) + g.past_len + 1].fill(1);
+        let mut outs: Vec<StepOutput> = (0..b).map(|_| StepOutput::default()).collect();
+        if b == 1 {
+            let g = &mut self.members[0];
+            let max_out = room(g);
+            model.decode(g, kv, max_out, &mut outs[0])?;
+            return Ok(outs);
         }
-        // On failure the merged cache is gone: the worker ends every member.
-        let out = model.run_kv(
-            [
-                i64_tensor([b, 1], ids)?,
-                i64_tensor([b, w + 1], mask)?,
-                i64_tensor([b, 1], pos)?,
-            ],
-            &mut self.past,
-        )?;
-        self.width = w + 1;
-        let logits = out.get("logits").ok_or("model returned no logits")?;
-        let (shape, data) = logits
-            .try_extract_tensor::<f32>()
-            .map_err(|e| e.to_string())?;
-        let vocab = *shape.last().ok_or("logits have no shape")? as usize;
-        if data.len() != b * vocab {
-            return Err(format!(
-                "logits have {} values for a batch of {b}",
-                data.len()
-            ));
+        self.ids.clear();
+        self.past.clear();
+        for g in &self.members {
+            self.ids
+                .push(g.next_input.ok_or("batched member has no next token")?);
+            self.past.push(g.past_len);
         }
-        let mut outs = Vec::with_capacity(b);
-        for (bi, g) in self.members.iter_mut().enumerate() {
+        let p = Pass {
+            tokens: &self.ids,
+            past: &self.past,
+            keep: 1,
+        };
+        // On failure the members end (the worker ends every member).
+        model.fwd.run(&mut model.session, kv, &p)?;
+        let spec_on = model.spec_cfg.mode != SpecMode::Off;
+        for (bi, (g, out)) in self.members.iter_mut().zip(&mut outs).enumerate() {
             g.past_len += 1;
-            let mut row = data[bi * vocab..(bi + 1) * vocab].to_vec();
-            outs.push(take_token(&sh, g, &mut row));
+            let t = take_token(
+                &model.shared,
+                g,
+                model.fwd.logits(bi, 0),
+                &mut model.scratch,
+                out,
+            );
+            if spec_on {
+                g.spec.plain_token(t);
+            }
         }
         Ok(outs)
     }

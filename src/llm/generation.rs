@@ -1,18 +1,20 @@
 //! The state of one generation request as it moves between the scheduler and
-//! workers: prompt and generated ids, the KV cache (runtime values), the
-//! sampler's generator, the incremental detokenizer and the timestamps its
-//! TTFT/TPOT come from.
+//! workers: prompt and generated ids, its in-place KV cache (allocated at its
+//! first step for prompt + `max_tokens` positions), the sampler's generator,
+//! the incremental detokenizer, speculation counters, the CPU time and
+//! energy its steps consumed, and the timestamps its TTFT/TPOT come from.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use ort::value::DynValue;
-
 use super::Finish;
 use super::detok::Detokenizer;
+use super::kv::KvCache;
 use super::sampling::Rng;
+use super::spec::SpecState;
 use crate::error::Rejection;
+use crate::obs::cost::Cost;
 use crate::wire::command::Command;
 use crate::wire::reply::Timing;
 
@@ -32,8 +34,22 @@ pub struct Generation {
     pub tokens: Vec<u32>,
     /// Prompt + generated ids, for the repetition penalty.
     pub(super) history: Vec<u32>,
-    pub(super) past: Vec<DynValue>,
+    /// Its own KV cache, until it joins a decode batch (whose cache then
+    /// holds its row).
+    pub(super) kv: Option<KvCache>,
+    /// Positions its cache holds (prompt + `max_tokens`, within the
+    /// model's context).
+    pub(super) cap: usize,
     pub(super) past_len: usize,
+    /// Prompt positions taken from the prefix cache instead of prefilled.
+    pub cached_tokens: usize,
+    pub spec: SpecState,
+    /// The draft model's cache and how many positions of `history` it holds
+    /// (draft-model speculation).
+    pub(super) draft_kv: Option<KvCache>,
+    pub(super) draft_len: usize,
+    /// CPU time (and energy, where measured) of the steps that served it.
+    pub cost: Cost,
     pub(super) next_input: Option<u32>,
     /// Prompt ids and how many of them the KV cache already holds: the
     /// prefill runs in chunks so one turn never takes the whole prompt.
@@ -49,10 +65,11 @@ pub struct Generation {
     pub run_order: u64,
 }
 
-/// What one step produced.
+/// What one step produced: the tokens sampled (several after a verify
+/// pass) and the text each releases.
+#[derive(Default)]
 pub struct StepOutput {
-    /// The token sampled this step and the text it releases.
-    pub token: Option<(u32, String)>,
+    pub tokens: Vec<(u32, String)>,
 }
 
 impl Generation {
@@ -77,8 +94,14 @@ impl Generation {
             route,
             prompt_tokens: prompt.len(),
             tokens: Vec::new(),
-            past: Vec::new(),
+            kv: None,
+            cap: 0,
             past_len: 0,
+            cached_tokens: 0,
+            spec: SpecState::default(),
+            draft_kv: None,
+            draft_len: 0,
+            cost: Cost::default(),
             next_input: None,
             history: prompt.clone(),
             prompt,
@@ -114,6 +137,12 @@ impl Generation {
     /// kind that can join a decode batch.
     pub fn is_decoding(&self) -> bool {
         self.next_input.is_some() && self.finished.is_none()
+    }
+
+    /// Greedy requests can speculate: verification keeps exactly the
+    /// tokens greedy decoding would choose.
+    pub fn is_greedy(&self) -> bool {
+        self.cmd.sampling.temperature <= 0.0
     }
 }
 

@@ -2,21 +2,33 @@
 //! decoding. No zenoh and no daemon context here: commands arrive parsed
 //! (`wire::command`), tokens leave as [`StepOutput`]s that the caller
 //! publishes, and live generations are tracked by a [`registry`] whose
-//! delivery side belongs to its user. A [`Generation`] is the state of one request (tokens, KV cache,
-//! sampler, detokenizer, timing); the scheduler queues it like any job, and a
-//! worker advances it by exactly one model run per turn ([`LlmModel::step`]),
-//! then puts it back, so higher-priority work waits at most one step and
-//! generations at one level interleave round-robin. The KV cache stays in
-//! ORT-owned values: each step's `present.*` outputs are moved, not copied,
-//! into the next step's `past_key_values.*` inputs.
+//! delivery side belongs to its user. A [`Generation`] is the state of one
+//! request (tokens, KV cache, sampler, detokenizer, speculation, cost,
+//! timing); the scheduler queues it like any job, and a worker advances it
+//! by exactly one model run per turn ([`LlmModel::step`]: a prefill chunk, a
+//! decode step or a speculative verify pass), then puts it back, so
+//! higher-priority work waits at most one step and generations at one level
+//! interleave round-robin. The KV cache is in place ([`kv`]): allocated once
+//! per generation at its full length and bound as both the model's past
+//! input and present output ([`bind`], [`forward`]), so no step copies it.
+//! Prompt prefixes already computed are reused ([`prefix`]); drafts come
+//! from prompt lookup or a draft model ([`spec`], [`draft`]).
 
 pub mod batch;
+mod bind;
+mod decode;
 pub mod detok;
+pub mod draft;
+mod forward;
 mod generation;
+pub mod kv;
 mod model;
+pub mod prefix;
 pub mod registry;
 pub mod sampling;
+pub mod spec;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -38,6 +50,18 @@ pub struct GenerationFile {
     pub head_dim: usize,
     pub vocab_size: usize,
     pub chat_template: ChatTemplate,
+    /// Interface notes; older conversions have none.
+    #[serde(default)]
+    pub onnx: OnnxSection,
+}
+
+/// generation.json `onnx`: what the loop needs of it.
+#[derive(Deserialize, Debug, Clone, Default)]
+pub struct OnnxSection {
+    /// Inputs a loop may feed (e.g. `num_logits_to_keep`); the model has a
+    /// default for each.
+    #[serde(default)]
+    pub optional_inputs: HashMap<String, serde_json::Value>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -112,26 +136,15 @@ impl ModelFiles {
 pub struct LlmShared {
     pub tokenizer: tokenizers::Tokenizer,
     pub generation: GenerationFile,
-    past_key_names: Vec<String>,
-    past_value_names: Vec<String>,
-    present_key_names: Vec<String>,
-    present_value_names: Vec<String>,
 }
 
 impl LlmShared {
     pub fn new(files: &ModelFiles) -> Result<LlmShared, String> {
         let tokenizer = tokenizers::Tokenizer::from_file(&files.tokenizer)
             .map_err(|e| format!("{}: {e}", files.tokenizer.display()))?;
-        let n = files.generation.num_layers;
         Ok(LlmShared {
             tokenizer,
             generation: files.generation.clone(),
-            past_key_names: (0..n).map(|i| format!("past_key_values.{i}.key")).collect(),
-            past_value_names: (0..n)
-                .map(|i| format!("past_key_values.{i}.value"))
-                .collect(),
-            present_key_names: (0..n).map(|i| format!("present.{i}.key")).collect(),
-            present_value_names: (0..n).map(|i| format!("present.{i}.value")).collect(),
         })
     }
 

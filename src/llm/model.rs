@@ -1,158 +1,165 @@
-//! A worker's session for one generation pipeline and the model runs that
-//! advance a generation: the chunked prefill and one decode step per turn.
-//! The KV cache stays in runtime values: each step's `present.*` outputs are
-//! moved, not copied, into the next step's `past_key_values.*` inputs.
+//! A worker's session for one generation pipeline: the session, its
+//! forward-pass binding ([`Forward`]), the worker's prefix cache, the
+//! optional draft model, the sampler's scratch memory, the measured cost of
+//! a verify pass, and the CPU clocks of the threads that run it. Built and
+//! warmed up by [`load`] at start-up: one short generation, the chat
+//! template's prefix computed into the prefix cache, and the first
+//! measurement of a plain step against a verify pass. The steps themselves
+//! are in `llm::decode`.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use ort::memory::Allocator;
 use ort::session::Session;
-use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType};
 
-use super::sampling;
-use super::{Finish, Generation, LlmShared, StepOutput};
-use crate::config::{GeneratorConfig, RuntimeConfig};
+use super::draft::Draft;
+use super::forward::{Forward, Pass};
+use super::kv::{KvCache, KvShape};
+use super::prefix::PrefixCache;
+use super::sampling::Scratch;
+use super::spec::{SpecConfig, SpecMode, StepCosts};
+use super::{Generation, LlmShared};
+use crate::config::{GeneratorConfig, RuntimeConfig, Speculation};
 use crate::infer::engine::{self, EngineError, SessionSpec};
+use crate::obs::cost::{CpuClock, PoolThreads};
 use crate::wire::command::{self, CommandLimits};
 
 /// A worker's session for one generation pipeline.
 pub struct LlmModel {
+    /// Declared before the session: the binding is released first.
+    pub(super) fwd: Forward,
+    pub(super) draft: Option<Draft>,
     pub session: Session,
     pub shared: Arc<LlmShared>,
     /// Most prompt tokens per prefill turn.
     pub prefill_chunk: usize,
-}
-
-pub(super) fn i64_tensor(shape: [usize; 2], data: Vec<i64>) -> Result<DynValue, String> {
-    OrtTensor::from_array((shape, data))
-        .map(|t| t.into_dyn())
-        .map_err(|e| e.to_string())
+    pub(super) kv_shape: KvShape,
+    pub(super) spec_cfg: SpecConfig,
+    pub(super) costs: StepCosts,
+    pub(super) prefix: PrefixCache,
+    pub(super) scratch: Scratch,
+    /// CPU clocks of the threads that run this session's steps.
+    pub clock: CpuClock,
 }
 
 impl LlmModel {
-    /// Sets up an empty KV cache (first turn; the prompt was tokenized
-    /// and bounded at intake).
-    fn start(&self, g: &mut Generation) -> Result<(), String> {
-        let gen_cfg = &self.shared.generation;
-        g.started = Some(Instant::now());
-        let empty = [1usize, gen_cfg.num_key_value_heads, 0, gen_cfg.head_dim];
-        g.past = (0..2 * gen_cfg.num_layers)
-            .map(|_| {
-                ort::value::DynTensor::new(&Allocator::default(), TensorElementType::Float32, empty)
-                    .map(|t| t.into_dyn())
-                    .map_err(|e| e.to_string())
-            })
-            .collect::<Result<_, _>>()?;
+    /// Speculation settings in force (`Off` when the pipeline has none).
+    pub fn speculation(&self) -> &SpecConfig {
+        &self.spec_cfg
+    }
+
+    /// Prefix cache hits and lookups of this worker.
+    pub fn prefix_stats(&self) -> (u64, u64) {
+        (self.prefix.hits, self.prefix.lookups)
+    }
+
+    /// Runs the template's prefix (bos, system turn, user prefix) and
+    /// stores its KV in the prefix cache, so the first request finds it.
+    fn warm_prefix(&mut self) -> Result<usize, String> {
+        if !self.prefix.enabled() {
+            return Ok(0);
+        }
+        let t = &self.shared.generation.chat_template;
+        let mut text = t.bos.clone();
+        if !t.default_system.is_empty() {
+            text.push_str(&t.system_prefix);
+            text.push_str(&t.default_system);
+            text.push_str(&t.system_suffix);
+        }
+        text.push_str(&t.user_prefix);
+        let ids = self.shared.encode(&text)?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let kv = KvCache::new(self.kv_shape, 1, ids.len())?;
+        for start in (0..ids.len()).step_by(self.prefill_chunk) {
+            let end = (start + self.prefill_chunk).min(ids.len());
+            let p = Pass {
+                tokens: &ids[start..end],
+                past: &[start],
+                keep: 1,
+            };
+            self.fwd.run(&mut self.session, &kv, &p)?;
+        }
+        self.prefix.insert(&ids, &kv, 0)?;
+        Ok(ids.len())
+    }
+
+    /// Times a plain step and a verify pass of `max_draft` tokens on `g`
+    /// (a warm-up generation past its prefill), so the first requests'
+    /// speculation decisions start from a measurement.
+    fn measure_costs(&mut self, g: &Generation) -> Result<(), String> {
+        let k = self.spec_cfg.max_draft;
+        let kv = g.kv.as_ref().ok_or("warm-up generation has no cache")?;
+        let t = g.next_input.unwrap_or(0);
+        let tokens = vec![t; k + 1];
+        if g.past_len + k + 1 > kv.cap {
+            return Ok(());
+        }
+        for _ in 0..2 {
+            let p = Pass {
+                tokens: &tokens[..1],
+                past: &[g.past_len],
+                keep: 1,
+            };
+            let t0 = Instant::now();
+            self.fwd.run(&mut self.session, kv, &p)?;
+            self.costs.record_plain(t0.elapsed().as_nanos() as f64);
+            let p = Pass {
+                tokens: &tokens,
+                past: &[g.past_len],
+                keep: k + 1,
+            };
+            let t0 = Instant::now();
+            self.fwd.run(&mut self.session, kv, &p)?;
+            self.costs.record_verify(k, t0.elapsed().as_nanos() as f64);
+        }
         Ok(())
-    }
-
-    /// One session run with the KV cache moved in and out: `past` (key,
-    /// value per layer) becomes the `past_key_values.*` inputs and is
-    /// refilled from `present.*`, without copying. `ids_mask_pos` are
-    /// `input_ids`, `attention_mask`, `position_ids`. On failure `past` is
-    /// left empty (the cache went into the failed run).
-    pub(crate) fn run_kv(
-        &mut self,
-        ids_mask_pos: [DynValue; 3],
-        past: &mut Vec<DynValue>,
-    ) -> Result<ort::session::SessionOutputs<'_>, String> {
-        let sh = self.shared.clone();
-        let layers = sh.generation.num_layers;
-        let [ids, mask, pos] = ids_mask_pos;
-        let mut inputs: Vec<(&str, ort::session::SessionInputValue)> =
-            Vec::with_capacity(3 + past.len());
-        inputs.push(("input_ids", ids.into()));
-        inputs.push(("attention_mask", mask.into()));
-        inputs.push(("position_ids", pos.into()));
-        let mut kv = std::mem::take(past).into_iter();
-        for i in 0..layers {
-            let k = kv.next().ok_or("missing past key")?;
-            let v = kv.next().ok_or("missing past value")?;
-            inputs.push((sh.past_key_names[i].as_str(), k.into()));
-            inputs.push((sh.past_value_names[i].as_str(), v.into()));
-        }
-        let mut out = self.session.run(inputs).map_err(|e| e.to_string())?;
-        for i in 0..layers {
-            let k = out
-                .remove(&sh.present_key_names[i])
-                .ok_or("missing present key")?;
-            let v = out
-                .remove(&sh.present_value_names[i])
-                .ok_or("missing present value")?;
-            past.push(k);
-            past.push(v);
-        }
-        Ok(out)
-    }
-
-    /// One model run: the prefill on the first call, one decode step after.
-    /// Sets `g.finished` when the generation ends.
-    pub fn step(&mut self, g: &mut Generation) -> Result<StepOutput, String> {
-        let sh = self.shared.clone();
-        if g.started.is_none() {
-            self.start(g)?;
-        }
-        let ids: Vec<u32> = match g.next_input {
-            None => {
-                let end = (g.prefilled + self.prefill_chunk).min(g.prompt.len());
-                let chunk = g.prompt[g.prefilled..end].to_vec();
-                g.prefilled = end;
-                chunk
-            }
-            Some(t) => vec![t],
-        };
-        let last_chunk = g.next_input.is_some() || g.prefilled == g.prompt.len();
-        let s = ids.len();
-        let total = g.past_len + s;
-        let input_ids = i64_tensor([1, s], ids.iter().map(|&i| i as i64).collect())?;
-        let mask = i64_tensor([1, total], vec![1; total])?;
-        let pos = i64_tensor([1, s], (g.past_len as i64..total as i64).collect())?;
-        let out = self.run_kv([input_ids, mask, pos], &mut g.past)?;
-        g.past_len = total;
-        if !last_chunk {
-            // More prompt to prefill: no token yet, back to the queue.
-            return Ok(StepOutput { token: None });
-        }
-        let logits = out.get("logits").ok_or("model returned no logits")?;
-        let (shape, data) = logits
-            .try_extract_tensor::<f32>()
-            .map_err(|e| e.to_string())?;
-        let vocab = *shape.last().ok_or("logits have no shape")? as usize;
-        let mut last = data[data.len() - vocab..].to_vec();
-        drop(out);
-        Ok(take_token(&sh, g, &mut last))
     }
 }
 
-/// Samples the next token from the last position's logits, updates the
-/// generation (history, detokenizer, end conditions) and returns what to
-/// stream. Shared by the single and the batched decode step.
-pub(super) fn take_token(sh: &LlmShared, g: &mut Generation, logits: &mut [f32]) -> StepOutput {
-    let gen_cfg = &sh.generation;
-    crate::fault::at(crate::fault::Stage::Sample, Some(&g.cmd.id));
-    let token = sampling::sample(logits, &g.history, &g.cmd.sampling, &mut g.rng);
-    g.history.push(token);
-    if gen_cfg.stop_token_ids.contains(&token) {
-        g.finished = Some(Finish::Stop);
-        return StepOutput { token: None };
+/// Whether the model takes `num_logits_to_keep`: declared in
+/// generation.json's `onnx.optional_inputs` (older conversions do not).
+fn declares_keep(shared: &LlmShared) -> bool {
+    shared
+        .generation
+        .onnx
+        .optional_inputs
+        .contains_key("num_logits_to_keep")
+}
+
+fn spec_config(cfg: &GeneratorConfig) -> SpecConfig {
+    SpecConfig {
+        mode: match cfg.speculation {
+            Speculation::Off => SpecMode::Off,
+            Speculation::PromptLookup => SpecMode::PromptLookup,
+            Speculation::Draft(_) => SpecMode::Draft,
+        },
+        max_draft: cfg.draft_tokens,
+        ..SpecConfig::default()
     }
-    g.tokens.push(token);
-    g.next_input = Some(token);
-    crate::fault::at(crate::fault::Stage::Detok, Some(&g.cmd.id));
-    let piece = g.detok.push(token, |ids| sh.decode(ids));
-    if piece.stopped {
-        g.finished = Some(Finish::Stop);
-    } else if g.tokens.len() >= g.cmd.max_tokens as usize
-        || g.past_len + 1 >= gen_cfg.context_length
-    {
-        g.finished = Some(Finish::Length);
-    }
-    StepOutput {
-        token: Some((token, piece.text)),
-    }
+}
+
+/// A session of `onnx` with the pipeline's providers whose intra-op
+/// threads report their CPU clocks.
+pub(super) fn session(
+    env: &ort::environment::Environment,
+    cfg: &GeneratorConfig,
+    rt: &RuntimeConfig,
+    onnx: &Path,
+) -> Result<(Session, &'static str, CpuClock), EngineError> {
+    let pool = PoolThreads::default();
+    let spec = SessionSpec {
+        name: &cfg.name,
+        model: onnx,
+        providers: &cfg.providers,
+        fallback: cfg.fallback,
+        pool: Some(pool.clone()),
+    };
+    let m = engine::load(env, &spec, rt)?;
+    Ok((m.session, m.provider, pool.clock()))
 }
 
 /// Builds and warms up a worker's session for generation pipeline `cfg`.
@@ -163,37 +170,62 @@ pub fn load(
     shared: &Arc<LlmShared>,
     onnx: &Path,
 ) -> Result<(LlmModel, &'static str), EngineError> {
-    let spec = SessionSpec {
-        name: &cfg.name,
-        model: onnx,
-        providers: &cfg.providers,
-        fallback: cfg.fallback,
+    let err = |reason: String| EngineError::Interface {
+        pipeline: cfg.name.clone(),
+        reason,
     };
-    let m = engine::load(env, &spec, rt)?;
+    let (session, provider, clock) = session(env, cfg, rt, onnx)?;
+    let g = &shared.generation;
+    let fwd =
+        Forward::new(&session, g.num_layers, g.vocab_size, declares_keep(shared)).map_err(err)?;
+    let draft = match &cfg.speculation {
+        Speculation::Draft(dir) => Some(Draft::load(env, cfg, rt, shared, dir)?),
+        _ => None,
+    };
+    let spec_cfg = spec_config(cfg);
     let mut model = LlmModel {
-        session: m.session,
+        fwd,
+        draft,
+        session,
         shared: shared.clone(),
         prefill_chunk: cfg.prefill_chunk,
+        kv_shape: KvShape {
+            layers: g.num_layers,
+            heads: g.num_key_value_heads,
+            head_dim: g.head_dim,
+        },
+        costs: StepCosts::new(spec_cfg.max_draft),
+        spec_cfg,
+        prefix: PrefixCache::new(cfg.prefix_cache_tokens),
+        scratch: Scratch::default(),
+        clock,
     };
-    // Warm-up: one short prefill, so the first real request does not pay
-    // for ORT's first-run allocations.
+    warm_up(&mut model).map_err(err)?;
+    Ok((model, provider))
+}
+
+/// The first runs: the template prefix, a short generation (which finds
+/// that prefix cached), and the cost of a verify pass.
+fn warm_up(model: &mut LlmModel) -> Result<(), String> {
+    let cached = model
+        .warm_prefix()
+        .map_err(|e| format!("warm-up of the prefix cache failed: {e}"))?;
+    let max_tokens = model.spec_cfg.max_draft as u32 + 2;
     let cmd = command::parse(
-        br#"{"id":"warmup","prompt":"Hi","max_tokens":1}"#,
+        format!(r#"{{"id":"warmup","prompt":"Hi","max_tokens":{max_tokens}}}"#).as_bytes(),
         &CommandLimits {
-            max_tokens: 1,
+            max_tokens,
             default_max_tokens: 1,
             max_prompt_chars: 16,
             max_messages: 1,
             default_deadline: Duration::from_secs(60),
         },
     )
-    .expect("the warm-up command is valid");
-    let ids = shared
-        .prompt_ids(&cmd.messages, shared.generation.context_length)
-        .map_err(|r| EngineError::Interface {
-            pipeline: cfg.name.clone(),
-            reason: format!("warm-up prompt: {r}"),
-        })?;
+    .map_err(|r| format!("warm-up command: {r}"))?;
+    let ids = model
+        .shared
+        .prompt_ids(&cmd.messages, model.shared.generation.context_length)
+        .map_err(|r| format!("warm-up prompt: {r}"))?;
     let mut g = Generation::new(
         0,
         0,
@@ -203,11 +235,22 @@ pub fn load(
         0,
         ids,
     );
-    model
-        .step(&mut g)
-        .map_err(|reason| EngineError::Interface {
-            pipeline: cfg.name.clone(),
-            reason: format!("warm-up generation step failed: {reason}"),
-        })?;
-    Ok((model, m.provider))
+    while g.next_input.is_none() && g.finished.is_none() {
+        model
+            .step(&mut g, usize::MAX)
+            .map_err(|e| format!("warm-up generation step failed: {e}"))?;
+    }
+    if model.spec_cfg.mode != SpecMode::Off && g.finished.is_none() {
+        model.measure_costs(&g)?;
+    }
+    tracing::debug!(
+        cached,
+        prefix_hit = g.cached_tokens,
+        plain_ms = model.costs.plain_ns() / 1e6,
+        verify_ratio = model.costs.ratio(model.spec_cfg.max_draft),
+        logits_to_keep = model.fwd.has_keep(),
+        pool_threads = model.clock.pool_threads(),
+        "generation session warmed up"
+    );
+    Ok(())
 }

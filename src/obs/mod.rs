@@ -5,13 +5,16 @@
 //! and rejections, the scheduler's outcomes (busy, superseded) are counted
 //! where they are reported, workers record queue wait, inference time and
 //! end-to-end latency and their own busy time, generation egress records
-//! TTFT/TPOT and token counts. [`MetricsSnapshot`] is the read side:
+//! TTFT/TPOT, token counts, cost per token ([`cost`], [`power`]) and
+//! speculation counters. [`MetricsSnapshot`] is the read side:
 //! `Daemon::stats`, the Prometheus endpoint, the zenoh `<node>/metrics`
 //! JSON and `reflexd top` all read the same snapshot.
 
 pub mod batch;
+pub mod cost;
 pub mod health;
 pub mod hist;
+pub mod power;
 pub mod process;
 pub mod ratelimit;
 
@@ -83,6 +86,27 @@ pub struct GenStats {
     /// the decode rate.
     pub decode_tokens: AtomicU64,
     pub decode_us: AtomicU64,
+    /// Cost: CPU time of every generation step (µs), and board energy
+    /// (µJ) with the completion tokens it was measured for (rails only).
+    pub cpu_us: AtomicU64,
+    pub energy_uj: AtomicU64,
+    pub energy_tokens: AtomicU64,
+    /// Prompt positions taken from the prefix cache.
+    pub cached_prompt_tokens: AtomicU64,
+    pub spec: SpecStats,
+}
+
+/// Speculative decoding counters of one generation pipeline.
+#[derive(Default)]
+pub struct SpecStats {
+    pub drafted: AtomicU64,
+    pub accepted: AtomicU64,
+    pub verify_steps: AtomicU64,
+    pub verify_tokens: AtomicU64,
+    /// Decode time the finished generations would have taken in plain
+    /// steps (estimated) and took (µs): their ratio is the TPOT gain.
+    pub est_plain_us: AtomicU64,
+    pub actual_us: AtomicU64,
 }
 
 impl Default for PipelineStats {
@@ -194,6 +218,30 @@ pub struct GenSnapshot {
     /// (`_OTHER` for a code outside [`GEN_FAILURES`]); only codes seen.
     #[serde(default)]
     pub failed: BTreeMap<String, HistSnapshot>,
+    /// CPU time of the steps per completion token (ms).
+    #[serde(default)]
+    pub cpu_ms_per_token: Option<f64>,
+    /// Board energy per completion token (mJ), where rails are measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_mj_per_token: Option<f64>,
+    #[serde(default)]
+    pub cached_prompt_tokens: u64,
+    #[serde(default)]
+    pub speculation: SpecSnapshot,
+}
+
+/// Speculative decoding over every finished generation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct SpecSnapshot {
+    pub drafted: u64,
+    pub accepted: u64,
+    /// accepted / drafted.
+    pub acceptance: Option<f64>,
+    pub verify_steps: u64,
+    /// Tokens per verify pass (accepted drafts + the model's own token).
+    pub tokens_per_verify: Option<f64>,
+    /// Estimated plain decode time / actual decode time.
+    pub tpot_gain: Option<f64>,
 }
 
 impl PipelineSnapshot {
@@ -207,8 +255,27 @@ impl PipelineSnapshot {
     }
 }
 
+fn ratio(a: u64, b: u64) -> Option<f64> {
+    (b > 0).then(|| a as f64 / b as f64)
+}
+
+fn spec_snapshot(s: &SpecStats) -> SpecSnapshot {
+    let drafted = s.drafted.load(Relaxed);
+    let accepted = s.accepted.load(Relaxed);
+    let verify_steps = s.verify_steps.load(Relaxed);
+    SpecSnapshot {
+        drafted,
+        accepted,
+        acceptance: ratio(accepted, drafted),
+        verify_steps,
+        tokens_per_verify: ratio(s.verify_tokens.load(Relaxed), verify_steps),
+        tpot_gain: ratio(s.est_plain_us.load(Relaxed), s.actual_us.load(Relaxed)),
+    }
+}
+
 fn gen_snapshot(g: &GenStats, live: u64) -> GenSnapshot {
     let us = g.decode_us.load(Relaxed);
+    let tokens = g.completion_tokens.load(Relaxed);
     GenSnapshot {
         live,
         prompt_tokens: g.prompt_tokens.load(Relaxed),
@@ -225,6 +292,11 @@ fn gen_snapshot(g: &GenStats, live: u64) -> GenSnapshot {
             .map(|(code, h)| (code.to_string(), h.snapshot()))
             .filter(|(_, h)| h.count > 0)
             .collect(),
+        cpu_ms_per_token: ratio(g.cpu_us.load(Relaxed), tokens).map(|x| x / 1e3),
+        energy_mj_per_token: ratio(g.energy_uj.load(Relaxed), g.energy_tokens.load(Relaxed))
+            .map(|x| x / 1e3),
+        cached_prompt_tokens: g.cached_prompt_tokens.load(Relaxed),
+        speculation: spec_snapshot(&g.spec),
     }
 }
 

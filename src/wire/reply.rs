@@ -13,6 +13,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::error::Rejection;
+use crate::obs::cost::CostReport;
 use crate::tensor::{Dtype, Tensor};
 
 /// One output of a reply, read in place from the runtime's output.
@@ -249,6 +250,26 @@ impl TokenMsg<'_> {
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Prompt tokens whose KV came from the prefix cache (not prefilled).
+    pub cached_prompt_tokens: usize,
+}
+
+/// Speculative decoding of one generation (docs/protocol.md).
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct SpecReport {
+    /// `"prompt_lookup"` or `"draft"`.
+    pub mode: &'static str,
+    /// Draft tokens verified, and how many of them were kept.
+    pub drafted: u64,
+    pub accepted: u64,
+    pub acceptance: Option<f64>,
+    /// Verify passes, and the tokens they produced per pass.
+    pub verify_steps: u64,
+    pub tokens_per_verify: Option<f64>,
+    /// Decode steps without a verify (no draft, or not worth it).
+    pub plain_steps: u64,
+    /// Estimated decode time in plain steps / actual decode time.
+    pub tpot_gain: f64,
 }
 
 /// Timing of a finished generation, in milliseconds (docs/protocol.md).
@@ -280,6 +301,11 @@ pub struct FinalMsg<'a> {
     pub provider: &'a str,
     /// Ended after its deadline.
     pub late: bool,
+    /// CPU time (and energy, on boards with power rails) of its steps.
+    pub cost: CostReport,
+    /// Present when the pipeline speculates and the request was greedy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speculation: Option<SpecReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody<'a>>,
 }

@@ -5,7 +5,10 @@
 //! own reason; a stopping daemon ends them as cancelled. A generation whose
 //! client has not taken its earlier messages (its outbox has no room for one
 //! more step) ends with `slow_consumer` before the step, so the worker never
-//! waits for a client and no produced token is ever dropped.
+//! waits for a client and no produced token is ever dropped. Each step's
+//! CPU time (the thread clocks of the worker and its session's pool) and,
+//! on boards with power rails, its energy are charged to the generations it
+//! served, in proportion to the tokens each got.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
@@ -15,7 +18,48 @@ use super::Worker;
 use crate::ctx::Ctx;
 use crate::error::{ErrorCode, Rejection};
 use crate::io::tokens;
-use crate::llm::{DecodeBatch, Finish, Generation};
+use crate::llm::{DecodeBatch, Finish, Generation, StepOutput};
+use crate::obs::cost::CpuClock;
+use crate::obs::power;
+
+/// CPU and energy readings at the start of a step.
+struct Meter {
+    cpu_ns: u64,
+    energy_uj: Option<f64>,
+}
+
+impl Meter {
+    fn start(clock: &CpuClock) -> Meter {
+        Meter {
+            cpu_ns: clock.now_ns(),
+            energy_uj: power::meter().map(|m| m.energy_uj(Instant::now())),
+        }
+    }
+
+    /// Charges the step to `gens`: shares proportional to `tokens[i]`
+    /// (equal shares when no member got a token).
+    fn charge<'a>(
+        self,
+        clock: &CpuClock,
+        gens: impl Iterator<Item = &'a mut Box<Generation>>,
+        tokens: &[usize],
+    ) {
+        let cpu = clock.now_ns().saturating_sub(self.cpu_ns) as f64;
+        let energy = self
+            .energy_uj
+            .zip(power::meter())
+            .map(|(e0, m)| (m.energy_uj(Instant::now()) - e0).max(0.0));
+        let total: usize = tokens.iter().sum();
+        for (g, &n) in gens.zip(tokens) {
+            let share = if total > 0 {
+                n as f64 / total as f64
+            } else {
+                1.0 / tokens.len() as f64
+            };
+            g.cost.add((cpu * share) as u64, energy.map(|e| e * share));
+        }
+    }
+}
 
 /// A panic inside a step was contained: the generation (or every member of
 /// a decode batch, whose merged cache went with the failed step) ends here.
@@ -65,10 +109,16 @@ pub(super) fn step_generation(w: &mut Worker, ctx: &Ctx, mut g: Box<Generation>)
     };
     g.run_order = ctx.order.fetch_add(1, Relaxed);
     let decode = g.is_decoding();
+    let room = tokens::room(ctx, &g);
     let t0 = Instant::now();
+    let meter = Meter::start(&model.clock);
     let running = ctx.progress.running(w.id);
-    let stepped = panic::catch_unwind(AssertUnwindSafe(|| model.step(&mut g)));
+    let stepped = panic::catch_unwind(AssertUnwindSafe(|| model.step(&mut g, room)));
     drop(running);
+    let n = stepped
+        .as_ref()
+        .map_or(0, |r| r.as_ref().map_or(0, |o| o.tokens.len()));
+    meter.charge(&model.clock, std::iter::once(&mut g), &[n]);
     let gp = &ctx.gens[g.pipeline];
     let Ok(stepped) = stepped else {
         tracing::error!(id = %g.cmd.id, "panic in a generation step; contained");
@@ -79,15 +129,9 @@ pub(super) fn step_generation(w: &mut Worker, ctx: &Ctx, mut g: Box<Generation>)
     match stepped {
         Ok(out) => {
             if decode {
-                let n = usize::from(out.token.is_some());
                 gp.decode_stats.record(1, n, t0.elapsed());
             }
-            if let Some((token_id, text)) = out.token {
-                tokens::token(ctx, &g, token_id, &text);
-                if g.first_token.is_none() {
-                    g.first_token = Some(Instant::now());
-                }
-            }
+            emit(ctx, &mut g, &out);
             match g.finished {
                 Some(reason) => tokens::finish(ctx, g, reason),
                 None => requeue_or_join(ctx, g),
@@ -100,6 +144,17 @@ pub(super) fn step_generation(w: &mut Worker, ctx: &Ctx, mut g: Box<Generation>)
             g.error = Some(Rejection::new(ErrorCode::InferenceFailed, e));
             tokens::finish(ctx, g, Finish::Error);
         }
+    }
+}
+
+/// Queues a step's tokens and stamps the first token's time.
+fn emit(ctx: &Ctx, g: &mut Generation, out: &StepOutput) {
+    if out.tokens.is_empty() {
+        return;
+    }
+    tokens::step_tokens(ctx, g, out);
+    if g.first_token.is_none() {
+        g.first_token = Some(Instant::now());
     }
 }
 
@@ -197,9 +252,15 @@ pub(super) fn step_decode_batch(w: &mut Worker, ctx: &Ctx, mut b: Box<DecodeBatc
         g.run_order = run_order;
     }
     let t0 = Instant::now();
+    let meter = Meter::start(&model.clock);
     let running = ctx.progress.running(w.id);
-    let stepped = panic::catch_unwind(AssertUnwindSafe(|| b.step(model)));
+    let stepped = panic::catch_unwind(AssertUnwindSafe(|| b.step(model, |g| tokens::room(ctx, g))));
     drop(running);
+    let counts: Vec<usize> = match &stepped {
+        Ok(Ok(outs)) => outs.iter().map(|o| o.tokens.len()).collect(),
+        _ => vec![0; b.members.len()],
+    };
+    meter.charge(&model.clock, b.members.iter_mut(), &counts);
     let Ok(stepped) = stepped else {
         tracing::error!(
             batch = b.members.len(),
@@ -214,16 +275,11 @@ pub(super) fn step_decode_batch(w: &mut Worker, ctx: &Ctx, mut b: Box<DecodeBatc
     gp.stats.time(&gp.stats.inference, t0.elapsed());
     match stepped {
         Ok(outs) => {
-            let produced = outs.iter().filter(|o| o.token.is_some()).count();
+            let produced = counts.iter().sum();
             gp.decode_stats
                 .record(b.members.len(), produced, t0.elapsed());
             for (g, out) in b.members.iter_mut().zip(outs) {
-                if let Some((token_id, text)) = out.token {
-                    tokens::token(ctx, g, token_id, &text);
-                    if g.first_token.is_none() {
-                        g.first_token = Some(Instant::now());
-                    }
-                }
+                emit(ctx, g, &out);
             }
             end_members(ctx, &mut b, |g| g.finished.is_some(), None);
         }
