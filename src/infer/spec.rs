@@ -132,7 +132,7 @@ impl Spec {
         check_warmup(&ports, &client_inputs)?;
         let image = super::pre::bind(p, &mut client_inputs).map_err(|e| iface(p, e))?;
         let publish = published(&ports)?;
-        let answer = super::post::bind(p, &publish, &model.outputs).map_err(|e| iface(p, e))?;
+        let answer = super::post::bind(p, &publish, model.outputs).map_err(|e| iface(p, e))?;
         let batch = batch_axes(&ports, &client_inputs, &publish)?;
         let feeds = feeds(p, model.inputs, &client_inputs);
         Ok(Spec {
