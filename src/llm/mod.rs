@@ -12,6 +12,7 @@ pub mod command;
 pub mod detok;
 pub mod sampling;
 pub mod serve;
+pub mod tools;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
