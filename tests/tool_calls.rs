@@ -70,8 +70,17 @@ fn the_canonical_call_passes_the_mask_on_the_real_vocabulary() {
     let tools = set
         .select(&["move_arm".into(), "stop_base".into()])
         .unwrap();
-    let text = "<tool_call>[{\"name\": \"move_arm\", \"arguments\": {\"x\": 0.25, \"y\": -0.1, \"z\": 0.05, \"gripper\": \"close\"}}]</tool_call>";
+    let text = "<tool_call>[{\"name\": \"move_arm\", \"arguments\": {\"x\": -0.25, \"y\": -0.1, \"z\": 0.05, \"gripper\": \"close\"}}]</tool_call>";
     let ids = model.shared.encode(text).unwrap();
+    // The tokenizer's own split, so tokens that span the key separator and
+    // the number (" -") are exercised.
+    assert!(
+        ids.iter().any(|&t| model.shared.decode(&[t]) == " -"),
+        "{:?}",
+        ids.iter()
+            .map(|&t| model.shared.decode(&[t]))
+            .collect::<Vec<_>>()
+    );
     let mut s = c.session(&tools, &ToolChoice::Required).unwrap().unwrap();
     let mut last = Progress::Continue;
     for &t in &ids {

@@ -208,9 +208,12 @@ pub struct Outcome {
     pub call: Result<ParsedCall, ToolError>,
     pub prompt_tokens: usize,
     pub generated: usize,
-    /// Per decode step: model run (ms) and mask computation + application (µs).
+    /// Per decode step: model run (ms) and mask computation + application
+    /// (µs, wall clock and this thread's CPU time: on a shared machine the
+    /// wall-clock tail is mostly the thread being preempted).
     pub step_ms: Vec<f64>,
     pub mask_us: Vec<f64>,
+    pub mask_cpu_us: Vec<f64>,
     /// Grammar compile for this request (µs), constrained only.
     pub compile_us: f64,
 }
@@ -244,14 +247,15 @@ pub fn run_request(
     let mut rng = Rng::new(0);
     let mut history = prompt_ids.clone();
     let mut out_ids: Vec<u32> = Vec::new();
-    let (mut step_ms, mut mask_us) = (Vec::new(), Vec::new());
+    let (mut step_ms, mut mask_us, mut mask_cpu_us) = (Vec::new(), Vec::new(), Vec::new());
     let mut logits = model.prefill(&prompt_ids)?;
     let mut call: Option<Result<ParsedCall, ToolError>> = None;
     while out_ids.len() < max_tokens {
         if let Some(s) = session.as_mut() {
-            let t = Instant::now();
+            let (t, cpu) = (Instant::now(), thread_cpu_us());
             s.mask_logits(&mut logits)?;
             mask_us.push(t.elapsed().as_secs_f64() * 1e6);
+            mask_cpu_us.push(thread_cpu_us() - cpu);
         }
         let token = sampling::sample(&mut logits, &history, &params, &mut rng);
         history.push(token);
@@ -297,8 +301,20 @@ pub fn run_request(
         generated: out_ids.len(),
         step_ms,
         mask_us,
+        mask_cpu_us,
         compile_us,
     })
+}
+
+/// CPU time this thread has used, in µs.
+pub fn thread_cpu_us() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e6 + ts.tv_nsec as f64 / 1e3
 }
 
 /// One generated request and what a faithful call would contain.
