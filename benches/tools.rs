@@ -97,7 +97,7 @@ impl Tally {
     fn row(&self, label: &str) {
         let p = |n: usize| 100.0 * n as f64 / self.runs.max(1) as f64;
         println!(
-            "| {label:<13} | {:>5} | {:>6.1} % | {:>6.1} % | {:>6.1} % | {:>6.1} % | {:>6.1} |",
+            "| {label:<13} | {:>5} | {:>6.1} % | {:>6.1} % | {:>8.1} % | {:>6.1} % | {:>6.1} |",
             self.runs,
             p(self.parsed),
             p(self.valid),
