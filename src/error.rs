@@ -64,10 +64,24 @@ pub enum ErrorCode {
     /// request ends here, its stream's carried state is reset, and the
     /// worker goes on.
     InternalError,
+    /// A generation command's tool fields are wrong: a tool the pipeline
+    /// does not offer, a bad `tool_choice`, a `max_steps` over the
+    /// pipeline's budget, a `tool` message without its tool, or `stop`
+    /// with tools.
+    BadToolRequest,
+    /// The model wrote a call that the gate refused (arguments failing the
+    /// schema, a tool not enabled, the tool's rate limit, or the grammar
+    /// engine failing); the message starts with the finer reason
+    /// (`tool_call_invalid`, `tool_not_allowed`, `tool_rate_limited`,
+    /// `tool_call_parse`, `tool_grammar`). Nothing was published.
+    ToolCallRefused,
+    /// The generation ended (length, deadline, cancel) while the model was
+    /// still writing a call; nothing was published.
+    ToolCallIncomplete,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::EmptyPayload,
         ErrorCode::PayloadTooLarge,
         ErrorCode::BadPayload,
@@ -92,6 +106,9 @@ impl ErrorCode {
         ErrorCode::DuplicateId,
         ErrorCode::NonFinite,
         ErrorCode::InternalError,
+        ErrorCode::BadToolRequest,
+        ErrorCode::ToolCallRefused,
+        ErrorCode::ToolCallIncomplete,
     ];
 
     /// The stable string used on the wire and in metrics.
@@ -121,6 +138,9 @@ impl ErrorCode {
             ErrorCode::DuplicateId => "duplicate_id",
             ErrorCode::NonFinite => "non_finite",
             ErrorCode::InternalError => "internal_error",
+            ErrorCode::BadToolRequest => "bad_tool_request",
+            ErrorCode::ToolCallRefused => "tool_call_refused",
+            ErrorCode::ToolCallIncomplete => "tool_call_incomplete",
         }
     }
 

@@ -12,6 +12,7 @@ use ort::value::DynValue;
 use super::Finish;
 use super::detok::Detokenizer;
 use super::sampling::Rng;
+use super::tools::ToolRun;
 use crate::error::Rejection;
 use crate::wire::command::Command;
 use crate::wire::reply::Timing;
@@ -47,6 +48,8 @@ pub struct Generation {
     pub error: Option<Rejection>,
     /// Daemon event order of the latest step (see `Shared::order`).
     pub run_order: u64,
+    /// The grammar and gate of a step that enabled tools.
+    pub tools: Option<Box<ToolRun>>,
 }
 
 /// What one step produced.
@@ -90,6 +93,7 @@ impl Generation {
             finished: None,
             error: None,
             run_order: 0,
+            tools: None,
         }
     }
 

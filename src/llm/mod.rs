@@ -16,6 +16,7 @@ mod generation;
 mod model;
 pub mod registry;
 pub mod sampling;
+pub mod tools;
 
 use std::path::{Path, PathBuf};
 
@@ -195,6 +196,9 @@ pub enum Finish {
     Deadline,
     Cancelled,
     Error,
+    /// The model wrote a tool call that passed the gate; the turn ends
+    /// there (the plan's next step is the client's next command).
+    ToolCall,
 }
 
 impl Finish {
@@ -205,6 +209,7 @@ impl Finish {
             Finish::Deadline => "deadline",
             Finish::Cancelled => "cancelled",
             Finish::Error => "error",
+            Finish::ToolCall => "tool_call",
         }
     }
 }

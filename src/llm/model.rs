@@ -13,6 +13,7 @@ use ort::session::Session;
 use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType};
 
 use super::sampling;
+use super::tools::{Committed, ToolError};
 use super::{Finish, Generation, LlmShared, StepOutput};
 use crate::config::{GeneratorConfig, RuntimeConfig};
 use crate::infer::engine::{self, EngineError, SessionSpec};
@@ -133,8 +134,15 @@ impl LlmModel {
 pub(super) fn take_token(sh: &LlmShared, g: &mut Generation, logits: &mut [f32]) -> StepOutput {
     let gen_cfg = &sh.generation;
     crate::fault::at(crate::fault::Stage::Sample, Some(&g.cmd.id));
+    if let Err(e) = tools_mask(g, logits) {
+        return tool_failed(g, e);
+    }
     let token = sampling::sample(logits, &g.history, &g.cmd.sampling, &mut g.rng);
     g.history.push(token);
+    let call = match tools_commit(g, token) {
+        Ok(c) => c,
+        Err(e) => return tool_failed(g, e),
+    };
     if gen_cfg.stop_token_ids.contains(&token) {
         g.finished = Some(Finish::Stop);
         return StepOutput { token: None };
@@ -143,7 +151,9 @@ pub(super) fn take_token(sh: &LlmShared, g: &mut Generation, logits: &mut [f32])
     g.next_input = Some(token);
     crate::fault::at(crate::fault::Stage::Detok, Some(&g.cmd.id));
     let piece = g.detok.push(token, |ids| sh.decode(ids));
-    if piece.stopped {
+    if call == Committed::Call {
+        g.finished = Some(Finish::ToolCall);
+    } else if piece.stopped {
         g.finished = Some(Finish::Stop);
     } else if g.tokens.len() >= g.cmd.max_tokens as usize
         || g.past_len + 1 >= gen_cfg.context_length
@@ -153,6 +163,30 @@ pub(super) fn take_token(sh: &LlmShared, g: &mut Generation, logits: &mut [f32])
     StepOutput {
         token: Some((token, piece.text)),
     }
+}
+
+/// The tool hook before sampling: with tools enabled, every token the
+/// grammar does not allow next gets -inf (computed in place, no waiting).
+fn tools_mask(g: &mut Generation, logits: &mut [f32]) -> Result<(), ToolError> {
+    match g.tools.as_deref_mut() {
+        Some(run) => run.mask(logits),
+        None => Ok(()),
+    }
+}
+
+/// The tool hook after sampling: advances the grammar; a closed call is
+/// gated here and waits in the run for egress.
+fn tools_commit(g: &mut Generation, token: u32) -> Result<Committed, ToolError> {
+    match g.tools.as_deref_mut() {
+        Some(run) => run.commit(&g.cmd.id, token, Instant::now()),
+        None => Ok(Committed::Continue),
+    }
+}
+
+fn tool_failed(g: &mut Generation, e: ToolError) -> StepOutput {
+    g.error = Some(e.rejection());
+    g.finished = Some(Finish::Error);
+    StepOutput { token: None }
 }
 
 /// Builds and warms up a worker's session for generation pipeline `cfg`.
