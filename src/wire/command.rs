@@ -452,4 +452,43 @@ mod tests {
             ErrorCode::PromptTooLong
         );
     }
+
+    #[test]
+    fn tool_fields_are_all_or_nothing_and_tool_messages_name_their_tool() {
+        let c = parse(
+            br#"{"id":"p","prompt":"go","tools":["move_arm"],"tool_choice":"required","dry_run":true,"max_steps":2}"#,
+            &limits(),
+        )
+        .unwrap();
+        let t = c.tools.unwrap();
+        assert_eq!(
+            (t.tools, t.dry_run, t.max_steps),
+            (vec!["move_arm".to_string()], true, Some(2))
+        );
+        assert!(
+            parse(br#"{"id":"p","prompt":"go"}"#, &limits())
+                .unwrap()
+                .tools
+                .is_none()
+        );
+        let ok = r#"{"id":"p","tools":["a"],"messages":[{"role":"user","content":"go"},{"role":"tool","name":"a","content":"done"}]}"#;
+        assert_eq!(
+            parse(ok.as_bytes(), &limits()).unwrap().messages[1]
+                .name
+                .as_deref(),
+            Some("a")
+        );
+        for bad in [
+            r#"{"id":"p","prompt":"go","tool_choice":"auto"}"#,
+            r#"{"id":"p","prompt":"go","dry_run":true}"#,
+            r#"{"id":"p","prompt":"go","tools":[]}"#,
+            r#"{"id":"p","prompt":"go","tools":["a"],"stop":["x"]}"#,
+            r#"{"id":"p","messages":[{"role":"tool","content":"done"}],"tools":["a"]}"#,
+            r#"{"id":"p","messages":[{"role":"tool","name":"b","content":"done"}],"tools":["a"]}"#,
+            r#"{"id":"p","messages":[{"role":"tool","name":"a","content":"done"}]}"#,
+            r#"{"id":"p","messages":[{"role":"user","name":"a","content":"go"}],"tools":["a"]}"#,
+        ] {
+            assert_eq!(code(bad), ErrorCode::BadToolRequest, "{bad}");
+        }
+    }
 }

@@ -220,3 +220,161 @@ pub fn prepare(
     });
     Ok((messages, run))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use llguidance::toktrie::{ApproximateTokEnv, TokEnv};
+
+    use super::*;
+    use crate::config::RawTool;
+
+    fn pipe() -> (PipeTools, TokEnv) {
+        let raw = RawTool {
+            name: "move_arm".into(),
+            description: "Move the gripper.".into(),
+            schema: PathBuf::from("config/tools/move_arm.json"),
+            key: "robot/arm/cmd".into(),
+            rate_per_s: None,
+            burst: Some(2),
+            dry_run: None,
+        };
+        let set =
+            Arc::new(ToolSet::load("chat", &[raw], Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap());
+        let env = ApproximateTokEnv::single_byte_env();
+        let pipe = PipeTools {
+            constrainer: Constrainer::new(env.clone()).unwrap(),
+            gate: Arc::new(ToolGate::new(set.clone(), Instant::now())),
+            set,
+            max_steps: 2,
+        };
+        (pipe, env)
+    }
+
+    fn msg(role: &str, content: &str, name: Option<&str>) -> Message {
+        Message {
+            role: role.into(),
+            content: content.into(),
+            name: name.map(String::from),
+        }
+    }
+
+    fn req(max_steps: Option<u32>, dry_run: bool) -> ToolRequest {
+        ToolRequest {
+            tools: vec!["move_arm".into()],
+            tool_choice: Some(serde_json::json!("required")),
+            dry_run,
+            max_steps,
+        }
+    }
+
+    /// Feeds `text` byte by byte through the run as the decode loop does.
+    fn write(run: &mut ToolRun, env: &TokEnv, text: &str) -> Result<Vec<Committed>, ToolError> {
+        let mut out = Vec::new();
+        for t in env.tokenize(text) {
+            let mut logits = vec![0.0f32; env.tok_trie().vocab_size()];
+            run.mask(&mut logits)?;
+            if logits[t as usize] == f32::NEG_INFINITY {
+                return Err(ToolError::Grammar(format!("masked at {t}")));
+            }
+            out.push(run.commit("p1", t, Instant::now())?);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn a_step_offers_the_tools_and_gates_the_closed_call() {
+        let (pipe, env) = pipe();
+        let user = [msg("user", "Pick up the cube.", None)];
+        let (m, run) = prepare(Some(&pipe), &req(None, true), &user).unwrap();
+        assert!(m[0].role == "system" && m[0].content.contains("<tools>"));
+        let mut run = run.expect("required: a grammar");
+        let call = "<tool_call>[{\"name\": \"move_arm\", \"arguments\": {\"x\": 0.3, \"y\": 0.1, \"z\": 0.05, \"gripper\": \"close\"}}]</tool_call>";
+        let steps = write(&mut run, &env, call).unwrap();
+        assert_eq!(steps.last(), Some(&Committed::Call));
+        let a = run.take_admitted().expect("admitted");
+        assert_eq!(a.call_id(), "p1.call0");
+        assert!(a.publication().is_none(), "the command asked for a dry run");
+        assert!(run.take_admitted().is_none(), "taken once");
+    }
+
+    #[test]
+    fn results_count_steps_and_a_spent_budget_allows_words_only() {
+        let (pipe, env) = pipe();
+        let conv = [
+            msg("user", "Pick up the cube.", None),
+            msg("assistant", "<tool_call>[…]</tool_call>", None),
+            msg("tool", "done", Some("move_arm")),
+        ];
+        let (m, run) = prepare(Some(&pipe), &req(Some(2), false), &conv).unwrap();
+        assert!(m.last().unwrap().content.starts_with("<tool_response>"));
+        assert!(!m.last().unwrap().content.contains("plain words"));
+        let mut run = run.unwrap();
+        let call = "<tool_call>[{\"name\": \"move_arm\", \"arguments\": {\"x\": 0.1, \"y\": 0.1, \"z\": 0.1, \"gripper\": \"open\"}}]</tool_call>";
+        write(&mut run, &env, call).unwrap();
+        assert_eq!(run.take_admitted().unwrap().call_id(), "p1.call1");
+
+        let (m, run) = prepare(Some(&pipe), &req(Some(1), false), &conv).unwrap();
+        assert!(
+            m.last()
+                .unwrap()
+                .content
+                .ends_with("Answer in plain words.")
+        );
+        let mut run = run.unwrap();
+        assert!(write(&mut run, &env, "<").is_err(), "no call can open");
+        let (_, run) = prepare(Some(&pipe), &req(Some(1), false), &conv).unwrap();
+        assert!(write(&mut run.unwrap(), &env, "Done.").is_ok());
+
+        let over = [conv[0].clone(), conv[2].clone(), conv[2].clone()];
+        let e = prepare(Some(&pipe), &req(Some(1), false), &over)
+            .err()
+            .unwrap();
+        assert_eq!(e.rejection().code, ErrorCode::BadToolRequest);
+    }
+
+    #[test]
+    fn requests_a_pipeline_cannot_serve_are_refused() {
+        let (pipe, _) = pipe();
+        let user = [msg("user", "hi", None)];
+        for (p, r) in [
+            (None, req(None, false)),
+            (Some(&pipe), req(Some(3), false)),
+            (
+                Some(&pipe),
+                ToolRequest {
+                    tools: vec!["fly".into()],
+                    ..req(None, false)
+                },
+            ),
+        ] {
+            let e = prepare(p, &r, &user).err().expect("refused");
+            assert_eq!(e.rejection().code, ErrorCode::BadToolRequest, "{e}");
+        }
+        let none = ToolRequest {
+            tool_choice: Some(serde_json::json!("none")),
+            ..req(None, false)
+        };
+        let (m, run) = prepare(Some(&pipe), &none, &user).unwrap();
+        assert!(
+            run.is_none() && m == user,
+            "none: no tools described, no grammar"
+        );
+        assert_eq!(
+            ToolError::Incomplete.rejection().code,
+            ErrorCode::ToolCallIncomplete
+        );
+        let r = ToolError::RateLimited {
+            tool: "move_arm".into(),
+            retry_ms: 5,
+        }
+        .rejection();
+        assert_eq!(r.code, ErrorCode::ToolCallRefused);
+        assert!(
+            r.message.starts_with("tool_rate_limited: "),
+            "{}",
+            r.message
+        );
+    }
+}
