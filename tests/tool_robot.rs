@@ -114,12 +114,47 @@ async fn the_robot_receives_exactly_the_validated_calls_in_order() {
     let everything = subscribe(&c, "**").await;
     let errors = subscribe(&c, "t/llm/out/error").await;
     matched(daemon.zenoh_session(), ARM).await;
-
-    // Step 1 of a plan: a required call, published.
     let pick = "Pick up the red cube at x=0.3, y=0.1, z=0.05.";
-    let s1 = run(
+    let s1 = first_step(&c, &errors, pick).await;
+    let call1 = &s1.calls[0];
+    nothing_published(&c, &errors, pick).await;
+    answer_step(&c, &errors, pick, &s1.end["text"]).await;
+    // A second published call, from another plan.
+    let s6 = run(
         &c,
         &errors,
+        json!({"id": "p2", "prompt": "Move the gripper to x=0.2, y=-0.3, z=0.4 and keep it.",
+        "tools": ["move_arm", "stop_base"], "tool_choice": {"name": "move_arm"}}),
+    )
+    .await;
+    assert_eq!(s6.calls.len(), 1, "{}", s6.end);
+    let call2 = &s6.calls[0];
+    in_range(&call2["arguments"]);
+
+    // The robot: exactly the two published calls, in order, as reported.
+    let want: Vec<(String, Value)> = [call1, call2]
+        .iter()
+        .map(|c| {
+            (
+                ARM.to_string(),
+                json!({"call_id": c["call_id"], "name": c["name"], "arguments": c["arguments"]}),
+            )
+        })
+        .collect();
+    assert_eq!(received(&robot).await, want);
+    let outside = outside_allow_list(&everything).await;
+    assert!(
+        outside.is_empty(),
+        "published outside the allow-list: {outside:?}"
+    );
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Step 1 of a plan: a required call, published.
+async fn first_step(c: &zenoh::Session, errors: &Sub, pick: &str) -> Step {
+    let s1 = run(
+        c,
+        errors,
         json!({"id": "p1", "prompt": pick, "tools": ["move_arm"],
         "tool_choice": "required", "max_steps": 1}),
     )
@@ -142,11 +177,15 @@ async fn the_robot_receives_exactly_the_validated_calls_in_order() {
         s1.text
     );
     assert_eq!(s1.text, s1.end["text"].as_str().unwrap());
+    s1
+}
 
+/// A dry run, a call cut short and a refused command publish nothing.
+async fn nothing_published(c: &zenoh::Session, errors: &Sub, pick: &str) {
     // A dry run (named tool): reported, not published.
     let s2 = run(
-        &c,
-        &errors,
+        c,
+        errors,
         json!({"id": "d1", "prompt": "Stop the base, a person is in the way.",
         "tools": ["stop_base"], "tool_choice": {"name": "stop_base"}, "dry_run": true}),
     )
@@ -156,8 +195,8 @@ async fn the_robot_receives_exactly_the_validated_calls_in_order() {
 
     // Cut short inside the call: an error, nothing published.
     let s3 = run(
-        &c,
-        &errors,
+        c,
+        errors,
         json!({"id": "cut", "prompt": pick, "tools": ["move_arm"],
         "tool_choice": "required", "max_tokens": 4}),
     )
@@ -168,18 +207,20 @@ async fn the_robot_receives_exactly_the_validated_calls_in_order() {
 
     // A tool the pipeline does not offer: refused at intake.
     let s4 = run(
-        &c,
-        &errors,
+        c,
+        errors,
         json!({"id": "bad", "prompt": pick, "tools": ["fly"]}),
     )
     .await;
     assert_eq!(s4.end["code"], "bad_tool_request", "{}", s4.end);
+}
 
-    // Step 2 of the plan: the result fed back, budget spent: words only.
-    let s5 = run(&c, &errors, json!({"id": "p1", "tools": ["move_arm"], "max_steps": 1,
+/// Step 2 of the plan: the result fed back, budget spent: words only.
+async fn answer_step(c: &zenoh::Session, errors: &Sub, pick: &str, call_text: &Value) {
+    let s5 = run(c, errors, json!({"id": "p1", "tools": ["move_arm"], "max_steps": 1,
         "max_tokens": 40, "messages": [
             {"role": "user", "content": pick},
-            {"role": "assistant", "content": s1.end["text"]},
+            {"role": "assistant", "content": call_text},
             {"role": "tool", "name": "move_arm", "content": "done: the gripper closed on the red cube"}]})).await;
     assert!(s5.calls.is_empty(), "the answer step cannot call");
     assert!(
@@ -188,41 +229,24 @@ async fn the_robot_receives_exactly_the_validated_calls_in_order() {
         s5.end
     );
     assert!(!s5.text.starts_with('<'), "{}", s5.text);
+}
 
-    // A second published call, from another plan.
-    let s6 = run(
-        &c,
-        &errors,
-        json!({"id": "p2", "prompt": "Move the gripper to x=0.2, y=-0.3, z=0.4 and keep it.",
-        "tools": ["move_arm", "stop_base"], "tool_choice": {"name": "move_arm"}}),
-    )
-    .await;
-    assert_eq!(s6.calls.len(), 1, "{}", s6.end);
-    let call2 = &s6.calls[0];
-    in_range(&call2["arguments"]);
-
-    // The robot: exactly the two published calls, in order, as reported.
+/// What the robot received (key, payload), in order.
+async fn received(robot: &Sub) -> Vec<(String, Value)> {
     let mut got = Vec::new();
-    while let Some(s) = try_sample(&robot, Duration::from_millis(500)).await {
+    while let Some(s) = try_sample(robot, Duration::from_millis(500)).await {
         got.push((
             s.key_expr().as_str().to_string(),
             serde_json::from_slice::<Value>(&s.payload().to_bytes()).unwrap(),
         ));
     }
-    let want: Vec<(String, Value)> = [call1, call2]
-        .iter()
-        .map(|c| {
-            (
-                ARM.to_string(),
-                json!({"call_id": c["call_id"], "name": c["name"], "arguments": c["arguments"]}),
-            )
-        })
-        .collect();
-    assert_eq!(got, want);
+    got
+}
 
-    // The allow-list: the daemon published only on its outputs and the tool key.
+/// Keys the daemon published on besides its outputs and the tool key.
+async fn outside_allow_list(everything: &Sub) -> Vec<String> {
     let mut outside = Vec::new();
-    while let Some(s) = try_sample(&everything, Duration::from_millis(100)).await {
+    while let Some(s) = try_sample(everything, Duration::from_millis(100)).await {
         let k = s.key_expr().as_str();
         if !(k.starts_with("t/llm/out/")
             || k == ARM
@@ -232,11 +256,7 @@ async fn the_robot_receives_exactly_the_validated_calls_in_order() {
             outside.push(k.to_string());
         }
     }
-    assert!(
-        outside.is_empty(),
-        "published outside the allow-list: {outside:?}"
-    );
-    daemon.shutdown(Duration::from_secs(5)).await;
+    outside
 }
 
 async fn try_sample(sub: &Sub, wait: Duration) -> Option<zenoh::sample::Sample> {
