@@ -270,6 +270,7 @@ fn long_prompt(tokens: usize) -> Result<String> {
         let msg = reflexd::wire::command::Message {
             role: "user".into(),
             content: text.clone(),
+            name: None,
         };
         match llm.prompt_ids(&[msg], usize::MAX) {
             Ok(ids) if ids.len() <= tokens => n += 1,

@@ -8,7 +8,9 @@
 # a question: its tokens, one line each, appear between the VAD and text
 # detector lines, decoded on the same worker as the camera without delaying
 # either sensor. After the simulator, a second question streams as running
-# text, the way a person uses `reflexd prompt`.
+# text, the way a person uses `reflexd prompt`. Last, a robot plan:
+# "pick up the red cube" → a validated move_arm call published on
+# robot/arm/cmd → the result fed back → a final answer (scripts/plan_demo.py).
 #
 #   scripts/demo.sh                  # 15 s of traffic on tcp/127.0.0.1:7447
 #   DEMO_SECONDS=60 scripts/demo.sh  # longer run
@@ -199,6 +201,17 @@ if [[ $prompt_status -eq 0 ]]; then
     "$DAEMON_BIN" prompt --id demo-2 --max-tokens 96 "In one sentence, what does a voice activity detector do?" || prompt_status=$?
 fi
 
+# ---- a robot plan with tool calls --------------------------------------------
+# "pick up the red cube" → a move_arm call, constrained to its JSON Schema,
+# validated and published on robot/arm/cmd → the script's robot receives it
+# and answers → the result fed back → a final answer (docs/tools.md).
+plan_status=0
+if [[ $prompt_status -eq 0 ]]; then
+    say "a plan with tool calls (scripts/plan_demo.py): pick up the red cube"
+    PY="${REFLEXD_PYTHON:-$HOME/.cache/reflexd/v1/venv/bin/python}"
+    "$PY" scripts/plan_demo.py || plan_status=$?
+fi
+
 # ---- stop -------------------------------------------------------------------
 # A daemon that died mid-run can still leave the simulator with one answer per
 # pipeline; it must not pass as a good demo.
@@ -218,6 +231,9 @@ if [[ $sim_status -ne 0 ]]; then
 fi
 if [[ $prompt_status -ne 0 ]]; then
     fail "reflexd prompt exited with status $prompt_status (its error is printed above)"
+fi
+if [[ $plan_status -ne 0 ]]; then
+    fail "the tool-call plan (scripts/plan_demo.py) exited with status $plan_status"
 fi
 if [[ $daemon_status -ne 0 ]]; then
     fail "reflexd exited with status $daemon_status after SIGTERM"

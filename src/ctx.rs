@@ -13,6 +13,7 @@ use crate::config::{Config, GeneratorConfig, PipelineConfig};
 use crate::infer::{Spec, StreamState};
 use crate::job::Job;
 use crate::llm::registry::Registry;
+use crate::llm::tools::PipeTools;
 use crate::llm::{DecodeBatch, DecodeSlots, Generation, LlmShared};
 use crate::obs::batch::{BatchStats, DecodeStats};
 use crate::obs::health::Progress;
@@ -77,6 +78,9 @@ pub struct GenPipe {
     pub stats: PipelineStats,
     /// Repeated failure logs, rate-limited per code.
     pub log: LogLimiter,
+    /// `[[pipeline.tool]]`: grammar compiler, gate and rate limiters
+    /// (`None` when the pipeline offers no tools).
+    pub tools: Option<PipeTools>,
 }
 
 impl GenPipe {

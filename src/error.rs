@@ -75,10 +75,24 @@ pub enum ErrorCode {
     /// The model's output does not fit the pipeline's answer stage (rank,
     /// layout or class count): a model/config mismatch, not a client error.
     BadOutput,
+    /// A generation command's tool fields are wrong: a tool the pipeline
+    /// does not offer, a bad `tool_choice`, a `max_steps` over the
+    /// pipeline's budget, a `tool` message without its tool, or `stop`
+    /// with tools.
+    BadToolRequest,
+    /// The model wrote a call that the gate refused (arguments failing the
+    /// schema, a tool not enabled, the tool's rate limit, or the grammar
+    /// engine failing); the message starts with the finer reason
+    /// (`tool_call_invalid`, `tool_not_allowed`, `tool_rate_limited`,
+    /// `tool_call_parse`, `tool_grammar`). Nothing was published.
+    ToolCallRefused,
+    /// The generation ended (length, deadline, cancel) while the model was
+    /// still writing a call; nothing was published.
+    ToolCallIncomplete,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::EmptyPayload,
         ErrorCode::PayloadTooLarge,
         ErrorCode::BadPayload,
@@ -107,6 +121,9 @@ impl ErrorCode {
         ErrorCode::ImageTooLarge,
         ErrorCode::CorruptImage,
         ErrorCode::BadOutput,
+        ErrorCode::BadToolRequest,
+        ErrorCode::ToolCallRefused,
+        ErrorCode::ToolCallIncomplete,
     ];
 
     /// The stable string used on the wire and in metrics.
@@ -140,6 +157,9 @@ impl ErrorCode {
             ErrorCode::ImageTooLarge => "image_too_large",
             ErrorCode::CorruptImage => "corrupt_image",
             ErrorCode::BadOutput => "bad_output",
+            ErrorCode::BadToolRequest => "bad_tool_request",
+            ErrorCode::ToolCallRefused => "tool_call_refused",
+            ErrorCode::ToolCallIncomplete => "tool_call_incomplete",
         }
     }
 

@@ -34,7 +34,7 @@ fn documented_codes(doc: &str) -> Vec<String> {
 }
 
 /// Every code this file triggers over zenoh.
-const TRIGGERED: [&str; 28] = [
+const TRIGGERED: [&str; 31] = [
     "empty_payload",
     "payload_too_large",
     "bad_payload",
@@ -63,6 +63,9 @@ const TRIGGERED: [&str; 28] = [
     "image_too_large",
     "corrupt_image",
     "bad_output",
+    "bad_tool_request",
+    "tool_call_refused",
+    "tool_call_incomplete",
 ];
 
 #[test]
@@ -165,6 +168,12 @@ fn lab_config() -> String {
         output = "t/llm/out"
         max_generations = 2
         max_prompt_chars = 200
+        [[pipeline.tool]]
+        name = "ping"
+        description = "Check that the robot answers."
+        schema = "tests/data/tools/ping.json"
+        key = "t/robot/ping"
+        rate_per_s = 0.001
         "#,
         test_model("faulty.onnx"),
         test_model("detect.onnx"),
@@ -454,6 +463,26 @@ async fn generation_codes(lab: &mut Lab) {
         .await;
         lab.gen_msg(id, |_, v| v["done"] == true).await;
     }
+    tool_codes(lab).await;
+}
+
+/// The tool codes, with the shortest call there is (`ping`, no arguments).
+async fn tool_codes(lab: &mut Lab) {
+    let bad = json!({"id": "tb", "prompt": "x", "tools": ["fly"]}).to_string();
+    lab.command("bad_tool_request", Some("tb"), bad).await;
+    let ping = |id: &str, max_tokens: u32| {
+        json!({"id": id, "prompt": "Ping the robot.", "tools": ["ping"],
+               "tool_choice": "required", "max_tokens": max_tokens})
+        .to_string()
+    };
+    lab.command("tool_call_incomplete", Some("tc"), ping("tc", 2))
+        .await;
+    // rate_per_s = 0.001, burst 1: the first call goes out, the next is refused.
+    put(&lab.c, "t/llm/cmd", ping("p0", 48).into_bytes()).await;
+    let first = lab.gen_msg("p0", |_, v| v["done"] == true).await;
+    assert_eq!(first["finish_reason"], "tool_call", "{first}");
+    lab.command("tool_call_refused", Some("p1"), ping("p1", 48))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

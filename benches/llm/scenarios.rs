@@ -203,6 +203,7 @@ pub fn llm_prompt_text(dir: &Path, question: &str) -> Result<String> {
     let msg = reflexd::wire::command::Message {
         role: "user".into(),
         content: question.into(),
+        name: None,
     };
     Ok(files.generation.chat_template.render(&[msg]))
 }

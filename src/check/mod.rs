@@ -16,6 +16,7 @@ use crate::infer::profile::{self, Profile};
 use crate::infer::warm::{load_and_warm, load_ocr};
 use crate::infer::{Spec, ep, runtime};
 use crate::io::zenoh::zenoh_config;
+use crate::llm::tools::ToolSet;
 use crate::llm::{self, LlmShared, ModelFiles};
 
 mod stages;
@@ -54,8 +55,33 @@ pub fn check(config: &Config) -> Result<String, StartError> {
         let shared = Arc::new(LlmShared::new(&files).map_err(err)?);
         let (_model, provider) = llm::load(&env, g, &config.runtime, &shared, &files.onnx)?;
         describe_generator(&mut out, config, g, &shared, provider);
+        describe_tools(&mut out, g)?;
     }
     Ok(out)
+}
+
+/// The tools a generation pipeline offers, after the same schema checks
+/// as start-up: the complete list of keys the model can ever reach.
+fn describe_tools(out: &mut String, g: &GeneratorConfig) -> Result<(), StartError> {
+    if g.tools.is_empty() {
+        return Ok(());
+    }
+    let set = ToolSet::load(&g.name, &g.tools, std::path::Path::new(""))
+        .map_err(|e| StartError::Tools(e.to_string()))?;
+    let _ = writeln!(out, "  tools (max_tool_steps {}):", g.max_tool_steps);
+    for t in set.iter() {
+        let _ = writeln!(
+            out,
+            "    {} → {}  rate {}/s burst {}{}  schema {}",
+            t.name,
+            t.key,
+            t.rate.per_s,
+            t.rate.burst,
+            if t.dry_run { "  dry_run" } else { "" },
+            t.schema_path.display()
+        );
+    }
+    Ok(())
 }
 
 fn describe_tensor(out: &mut String, config: &Config, p: &PipelineConfig, spec: &Spec) {

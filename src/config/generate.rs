@@ -81,6 +81,7 @@ pub(super) fn generator_config(
             format!("= {max_unsent}: at least 3 (one step's token, held-back text and the final message)"),
         ));
     }
+    let (tools, max_tool_steps) = tools(&at, p.tool, p.max_tool_steps, base, max_unsent)?;
     Ok(GeneratorConfig {
         name: c.name,
         model: c.model,
@@ -113,6 +114,8 @@ pub(super) fn generator_config(
         draft_tokens,
         prefix_cache_tokens: p.prefix_cache_tokens.unwrap_or(DEFAULT_PREFIX_CACHE_TOKENS),
         allowed_levels: Vec::new(),
+        tools,
+        max_tool_steps,
     })
 }
 
@@ -149,6 +152,39 @@ fn speculation(
         }
     };
     Ok(s)
+}
+
+/// Default and ceiling of a plan's step budget.
+pub const DEFAULT_MAX_TOOL_STEPS: u32 = 4;
+pub const MAX_TOOL_STEPS: u32 = 32;
+
+/// Stage one of `[[pipeline.tool]]`: schema paths made absolute and the
+/// plan budget bounded. The schemas themselves are compiled at start-up
+/// (`llm::tools::ToolSet::load`), which needs the grammar engine.
+fn tools(
+    at: &At,
+    mut raw: Vec<RawTool>,
+    max_steps: Option<u32>,
+    base: &Path,
+    max_unsent: usize,
+) -> Result<(Vec<RawTool>, u32), ConfigError> {
+    let steps = max_steps.unwrap_or(DEFAULT_MAX_TOOL_STEPS);
+    if !(1..=MAX_TOOL_STEPS).contains(&steps) {
+        return Err(at.err(
+            "max_tool_steps",
+            format!("= {steps}: expected 1..={MAX_TOOL_STEPS}"),
+        ));
+    }
+    if !raw.is_empty() && max_unsent < 4 {
+        return Err(at.err(
+            "max_unsent",
+            format!("= {max_unsent}: at least 4 with tools (a step that closes a call also queues the call)"),
+        ));
+    }
+    for t in &mut raw {
+        t.schema = base.join(&t.schema);
+    }
+    Ok((raw, steps))
 }
 
 /// The cancel and query keys (defaults beside the command topic).

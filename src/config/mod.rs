@@ -147,6 +147,12 @@ pub struct GeneratorConfig {
     /// Levels a command may ask for with `priority`: the pipeline's own and
     /// lower ones whose every worker also holds this model's session.
     pub allowed_levels: Vec<usize>,
+    /// `[[pipeline.tool]]` entries, schema paths made absolute (relative
+    /// to the config file); validated at start-up by
+    /// `llm::tools::ToolSet::load`.
+    pub tools: Vec<RawTool>,
+    /// Most tool calls in one plan (a command's `max_steps` ceiling).
+    pub max_tool_steps: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -275,6 +275,35 @@ pub struct RawGeneratePipeline {
     pub draft_tokens: Option<usize>,
     pub draft_model: Option<PathBuf>,
     pub prefix_cache_tokens: Option<usize>,
+    /// Most tool calls in one plan (default and ceiling of a command's
+    /// `max_steps`).
+    pub max_tool_steps: Option<u32>,
+    /// `[[pipeline.tool]]`: what the model may ask the robot to do.
+    #[serde(default)]
+    pub tool: Vec<RawTool>,
+}
+
+/// One `[[pipeline.tool]]` entry as written in the config file. Stage two
+/// (schema files, grammar) is `llm::tools::ToolSet::load`, run at start-up
+/// and by `reflexd check`: it needs the grammar engine, which lives above
+/// the config layer.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawTool {
+    /// What the model writes as `"name"`: `[A-Za-z_][A-Za-z0-9_]*`.
+    pub name: String,
+    /// Shown to the model in the system prompt.
+    pub description: String,
+    /// JSON Schema of the arguments (a file; relative to the config file).
+    pub schema: PathBuf,
+    /// Zenoh key where an admitted call is published (no wildcards).
+    pub key: String,
+    /// Sustained calls per second (default 1).
+    pub rate_per_s: Option<f64>,
+    /// Calls allowed back to back (default 1).
+    pub burst: Option<u32>,
+    /// Validate and report calls but never publish them (default false).
+    pub dry_run: Option<bool>,
 }
 
 /// One execution provider, by `kind`.

@@ -43,6 +43,9 @@ pub enum StartError {
     Mlock(String),
     #[error("metrics: {0}")]
     Metrics(String),
+    /// A `[[pipeline.tool]]` entry or its schema is unusable.
+    #[error("{0}")]
+    Tools(String),
 }
 
 /// One step of start-up, reported before it begins (model loads and
@@ -90,6 +93,9 @@ impl Daemon {
         config: Config,
         observe: &(dyn Fn(StartStep<'_>) + Send + Sync),
     ) -> Result<Daemon, StartError> {
+        // Tool schemas first: a bad schema is reported in milliseconds,
+        // not after minutes of model loading.
+        let tool_sets = start::tool_sets(&config)?;
         let (env, _) = runtime::environment(config.runtime.onnxruntime.as_deref())?;
         let session = open_session(&config).await?;
         let mut prog = start::progressing(&config, observe);
@@ -108,7 +114,7 @@ impl Daemon {
             })
             .collect();
         let tensors = start::tensor_pipes(&env, &config, &mut workers, &mut prog)?;
-        let gens = start::gen_pipes(&env, &config, &mut workers, &mut prog)?;
+        let gens = start::gen_pipes(&env, &config, &mut workers, &mut prog, tool_sets)?;
         if config.runtime.mlockall {
             start::lock_memory()?;
         }

@@ -4,6 +4,7 @@
 //! start the workers, then open intake (subscribers and queryables) last, so
 //! nothing arrives before a model is warm.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
@@ -16,6 +17,8 @@ use crate::ctx::{Ctx, GenPipe, Sched, TensorPipe};
 use crate::infer::engine::EngineError;
 use crate::infer::warm::{load_and_warm, load_ocr};
 use crate::llm::registry::Registry;
+use crate::llm::tools::run::ModelVocab;
+use crate::llm::tools::{PipeTools, ToolSet};
 use crate::llm::{self, DecodeSlots, LlmShared, ModelFiles};
 use crate::obs::batch::{BatchStats, DecodeStats};
 use crate::obs::health::Progress;
@@ -134,15 +137,53 @@ pub(super) fn tensor_pipes(
     Ok(pipes)
 }
 
+/// Stage two of every `[[pipeline.tool]]`: schema files read and compiled
+/// (validator and grammar); one entry per generation pipeline.
+pub(super) fn tool_sets(config: &Config) -> Result<Vec<Option<Arc<ToolSet>>>, StartError> {
+    config
+        .generators
+        .iter()
+        .map(|g| {
+            if g.tools.is_empty() {
+                return Ok(None);
+            }
+            ToolSet::load(&g.name, &g.tools, Path::new(""))
+                .map(|s| Some(Arc::new(s)))
+                .map_err(|e| StartError::Tools(e.to_string()))
+        })
+        .collect()
+}
+
+/// The pipeline's tools over the model's vocabulary (~0.3 s: every
+/// token's bytes into llguidance's trie).
+fn pipe_tools(
+    g: &GeneratorConfig,
+    set: Option<Arc<ToolSet>>,
+    files: &ModelFiles,
+    shared: &LlmShared,
+) -> Result<Option<PipeTools>, StartError> {
+    let Some(set) = set else { return Ok(None) };
+    let vocab = ModelVocab {
+        tokenizer_json: &files.tokenizer,
+        tokenizer: shared.tokenizer.clone(),
+        stop_ids: &shared.generation.stop_token_ids,
+        logits_width: shared.generation.vocab_size,
+    };
+    PipeTools::new(set, vocab, g.max_tool_steps)
+        .map(Some)
+        .map_err(|e| StartError::Tools(format!("pipeline {:?}: {e}", g.name)))
+}
+
 /// Loads every generation pipeline's session on each worker that serves it.
 pub(super) fn gen_pipes(
     env: &Environment,
     config: &Config,
     workers: &mut [Worker],
     prog: &mut Progressing,
+    tool_sets: Vec<Option<Arc<ToolSet>>>,
 ) -> Result<Vec<GenPipe>, StartError> {
     let mut pipes = Vec::new();
-    for g in &config.generators {
+    for (g, set) in config.generators.iter().zip(tool_sets) {
         let files = ModelFiles::open(&g.model).map_err(|reason| EngineError::Interface {
             pipeline: g.name.clone(),
             reason: format!("cannot open the converted model directory: {reason}"),
@@ -152,6 +193,7 @@ pub(super) fn gen_pipes(
             path: files.tokenizer.display().to_string(),
             reason,
         })?);
+        let tools = pipe_tools(g, set, &files, &shared)?;
         let mut provider = "";
         for w in workers.iter_mut() {
             if config.workers[w.id].levels.contains(&g.level) {
@@ -164,7 +206,9 @@ pub(super) fn gen_pipes(
             }
         }
         tracing::info!(pipeline = %g.name, provider, model = %shared.generation.model_name, "generation pipeline ready");
-        pipes.push(gen_pipe(config, g, shared, provider));
+        let mut pipe = gen_pipe(config, g, shared, provider);
+        pipe.tools = tools;
+        pipes.push(pipe);
     }
     Ok(pipes)
 }
@@ -200,6 +244,7 @@ fn gen_pipe(
         cfg: g.clone(),
         llm,
         provider,
+        tools: None,
     }
 }
 

@@ -12,7 +12,7 @@ use zenoh::Wait;
 use super::egress;
 use crate::ctx::{Ctx, Delivery};
 use crate::error::{ErrorCode, Rejection};
-use crate::llm::Generation;
+use crate::llm::{Generation, tools};
 use crate::wire::command::{self, Command};
 use crate::wire::reply;
 
@@ -93,19 +93,32 @@ fn accept(
     let cmd = command::parse(bytes, &gp.limits).map_err(|r| (r, command::salvage_id(bytes)))?;
     let level = level(ctx, gi, &cmd)?;
     let id = cmd.id.clone();
+    // Tools: the prompt offers them and the step's grammar is compiled
+    // here (~2 ms), so a worker only masks.
+    let (messages, tools) = match &cmd.tools {
+        Some(req) => tools::run::prepare(gp.tools.as_ref(), req, &cmd.messages)
+            .map_err(|e| (e.rejection(), Some(id.clone())))?,
+        None => (Vec::new(), None),
+    };
+    let messages = if cmd.tools.is_some() {
+        &messages
+    } else {
+        &cmd.messages
+    };
     // Tokenized here, bounded in tokens after the chat template, so an
     // over-long prompt is refused before any worker spends a prefill on it.
     let prompt = gp
         .llm
-        .prompt_ids(&cmd.messages, gp.max_prompt_tokens)
+        .prompt_ids(messages, gp.max_prompt_tokens)
         .map_err(|r| (r, Some(id.clone())))?;
     let (route, cancel) = gp
         .registry
         .register(&id, delivery(&cmd))
         .map_err(|r| (r, Some(id.clone())))?;
-    let g = Box::new(Generation::new(
+    let mut g = Box::new(Generation::new(
         gi, level, cmd, cancel, received, route, prompt,
     ));
+    g.tools = tools;
     ctx.sched.submit_gen(level, g).map_err(|(rej, _)| {
         // The delivery went into the slot: a query still gets its answer.
         let d = gp.registry.slot(route).delivery().take();

@@ -40,7 +40,9 @@ pub fn tensor(p: &PipelineConfig, spec: &Spec) -> Vec<ErrorCode> {
         // The model's output does not fit the answer stage.
         BadOutput => spec.answer.is_some(),
         BadCommand | EmptyPrompt | PromptTooLong | BadParameter | TooManyGenerations
-        | SlowConsumer | DuplicateId => false,
+        | SlowConsumer | DuplicateId | BadToolRequest | ToolCallRefused | ToolCallIncomplete => {
+            false
+        }
     };
     ErrorCode::ALL
         .into_iter()
@@ -51,27 +53,32 @@ pub fn tensor(p: &PipelineConfig, spec: &Spec) -> Vec<ErrorCode> {
 /// Codes a generation pipeline can answer with, in [`ErrorCode::ALL`] order.
 /// `busy` is left out: a generation's level queue is sized to hold every
 /// live generation, so the scheduler never refuses one for room.
-pub fn generate(_g: &GeneratorConfig) -> Vec<ErrorCode> {
+pub fn generate(g: &GeneratorConfig) -> Vec<ErrorCode> {
     use ErrorCode::*;
+    // Asking a pipeline without tools for tools is refused too; only a
+    // pipeline with tools can refuse or cut a written call.
+    let tools = !g.tools.is_empty();
     ErrorCode::ALL
         .into_iter()
         .filter(|c| {
-            matches!(
-                c,
-                EmptyPayload
-                    | PayloadTooLarge
-                    | BadCommand
-                    | EmptyPrompt
-                    | PromptTooLong
-                    | BadParameter
-                    | TooManyGenerations
-                    | DuplicateId
-                    | SlowConsumer
-                    | DeadlineExceeded
-                    | InferenceFailed
-                    | ShuttingDown
-                    | InternalError
-            )
+            (tools && matches!(c, ToolCallRefused | ToolCallIncomplete))
+                || matches!(
+                    c,
+                    BadToolRequest
+                        | EmptyPayload
+                        | PayloadTooLarge
+                        | BadCommand
+                        | EmptyPrompt
+                        | PromptTooLong
+                        | BadParameter
+                        | TooManyGenerations
+                        | DuplicateId
+                        | SlowConsumer
+                        | DeadlineExceeded
+                        | InferenceFailed
+                        | ShuttingDown
+                        | InternalError
+                )
         })
         .collect()
 }

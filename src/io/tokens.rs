@@ -25,6 +25,7 @@ use crate::config::Speculation;
 use crate::ctx::{Ctx, Delivery};
 use crate::error::ErrorCode;
 use crate::llm::registry::Out;
+use crate::llm::tools::ToolError;
 use crate::llm::{Finish, Generation, StepOutput, timing};
 use crate::obs::PipelineStats;
 use crate::wire::reply::{ErrorBody, FinalMsg, SpecReport, TokenMsg, Usage};
@@ -33,9 +34,11 @@ use crate::wire::reply::{ErrorBody, FinalMsg, SpecReport, TokenMsg, Usage};
 /// the detokenizer and the final message.
 pub const STEP_MESSAGES: usize = 3;
 
-/// Whether `g`'s outbox can take one more step's messages.
+/// Whether `g`'s outbox can take one more step's messages (one more with
+/// tools: the step that closes a call also queues the call).
 pub fn has_room(ctx: &Ctx, g: &Generation) -> bool {
-    ctx.gens[g.pipeline].registry.room(g.route) >= STEP_MESSAGES
+    let need = STEP_MESSAGES + usize::from(g.tools.is_some());
+    ctx.gens[g.pipeline].registry.room(g.route) >= need
 }
 
 /// Tokens `g`'s next step may produce: its outbox's room less the
@@ -82,13 +85,16 @@ fn piece(ctx: &Ctx, g: &Generation, seq: usize, token_id: Option<u32>, text: &st
 /// Ends a generation: flushes held text, counts it, reports an error on the
 /// error key, and queues the final message (its slot is freed when that is
 /// delivered).
-pub fn finish(ctx: &Ctx, mut g: Box<Generation>, reason: Finish) {
+pub fn finish(ctx: &Ctx, mut g: Box<Generation>, mut reason: Finish) {
     let rest = g.flush();
     if !rest.is_empty() {
         // Text the detokenizer held back (a possible stop-string prefix that
         // never completed) still belongs to the answer. It gets the next seq
         // and no token id: no new token produced it.
         piece(ctx, &g, g.tokens.len(), None, &rest);
+    }
+    if g.tools.is_some() {
+        reason = tool_call(ctx, &mut g, reason);
     }
     let gp = &ctx.gens[g.pipeline];
     let now = Instant::now();
@@ -194,6 +200,30 @@ fn record_cost(st: &PipelineStats, g: &Generation) {
     sp.actual_us.fetch_add((s.actual_ns / 1e3) as u64, Relaxed);
 }
 
+/// Queues an admitted call (its publication, then the client's `tool_call`
+/// message) ahead of the final message, so both leave through the slot's
+/// delivery thread, never from the worker. A generation that ended while
+/// a call was still being written ends as an error, `tool_call_incomplete`
+/// (the message names the original reason); nothing is published.
+fn tool_call(ctx: &Ctx, g: &mut Generation, reason: Finish) -> Finish {
+    let Some(run) = g.tools.as_deref_mut() else {
+        return reason;
+    };
+    if let Some(call) = run.take_admitted() {
+        let msg = serde_json::to_vec(&call.message(&g.cmd.id)).expect("a tool call serializes");
+        let publish = call.publication().map(|(k, body)| (k.to_string(), body));
+        push(ctx, g, Out::Call { publish, msg });
+        return reason;
+    }
+    if reason != Finish::Error && run.finish().is_err() {
+        let mut rej = ToolError::Incomplete.rejection();
+        rej.message = format!("{} ({})", rej.message, reason.as_str());
+        g.error = Some(rej);
+        return Finish::Error;
+    }
+    reason
+}
+
 /// Records a finished generation's latencies and token counts; the
 /// duration of a failed one goes under its error code.
 fn record(st: &PipelineStats, g: &Generation, now: Instant, failed: Option<ErrorCode>) {
@@ -249,6 +279,21 @@ fn send(session: &zenoh::Session, d: Option<&Delivery>, body: Vec<u8>) {
     }
 }
 
+/// Puts an admitted tool call on its configured key. Blocking congestion
+/// control: a robot command is never dropped silently (this thread waits,
+/// the worker does not).
+fn publish_call(session: &zenoh::Session, key: &str, body: Vec<u8>) {
+    let r = session
+        .put(key, body)
+        .congestion_control(CongestionControl::Block)
+        .priority(Priority::InteractiveHigh)
+        .express(true)
+        .wait();
+    if let Err(e) = r {
+        tracing::warn!(%key, error = %e, "cannot publish a tool call");
+    }
+}
+
 /// Drains slot `i` of pipeline `gi` until stopped and empty.
 fn deliver(ctx: &Ctx, gi: usize, i: usize, parker: &Parker, stop: &AtomicBool) {
     let reg = &ctx.gens[gi].registry;
@@ -257,6 +302,12 @@ fn deliver(ctx: &Ctx, gi: usize, i: usize, parker: &Parker, stop: &AtomicBool) {
         while let Some(out) = slot.pop() {
             match out {
                 Out::Msg(body) => send(&ctx.session, slot.delivery().as_ref(), body),
+                Out::Call { publish, msg } => {
+                    if let Some((key, body)) = publish {
+                        publish_call(&ctx.session, &key, body);
+                    }
+                    send(&ctx.session, slot.delivery().as_ref(), msg);
+                }
                 Out::Final(body) => {
                     // Freed before the final message goes out, so a client
                     // that has seen it can start its next generation.

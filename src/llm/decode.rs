@@ -14,6 +14,7 @@ use super::forward::Pass;
 use super::kv::KvCache;
 use super::sampling::{self, Scratch};
 use super::spec::{self, SpecMode};
+use super::tools::{Committed, ToolError};
 use super::{Finish, Generation, LlmModel, LlmShared, StepOutput};
 
 /// Plain steps after which draft-model speculation that switched itself
@@ -263,8 +264,19 @@ pub(super) fn take_token(
 ) -> u32 {
     let gen_cfg = &sh.generation;
     crate::fault::at(crate::fault::Stage::Sample, Some(&g.cmd.id));
+    if let Err(e) = tools_mask(g, logits) {
+        tool_failed(g, e);
+        return 0;
+    }
     let token = sampling::sample(logits, &g.history, &g.cmd.sampling, &mut g.rng, scratch);
     g.history.push(token);
+    let call = match tools_commit(g, token) {
+        Ok(c) => c,
+        Err(e) => {
+            tool_failed(g, e);
+            return token;
+        }
+    };
     if gen_cfg.stop_token_ids.contains(&token) {
         g.finished = Some(Finish::Stop);
         return token;
@@ -273,7 +285,9 @@ pub(super) fn take_token(
     g.next_input = Some(token);
     crate::fault::at(crate::fault::Stage::Detok, Some(&g.cmd.id));
     let piece = g.detok.push(token, |ids| sh.decode(ids));
-    if piece.stopped {
+    if call == Committed::Call {
+        g.finished = Some(Finish::ToolCall);
+    } else if piece.stopped {
         g.finished = Some(Finish::Stop);
     } else if g.tokens.len() >= g.cmd.max_tokens as usize
         || g.past_len + 1 >= gen_cfg.context_length
@@ -282,4 +296,27 @@ pub(super) fn take_token(
     }
     out.tokens.push((token, piece.text));
     token
+}
+
+/// The tool hook before sampling: with tools enabled, every token the
+/// grammar does not allow next gets -inf (computed in place, no waiting).
+fn tools_mask(g: &mut Generation, logits: &mut [f32]) -> Result<(), ToolError> {
+    match g.tools.as_deref_mut() {
+        Some(run) => run.mask(logits),
+        None => Ok(()),
+    }
+}
+
+/// The tool hook after sampling: advances the grammar; a closed call is
+/// gated here and waits in the run for egress.
+fn tools_commit(g: &mut Generation, token: u32) -> Result<Committed, ToolError> {
+    match g.tools.as_deref_mut() {
+        Some(run) => run.commit(&g.cmd.id, token, Instant::now()),
+        None => Ok(Committed::Continue),
+    }
+}
+
+fn tool_failed(g: &mut Generation, e: ToolError) {
+    g.error = Some(e.rejection());
+    g.finished = Some(Finish::Error);
 }

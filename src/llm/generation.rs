@@ -13,6 +13,7 @@ use super::detok::Detokenizer;
 use super::kv::KvCache;
 use super::sampling::Rng;
 use super::spec::SpecState;
+use super::tools::ToolRun;
 use crate::error::Rejection;
 use crate::obs::cost::Cost;
 use crate::wire::command::Command;
@@ -63,6 +64,8 @@ pub struct Generation {
     pub error: Option<Rejection>,
     /// Daemon event order of the latest step (see `Shared::order`).
     pub run_order: u64,
+    /// The grammar and gate of a step that enabled tools.
+    pub tools: Option<Box<ToolRun>>,
 }
 
 /// What one step produced: the tokens sampled (several after a verify
@@ -113,6 +116,7 @@ impl Generation {
             finished: None,
             error: None,
             run_order: 0,
+            tools: None,
         }
     }
 
@@ -140,9 +144,10 @@ impl Generation {
     }
 
     /// Greedy requests can speculate: verification keeps exactly the
-    /// tokens greedy decoding would choose.
+    /// tokens greedy decoding would choose. Not with tools: drafted tokens
+    /// would skip the grammar's mask and the call gate.
     pub fn is_greedy(&self) -> bool {
-        self.cmd.sampling.temperature <= 0.0
+        self.cmd.sampling.temperature <= 0.0 && self.tools.is_none()
     }
 }
 

@@ -27,6 +27,7 @@ pub mod prefix;
 pub mod registry;
 pub mod sampling;
 pub mod spec;
+pub mod tools;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -208,6 +209,9 @@ pub enum Finish {
     Deadline,
     Cancelled,
     Error,
+    /// The model wrote a tool call that passed the gate; the turn ends
+    /// there (the plan's next step is the client's next command).
+    ToolCall,
 }
 
 impl Finish {
@@ -218,6 +222,7 @@ impl Finish {
             Finish::Deadline => "deadline",
             Finish::Cancelled => "cancelled",
             Finish::Error => "error",
+            Finish::ToolCall => "tool_call",
         }
     }
 }

@@ -27,6 +27,12 @@ pub enum Out {
     Msg(Vec<u8>),
     /// The final message: after it is delivered the slot is free again.
     Final(Vec<u8>),
+    /// An admitted tool call: `publish` (key, payload; `None` for a dry
+    /// run) goes out first, then `msg` to the client.
+    Call {
+        publish: Option<(String, Vec<u8>)>,
+        msg: Vec<u8>,
+    },
 }
 
 pub struct Slot<D> {
@@ -219,7 +225,7 @@ mod tests {
         assert_eq!(r.room(i), 0);
         let got: Vec<u8> = std::iter::from_fn(|| r.slot(i).pop())
             .map(|o| match o {
-                Out::Msg(b) | Out::Final(b) => b[0],
+                Out::Msg(b) | Out::Final(b) | Out::Call { msg: b, .. } => b[0],
             })
             .collect();
         assert_eq!(got, vec![0, 1, 2]);

@@ -39,12 +39,32 @@ pub const MAX_GEN_ID_LEN: usize = 64;
 pub const MAX_STOPS: usize = 8;
 pub const MAX_STOP_LEN: usize = 64;
 
-#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[derive(Deserialize, Debug, Clone, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// The tool whose result this is (`role = "tool"` only).
+    #[serde(default)]
+    pub name: Option<String>,
 }
+
+/// A command's tool fields (`tools` given): which of the pipeline's tools
+/// the model may call and how. Resolved against the pipeline's tools by
+/// `llm::tools::run::prepare`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ToolRequest {
+    pub tools: Vec<String>,
+    /// `"none"`, `"auto"`, `"required"` or `{"name": …}` (checked later).
+    pub tool_choice: Option<serde_json::Value>,
+    /// Validate and report calls, publish none.
+    pub dry_run: bool,
+    /// The plan's step budget (at most the pipeline's `max_tool_steps`).
+    pub max_steps: Option<u32>,
+}
+
+/// Most tools one command may enable.
+pub const MAX_COMMAND_TOOLS: usize = 32;
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +81,10 @@ struct RawCommand {
     stop: Option<Vec<String>>,
     priority: Option<String>,
     deadline_ms: Option<f64>,
+    tools: Option<Vec<String>>,
+    tool_choice: Option<serde_json::Value>,
+    dry_run: Option<bool>,
+    max_steps: Option<u32>,
 }
 
 /// Per-pipeline bounds on commands (from config).
@@ -85,6 +109,8 @@ pub struct Command {
     /// Requested priority level name, if any (resolved by the caller).
     pub priority: Option<String>,
     pub deadline: Duration,
+    /// Tool use (`None`: the command enables no tools).
+    pub tools: Option<ToolRequest>,
 }
 
 fn reject(code: ErrorCode, msg: impl Into<String>) -> Rejection {
@@ -120,7 +146,7 @@ pub fn parse(bytes: &[u8], limits: &CommandLimits) -> Result<Command, Rejection>
             ),
         ));
     }
-    let raw: RawCommand = serde_json::from_slice(bytes).map_err(|e| {
+    let mut raw: RawCommand = serde_json::from_slice(bytes).map_err(|e| {
         reject(
             ErrorCode::BadCommand,
             format!("not a valid generation command: {e}"),
@@ -148,7 +174,9 @@ pub fn parse(bytes: &[u8], limits: &CommandLimits) -> Result<Command, Rejection>
         ));
     }
     let sampling = sampling(&raw)?;
+    let tools = tool_request(&mut raw)?;
     let messages = messages(raw.prompt, raw.messages, limits)?;
+    check_tool_messages(&messages, tools.as_ref())?;
     let max_tokens = raw.max_tokens.unwrap_or(limits.default_max_tokens as u64);
     if max_tokens == 0 || max_tokens > limits.max_tokens as u64 {
         return bad(
@@ -167,7 +195,57 @@ pub fn parse(bytes: &[u8], limits: &CommandLimits) -> Result<Command, Rejection>
         stop,
         priority: raw.priority,
         deadline,
+        tools,
     })
+}
+
+fn bad_tools<T>(msg: impl Into<String>) -> Result<T, Rejection> {
+    Err(reject(ErrorCode::BadToolRequest, msg))
+}
+
+/// The tool fields: all or nothing, bounded; stop strings are refused with
+/// tools (a stop string could cut a call in half).
+fn tool_request(raw: &mut RawCommand) -> Result<Option<ToolRequest>, Rejection> {
+    let Some(tools) = raw.tools.take() else {
+        if raw.tool_choice.is_some() || raw.dry_run.is_some() || raw.max_steps.is_some() {
+            return bad_tools("tool_choice, dry_run and max_steps need `tools`");
+        }
+        return Ok(None);
+    };
+    if tools.is_empty() || tools.len() > MAX_COMMAND_TOOLS {
+        return bad_tools(format!(
+            "tools: {} names; expected 1..={MAX_COMMAND_TOOLS}",
+            tools.len()
+        ));
+    }
+    if raw.stop.as_ref().is_some_and(|s| !s.is_empty()) {
+        return bad_tools("`stop` cannot be combined with `tools` (it could cut a call)");
+    }
+    Ok(Some(ToolRequest {
+        tools,
+        tool_choice: raw.tool_choice.take(),
+        dry_run: raw.dry_run.unwrap_or(false),
+        max_steps: raw.max_steps,
+    }))
+}
+
+/// `role = "tool"` messages name their tool and need `tools`; `name` is
+/// for tool messages only.
+fn check_tool_messages(messages: &[Message], tools: Option<&ToolRequest>) -> Result<(), Rejection> {
+    for m in messages {
+        match (m.role.as_str(), &m.name) {
+            ("tool", None) => return bad_tools("a \"tool\" message needs the tool's `name`"),
+            ("tool", Some(n)) if tools.is_none_or(|t| !t.tools.contains(n)) => {
+                return bad_tools(format!(
+                    "a \"tool\" message names {n:?}, which is not among `tools`"
+                ));
+            }
+            ("tool", Some(_)) => {}
+            (_, Some(_)) => return bad_tools("`name` is for \"tool\" messages only"),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn stops(stop: Vec<String>) -> Result<Vec<String>, Rejection> {
@@ -213,6 +291,7 @@ fn messages(
         (Some(p), None) => vec![Message {
             role: "user".into(),
             content: p,
+            name: None,
         }],
         (None, Some(m)) => m,
         (Some(_), Some(_)) => {
@@ -242,11 +321,11 @@ fn messages(
         return Err(reject(ErrorCode::EmptyPrompt, "the prompt is empty"));
     }
     for m in &messages {
-        if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
+        if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool") {
             return Err(reject(
                 ErrorCode::BadCommand,
                 format!(
-                    "message role {:?}: expected \"system\", \"user\" or \"assistant\"",
+                    "message role {:?}: expected \"system\", \"user\", \"assistant\" or \"tool\"",
                     m.role
                 ),
             ));
@@ -328,7 +407,8 @@ mod tests {
             c.messages,
             vec![Message {
                 role: "user".into(),
-                content: "hi".into()
+                content: "hi".into(),
+                name: None,
             }]
         );
         assert_eq!(c.max_tokens, 128);
@@ -377,5 +457,44 @@ mod tests {
             )),
             ErrorCode::PromptTooLong
         );
+    }
+
+    #[test]
+    fn tool_fields_are_all_or_nothing_and_tool_messages_name_their_tool() {
+        let c = parse(
+            br#"{"id":"p","prompt":"go","tools":["move_arm"],"tool_choice":"required","dry_run":true,"max_steps":2}"#,
+            &limits(),
+        )
+        .unwrap();
+        let t = c.tools.unwrap();
+        assert_eq!(
+            (t.tools, t.dry_run, t.max_steps),
+            (vec!["move_arm".to_string()], true, Some(2))
+        );
+        assert!(
+            parse(br#"{"id":"p","prompt":"go"}"#, &limits())
+                .unwrap()
+                .tools
+                .is_none()
+        );
+        let ok = r#"{"id":"p","tools":["a"],"messages":[{"role":"user","content":"go"},{"role":"tool","name":"a","content":"done"}]}"#;
+        assert_eq!(
+            parse(ok.as_bytes(), &limits()).unwrap().messages[1]
+                .name
+                .as_deref(),
+            Some("a")
+        );
+        for bad in [
+            r#"{"id":"p","prompt":"go","tool_choice":"auto"}"#,
+            r#"{"id":"p","prompt":"go","dry_run":true}"#,
+            r#"{"id":"p","prompt":"go","tools":[]}"#,
+            r#"{"id":"p","prompt":"go","tools":["a"],"stop":["x"]}"#,
+            r#"{"id":"p","messages":[{"role":"tool","content":"done"}],"tools":["a"]}"#,
+            r#"{"id":"p","messages":[{"role":"tool","name":"b","content":"done"}],"tools":["a"]}"#,
+            r#"{"id":"p","messages":[{"role":"tool","name":"a","content":"done"}]}"#,
+            r#"{"id":"p","messages":[{"role":"user","name":"a","content":"go"}],"tools":["a"]}"#,
+        ] {
+            assert_eq!(code(bad), ErrorCode::BadToolRequest, "{bad}");
+        }
     }
 }
