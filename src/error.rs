@@ -64,10 +64,14 @@ pub enum ErrorCode {
     /// request ends here, its stream's carried state is reset, and the
     /// worker goes on.
     InternalError,
+    /// The pipeline has no local model (`offload.when = "missing_model"`)
+    /// and its offload target is down, does not serve it, or did not
+    /// answer within `offload.timeout_ms`.
+    OffloadUnavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::EmptyPayload,
         ErrorCode::PayloadTooLarge,
         ErrorCode::BadPayload,
@@ -92,6 +96,7 @@ impl ErrorCode {
         ErrorCode::DuplicateId,
         ErrorCode::NonFinite,
         ErrorCode::InternalError,
+        ErrorCode::OffloadUnavailable,
     ];
 
     /// The stable string used on the wire and in metrics.
@@ -121,6 +126,7 @@ impl ErrorCode {
             ErrorCode::DuplicateId => "duplicate_id",
             ErrorCode::NonFinite => "non_finite",
             ErrorCode::InternalError => "internal_error",
+            ErrorCode::OffloadUnavailable => "offload_unavailable",
         }
     }
 

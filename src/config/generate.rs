@@ -58,6 +58,7 @@ pub(super) fn generator_config(
             format!("= {max_unsent}: at least 3 (one step's token, held-back text and the final message)"),
         ));
     }
+    let offload = super::fleet::offload(&at, p.offload, super::fleet::DEFAULT_GEN_TIMEOUT, false)?;
     Ok(GeneratorConfig {
         name: c.name,
         model: c.model,
@@ -87,6 +88,7 @@ pub(super) fn generator_config(
         max_batch,
         max_unsent,
         allowed_levels: Vec::new(),
+        offload,
     })
 }
 

@@ -43,6 +43,7 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
 }
 
 mod common;
+pub mod fleet;
 mod generate;
 pub mod metrics;
 mod raw;
@@ -53,6 +54,7 @@ mod tests;
 mod thread_policy;
 mod workers;
 
+pub use fleet::{FleetConfig, OffloadConfig, OffloadWhen};
 pub use generate::{DEFAULT_MAX_MESSAGES, DEFAULT_MAX_UNSENT};
 pub use metrics::MetricsConfig;
 pub use raw::*;
@@ -77,6 +79,8 @@ pub struct Config {
     /// Supervision: watchdog, status reports, drain (see [`crate::supervise`]).
     pub service: ServiceConfig,
     pub metrics: MetricsConfig,
+    /// Offload between daemons (`[fleet]`, each pipeline's `offload`).
+    pub fleet: FleetConfig,
 }
 
 /// A generation pipeline: an LLM answering commands with streamed tokens.
@@ -117,6 +121,8 @@ pub struct GeneratorConfig {
     /// Levels a command may ask for with `priority`: the pipeline's own and
     /// lower ones whose every worker also holds this model's session.
     pub allowed_levels: Vec<usize>,
+    /// Where commands go instead of (or besides) the local model.
+    pub offload: Option<OffloadConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -251,6 +257,8 @@ pub struct PipelineConfig {
     /// Most elements of one input tensor (`limits.max_elements` unless the
     /// pipeline sets its own, lower or higher).
     pub max_elements: usize,
+    /// Where requests go instead of (or besides) the local model.
+    pub offload: Option<OffloadConfig>,
 }
 
 /// Longest a worker may hold a job while it waits for a batch to fill.
@@ -327,8 +335,10 @@ impl Config {
             })
         };
         let workers = workers::workers(&raw, &level_index, levels.len())?;
-        let (pipelines, generators) =
+        let (mut pipelines, mut generators) =
             pipelines(raw.pipeline, &limits, base, &level_index, &levels, &workers)?;
+        let mut fleet = fleet::fleet_config(&raw.fleet)?;
+        fleet::split(&mut fleet, &metrics.node, &mut pipelines, &mut generators)?;
         Ok(Config {
             zenoh,
             runtime,
@@ -339,6 +349,7 @@ impl Config {
             generators,
             service,
             metrics,
+            fleet,
         })
     }
 }

@@ -26,6 +26,8 @@ pub struct RawConfig {
     pub service: RawService,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub fleet: super::fleet::RawFleet,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -228,6 +230,7 @@ pub struct RawTensorPipeline {
     #[serde(default)]
     pub non_finite: NonFinite,
     pub max_elements: Option<usize>,
+    pub offload: Option<super::fleet::RawOffload>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -255,6 +258,7 @@ pub struct RawGeneratePipeline {
     pub prefill_chunk: Option<usize>,
     pub max_batch: Option<usize>,
     pub max_unsent: Option<usize>,
+    pub offload: Option<super::fleet::RawOffload>,
 }
 
 /// One execution provider, by `kind`.

@@ -44,6 +44,8 @@ pub(super) fn tensor_config(
     )?;
     let constants = constants(&at, p.constants)?;
     let (state, context) = bindings(&at, p.state, p.context, p.overflow)?;
+    let stateful = !state.is_empty() || !context.is_empty();
+    let offload = super::fleet::offload(&at, p.offload, c.deadline, stateful)?;
     if p.overflow == Overflow::Latest && p.queue_capacity.is_some() {
         return Err(at.err(
             "queue_capacity",
@@ -82,6 +84,7 @@ pub(super) fn tensor_config(
         late: p.late,
         non_finite: p.non_finite,
         max_elements: positive(&at.key("max_elements"), p.max_elements, limits.max_elements)?,
+        offload,
     })
 }
 

@@ -72,8 +72,9 @@ fn on_sample(ctx: &Ctx, pi: usize, sample: &Sample) {
                 received,
                 recv_order: ctx.order.fetch_add(1, Relaxed),
                 deadline: received + tp.cfg.deadline,
+                remote: None,
             });
-            match ctx.sched.submit(job) {
+            match super::fleet::submit(ctx, job) {
                 Submitted::Queued => {}
                 Submitted::Replaced(old) => egress::fail(
                     ctx,

@@ -5,10 +5,12 @@
 //! blocking; [`egress`] publishes predictions and every failure; [`tokens`]
 //! streams generation messages from per-generation outboxes on delivery
 //! threads, so no worker ever waits for a client; [`metrics`] exports the
-//! counters. Everything here reads the daemon context ([`crate::ctx`]).
+//! counters; [`fleet`] offloads work to other daemons and serves theirs.
+//! Everything here reads the daemon context ([`crate::ctx`]).
 
 pub mod commands;
 pub mod egress;
+pub mod fleet;
 pub mod ingress;
 pub mod metrics;
 pub mod prom;

@@ -412,7 +412,7 @@ fn reply(ctx: &Ctx, outbox: &mut Outbox, job: &Job, ran: &Ran, i: usize, info: &
     // Counted before the put, so a client that has seen the prediction also
     // sees it counted.
     tp.stats.ok.fetch_add(1, Relaxed);
-    if let Err(e) = outbox.put(&key, tp.cfg.level, bytes) {
+    if let Err(e) = egress::deliver(outbox, job, &key, tp.cfg.level, bytes) {
         tp.stats.ok.fetch_sub(1, Relaxed);
         if tp.log.allow(ErrorCode::InferenceFailed) {
             tracing::warn!(pipeline = %tp.cfg.name, error = %e, "cannot publish prediction");
