@@ -264,3 +264,77 @@ pub fn resolve_level(levels: &[String], allowed: &[usize], own: usize, name: &st
         .min_by_key(|&l| (l.abs_diff(want), l))
         .unwrap_or(own)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn pipeline(model: &str, extra: &str) -> String {
+        format!(
+            "[[pipeline]]\nname = \"a\"\nmodel = \"{model}\"\ninput = \"in/*\"\noutput = \"out\"\n{extra}\n"
+        )
+    }
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text, Path::new("/base"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn offload_keys_are_validated_with_their_names() {
+        let off = |o: &str| pipeline("m.onnx", &format!("offload = {{ {o} }}"));
+        let e = err(&off("to = \"srv/*\", when = \"always\""));
+        assert!(e.contains("offload.to") && e.contains("srv/*"), "{e}");
+        let e = err(&off("to = \"srv\", when = \"sometimes\""));
+        assert!(e.contains("sometimes"), "{e}");
+        let e = err(&off("to = \"srv\", when = \"always\", timeout_ms = 0"));
+        assert!(e.contains("offload.timeout_ms"), "{e}");
+        let e =
+            err(&("[metrics]\nnode = \"me\"\n".to_string()
+                + &off("to = \"me\", when = \"always\"")));
+        assert!(e.contains("own metrics.node"), "{e}");
+        let e = err(&("[fleet]\nlease_ms = 10\n".to_string() + &pipeline("m.onnx", "")));
+        assert!(e.contains("fleet.lease_ms"), "{e}");
+        let e = err(&("[fleet]\nmax_inflight = 0\n".to_string() + &pipeline("m.onnx", "")));
+        assert!(e.contains("fleet.max_inflight"), "{e}");
+    }
+
+    #[test]
+    fn stateful_pipeline_cannot_offload_by_load() {
+        let state = "overflow = \"latest\"\nstate = [{ input = \"s\", output = \"s2\" }]\n";
+        let busy = "offload = { to = \"srv\", when = \"busy\" }";
+        let e = err(&pipeline("m.onnx", &format!("{state}{busy}")));
+        assert!(e.contains("offload.when") && e.contains("stateful"), "{e}");
+        let always = "offload = { to = \"srv\", when = \"always\" }";
+        let c = Config::from_toml(
+            &pipeline("m.onnx", &format!("{state}{always}")),
+            Path::new("/base"),
+        );
+        assert!(c.is_ok(), "{:?}", c.err());
+    }
+
+    #[test]
+    fn missing_model_makes_a_remote_only_pipeline_and_timeout_defaults_to_deadline() {
+        let o = "deadline_ms = 30\noffload = { to = \"srv\", when = \"missing_model\" }";
+        let c = Config::from_toml(&pipeline("absent.onnx", o), Path::new("/nonexistent")).unwrap();
+        assert!(c.pipelines.is_empty());
+        assert_eq!(c.fleet.remote_tensors.len(), 1);
+        let off = c.fleet.remote_tensors[0].offload.as_ref().unwrap();
+        assert_eq!(off.timeout, Duration::from_millis(30));
+        assert!(c.fleet.offloads(&c.pipelines, &c.generators));
+        assert!(!c.fleet.serve);
+    }
+
+    #[test]
+    fn requested_level_resolves_to_the_nearest_allowed_one() {
+        let levels: Vec<String> = ["rt", "normal", "bg"].map(String::from).into();
+        assert_eq!(resolve_level(&levels, &[0, 2], 1, "rt"), 0);
+        assert_eq!(resolve_level(&levels, &[0], 2, "normal"), 0);
+        assert_eq!(resolve_level(&levels, &[], 2, "rt"), 2);
+        assert_eq!(resolve_level(&levels, &[0, 1], 2, "unknown"), 2);
+    }
+}

@@ -1,0 +1,400 @@
+//! A fleet on one zenoh fabric (issue 17): a `zenohd` router on a loopback
+//! port, one "server" daemon (a child process, so it can be SIGKILLed) with
+//! `[fleet] serve = true`, and two "robot" daemons (in-process) whose
+//! `detect` pipeline offloads `always` to it. Every daemon is a zenoh
+//! client of the router; every address is 127.0.0.1.
+//!
+//! While the server is up, robot requests are answered by it (the
+//! prediction names `node = "fleet/server"`). Then the server is killed
+//! mid-load: every request still ends exactly once (a remote answer, a
+//! local failover, or a documented error), none is lost, none is answered
+//! twice, on the wire and in the robots' counters. How long the robots
+//! took to notice and to fail over is printed, never asserted.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::proc::{Proc, Spawn, tmpdir};
+use common::*;
+use reflexd::tensor::f32_tensor;
+use reflexd::{Config, Daemon};
+
+const SERVER: &str = "fleet/server";
+
+fn zenohd() -> PathBuf {
+    let p = std::env::var_os("REFLEXD_ZENOHD")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".cache/reflexd/v1/zenohd/bin/zenohd"))
+        })
+        .expect("HOME or REFLEXD_ZENOHD");
+    assert!(
+        p.exists(),
+        "{} missing: run `make setup` (scripts/provision.sh builds zenohd)",
+        p.display()
+    );
+    p
+}
+
+/// The `zenohd` child, killed by its pid on drop.
+struct Router(Child);
+
+impl Router {
+    fn start(port: u16) -> Router {
+        let child = Command::new(zenohd())
+            .args([
+                "-l",
+                &format!("tcp/127.0.0.1:{port}"),
+                "--no-multicast-scouting",
+            ])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn zenohd");
+        let router = Router(child);
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return router;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("zenohd did not listen on {port}");
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `[zenoh]`, `[metrics]` and `[fleet]` of a daemon that is a client of
+/// the router on `port`.
+fn header(port: u16, node: &str, serve: bool) -> String {
+    format!(
+        r#"
+        [zenoh]
+        mode = "client"
+        connect = ["tcp/127.0.0.1:{port}"]
+        [metrics]
+        node = "{node}"
+        [fleet]
+        serve = {serve}
+        lease_ms = 1000
+        "#
+    )
+}
+
+/// The `detect` pipeline (a ~4 ms model, so requests are in flight when
+/// the server dies) of a node whose keys start with `prefix`.
+fn detect(prefix: &str, offload: &str) -> String {
+    let slow = test_model("slow.onnx");
+    format!(
+        r#"
+        [[pipeline]]
+        name = "detect"
+        model = "{slow}"
+        input = "{prefix}/detect/*"
+        output = "{prefix}/out/detect"
+        overflow = "reject"
+        queue_capacity = 512
+        deadline_ms = 60000
+        {offload}
+        "#
+    )
+}
+
+async fn robot(port: u16, name: &str) -> Daemon {
+    let offload = format!(r#"offload = {{ to = "{SERVER}", when = "always", timeout_ms = 5000 }}"#);
+    let toml = header(port, &format!("fleet/{name}"), false) + &detect(name, &offload);
+    let cfg = Config::from_toml(&toml, &repo()).unwrap_or_else(|e| panic!("robot config: {e}"));
+    Daemon::start(cfg)
+        .await
+        .unwrap_or_else(|e| panic!("robot start: {e}"))
+}
+
+async fn router_client(port: u16) -> zenoh::Session {
+    let json = format!(
+        r#"{{ mode: "client", connect: {{ endpoints: ["tcp/127.0.0.1:{port}"] }},
+             scouting: {{ multicast: {{ enabled: false }}, gossip: {{ enabled: false }} }} }}"#
+    );
+    zenoh::open(zenoh::Config::from_json5(&json).unwrap())
+        .await
+        .unwrap()
+}
+
+/// The robot's view of its target: up (alive and serving `detect`).
+fn target_up(d: &Daemon) -> bool {
+    d.metrics()
+        .fleet
+        .and_then(|f| f.offloads.first().map(|o| o.target_up))
+        .unwrap_or(false)
+}
+
+async fn until_target_up(d: &Daemon) {
+    for _ in 0..1500 {
+        if target_up(d) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the robot never saw {SERVER} up");
+}
+
+fn frame(id: &str, seq: u64) -> Vec<u8> {
+    request(&[f32_tensor("x", &[1, 256], &[0.25; 256])], id, seq)
+}
+
+/// One request's outcome as a client saw it, and when.
+struct Seen {
+    reply: Reply,
+    at: Instant,
+}
+
+/// Collects outcomes on `sub` until every id of `want` has one or no
+/// message comes for `quiet`; ids outside `want` (probes) are skipped.
+/// Returns the outcomes and the ids that got a second one.
+async fn collect(
+    sub: &Sub,
+    want: &[String],
+    quiet: Duration,
+) -> (HashMap<String, Seen>, Vec<String>) {
+    let mut got: HashMap<String, Seen> = HashMap::new();
+    let mut twice = Vec::new();
+    while got.len() < want.len() {
+        let Some(reply) = try_recv(sub, quiet).await else {
+            break;
+        };
+        let id = reply.id().unwrap_or_default();
+        if !want.contains(&id) {
+            continue;
+        }
+        let seen = Seen {
+            reply,
+            at: Instant::now(),
+        };
+        if got.insert(id.clone(), seen).is_some() {
+            twice.push(id);
+        }
+    }
+    // Anything else that comes is a second outcome.
+    while let Some(reply) = try_recv(sub, Duration::from_millis(500)).await {
+        let id = reply.id().unwrap_or_default();
+        if want.contains(&id) {
+            twice.push(id);
+        }
+    }
+    (got, twice)
+}
+
+/// Notes, for each robot that has just seen its target go down, how long
+/// after the kill (resolution: one pass of the sending loop).
+fn note_down(robots: &[Daemon], noticed: &mut [Option<Duration>], killed: Instant) {
+    for (r, n) in robots.iter().zip(noticed.iter_mut()) {
+        if n.is_none() && !target_up(r) {
+            *n = Some(killed.elapsed());
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn hist_ms(us: Option<u64>) -> String {
+    us.map_or("-".into(), |u| format!("{:.1}", u as f64 / 1e3))
+}
+
+/// `reflexd top --fleet --once`, a client of the router, shows the three
+/// daemons, the `detect` pipeline summed over them, and both robots'
+/// offload rows.
+async fn top_fleet_lists_every_node(port: u16) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_reflexd"));
+    cmd.args(["top", "--fleet", "--once", "--connect"])
+        .arg(format!("tcp/127.0.0.1:{port}"))
+        .env("REFLEXD_LOG", "warn,zenoh=error");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for node in [SERVER, "fleet/r1", "fleet/r2"] {
+        let row = stdout.lines().find(|l| l.starts_with(node));
+        assert!(row.is_some_and(|l| l.contains("yes")), "{node}:\n{stdout}");
+    }
+    let detect = stdout.lines().find(|l| l.starts_with("detect "));
+    assert!(
+        detect.is_some_and(|l| l.split_whitespace().nth(2) == Some("3")),
+        "{stdout}"
+    );
+    let offloads = stdout
+        .lines()
+        .filter(|l| l.starts_with("fleet/r") && l.contains("detect") && l.contains(SERVER));
+    assert_eq!(offloads.count(), 2, "{stdout}");
+    println!("{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_killed_mid_load_every_request_ends_once() {
+    let port = free_port();
+    let _router = Router::start(port);
+    let dir = tmpdir("fleet");
+    let server_cfg = header(port, SERVER, true) + &detect("server", "");
+    let mut server = Proc::spawn(&dir, &server_cfg, Spawn::default());
+    let robots = [robot(port, "r1").await, robot(port, "r2").await];
+    for r in &robots {
+        until_target_up(r).await;
+    }
+    let c = router_client(port).await;
+    let sub = subscribe(&c, "*/out/**").await;
+    for (i, name) in ["r1", "r2"].iter().enumerate() {
+        let key = format!("{name}/detect/cam");
+        until_served(&c, &key, &frame(&format!("probe-{i}"), 0), &sub).await;
+    }
+
+    // Phase 1: the server is up; both robots offload every request.
+    let mut ids = Vec::new();
+    for i in 0..40u64 {
+        for name in ["r1", "r2"] {
+            let id = format!("{name}-up-{i}");
+            put(&c, &format!("{name}/detect/cam"), frame(&id, i)).await;
+            ids.push(id);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (up, twice) = collect(&sub, &ids, Duration::from_secs(20)).await;
+    assert!(twice.is_empty(), "answered twice while up: {twice:?}");
+    let lost: Vec<_> = ids.iter().filter(|i| !up.contains_key(*i)).collect();
+    assert!(lost.is_empty(), "no outcome while up: {lost:?}");
+    let remote = up
+        .values()
+        .filter(|s| s.reply.meta("node") == Some(SERVER))
+        .count();
+    for s in up.values() {
+        assert!(
+            s.reply.code().is_none(),
+            "error while up: {}",
+            s.reply.brief()
+        );
+    }
+    assert!(remote > 0, "no request was served by {SERVER}");
+    top_fleet_lists_every_node(port).await;
+
+    // Phase 2: a stream of requests; the server is SIGKILLed half way.
+    let collector = {
+        let ids: Vec<String> = (0..300u64)
+            .flat_map(|i| ["r1", "r2"].map(|n| format!("{n}-kill-{i}")))
+            .collect();
+        let sub = sub;
+        tokio::spawn(async move {
+            let out = collect(&sub, &ids, Duration::from_secs(30)).await;
+            (ids, out)
+        })
+    };
+    let mut killed_at = None;
+    // When each robot saw the server gone (its liveliness), after the kill.
+    let mut noticed = [None; 2];
+    let mut sent_before_kill = Vec::new();
+    for i in 0..300u64 {
+        for name in ["r1", "r2"] {
+            let id = format!("{name}-kill-{i}");
+            put(&c, &format!("{name}/detect/cam"), frame(&id, i)).await;
+            if killed_at.is_none() {
+                sent_before_kill.push(id);
+            }
+        }
+        if i == 150 {
+            server.signal(libc::SIGKILL);
+            killed_at = Some(Instant::now());
+        }
+        if let Some(k) = killed_at {
+            note_down(&robots, &mut noticed, k);
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let killed_at = killed_at.unwrap();
+    while noticed.iter().any(Option::is_none) && killed_at.elapsed() < Duration::from_secs(30) {
+        note_down(&robots, &mut noticed, killed_at);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (ids, (got, twice)) = collector.await.unwrap();
+    assert!(server.wait_exit(Duration::from_secs(5)).await.is_some());
+
+    // Every request ended exactly once, on the wire...
+    assert!(twice.is_empty(), "answered twice: {twice:?}");
+    let lost: Vec<_> = ids.iter().filter(|i| !got.contains_key(*i)).collect();
+    let by = |f: &dyn Fn(&Seen) -> bool| got.values().filter(|s| f(s)).count();
+    let remote = by(&|s| s.reply.meta("node") == Some(SERVER));
+    let errors = by(&|s| s.reply.code().is_some());
+    let local = got.len() - remote - errors;
+    for s in got.values() {
+        if let Some(code) = s.reply.code() {
+            // The documented endings of a failover with a local model.
+            assert!(
+                ["deadline_exceeded", "busy"].contains(&code),
+                "unexpected error: {}",
+                s.reply.brief()
+            );
+        }
+    }
+    // ...and in each robot's counters: everything received has ended.
+    let mut failover = Vec::new();
+    for r in &robots {
+        let st = &r.stats()[0];
+        assert_eq!(st.finished(), st.received, "robot counters: {st:?}");
+        let f = r.metrics().fleet.expect("robots offload");
+        let o = &f.offloads[0];
+        assert_eq!(o.inflight, 0, "requests still in flight: {o:?}");
+        failover.push(o.clone());
+    }
+    // Requests that were at the server when it died: their outcome came
+    // this long after the kill.
+    let pending: Vec<Duration> = sent_before_kill
+        .iter()
+        .filter_map(|id| got.get(id))
+        .filter(|s| s.at > killed_at && s.reply.meta("node") != Some(SERVER))
+        .map(|s| s.at - killed_at)
+        .collect();
+    let worst = pending.iter().max().copied().unwrap_or_default();
+
+    println!("\nfleet: 1 router, 1 server (SIGKILLed after 151 x 2 requests), 2 robots");
+    println!(
+        "requests {}  remote {remote}  local {local}  errors {errors}  lost {}  duplicates {}",
+        ids.len(),
+        lost.len(),
+        twice.len()
+    );
+    for (name, (o, n)) in ["r1", "r2"].iter().zip(failover.iter().zip(&noticed)) {
+        println!(
+            "{name}: saw server down after {} ms; offloaded {} remote_ok {} failover {:?} kept_local {} late_replies {}; failover wait p50 {} ms max {} ms",
+            n.map_or("?".into(), |d| format!("{:.1}", ms(d))),
+            o.offloaded,
+            o.remote_ok,
+            o.failover,
+            o.kept_local,
+            o.late_replies,
+            hist_ms(o.failover_wait.quantile(0.5)),
+            hist_ms(o.failover_wait.quantile(1.0)),
+        );
+    }
+    println!(
+        "requests in flight at the kill answered locally: {}, last {:.1} ms after the kill (lease 1000 ms)",
+        pending.len(),
+        ms(worst)
+    );
+    assert!(lost.is_empty(), "requests without an outcome: {lost:?}");
+    for r in robots {
+        r.shutdown(Duration::from_secs(5)).await;
+    }
+}
