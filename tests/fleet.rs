@@ -245,6 +245,128 @@ async fn top_fleet_lists_every_node(port: u16) {
     println!("{stdout}");
 }
 
+/// Phase 1: the server is up; both robots offload every request, and every
+/// request is answered once, without error, some by the server.
+async fn served_while_up(c: &zenoh::Session, sub: &Sub) {
+    let mut ids = Vec::new();
+    for i in 0..40u64 {
+        for name in ["r1", "r2"] {
+            let id = format!("{name}-up-{i}");
+            put(c, &format!("{name}/detect/cam"), frame(&id, i)).await;
+            ids.push(id);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (up, twice) = collect(sub, &ids, Duration::from_secs(20)).await;
+    assert!(twice.is_empty(), "answered twice while up: {twice:?}");
+    let lost: Vec<_> = ids.iter().filter(|i| !up.contains_key(*i)).collect();
+    assert!(lost.is_empty(), "no outcome while up: {lost:?}");
+    for s in up.values() {
+        let brief = s.reply.brief();
+        assert!(s.reply.code().is_none(), "error while up: {brief}");
+    }
+    let remote = up.values().filter(|s| s.reply.meta("node") == Some(SERVER));
+    assert!(remote.count() > 0, "no request was served by {SERVER}");
+}
+
+/// What phase 2 saw.
+struct Killed {
+    ids: Vec<String>,
+    got: HashMap<String, Seen>,
+    twice: Vec<String>,
+    at: Instant,
+    /// When each robot saw the server gone (its liveliness), after the kill.
+    noticed: [Option<Duration>; 2],
+    sent_before: Vec<String>,
+}
+
+/// Phase 2: a stream of requests to both robots; the server is SIGKILLed
+/// half way; outcomes are collected until every request has one.
+async fn kill_mid_load(c: &zenoh::Session, sub: Sub, server: &Proc, robots: &[Daemon]) -> Killed {
+    let ids: Vec<String> = (0..300u64)
+        .flat_map(|i| ["r1", "r2"].map(|n| format!("{n}-kill-{i}")))
+        .collect();
+    let want = ids.clone();
+    let collector =
+        tokio::spawn(async move { collect(&sub, &want, Duration::from_secs(30)).await });
+    let (mut at, mut noticed, mut sent_before) = (None, [None; 2], Vec::new());
+    for i in 0..300u64 {
+        for name in ["r1", "r2"] {
+            let id = format!("{name}-kill-{i}");
+            put(c, &format!("{name}/detect/cam"), frame(&id, i)).await;
+            if at.is_none() {
+                sent_before.push(id);
+            }
+        }
+        if i == 150 {
+            server.signal(libc::SIGKILL);
+            at = Some(Instant::now());
+        }
+        if let Some(k) = at {
+            note_down(robots, &mut noticed, k);
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let at = at.unwrap();
+    while noticed.iter().any(Option::is_none) && at.elapsed() < Duration::from_secs(30) {
+        note_down(robots, &mut noticed, at);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (got, twice) = collector.await.unwrap();
+    Killed {
+        ids,
+        got,
+        twice,
+        at,
+        noticed,
+        sent_before,
+    }
+}
+
+/// Prints what the kill cost: outcomes by kind, when each robot noticed,
+/// its offload counters, and when the requests in flight ended.
+fn report(k: &Killed, robots: &[Daemon], lost: usize) {
+    let by = |f: &dyn Fn(&Seen) -> bool| k.got.values().filter(|s| f(s)).count();
+    let remote = by(&|s| s.reply.meta("node") == Some(SERVER));
+    let errors = by(&|s| s.reply.code().is_some());
+    let local = k.got.len() - remote - errors;
+    println!("\nfleet: 1 router, 1 server (SIGKILLed after 151 x 2 requests), 2 robots");
+    println!(
+        "requests {}  remote {remote}  local {local}  errors {errors}  lost {lost}  duplicates {}",
+        k.ids.len(),
+        k.twice.len()
+    );
+    for (name, (r, n)) in ["r1", "r2"].iter().zip(robots.iter().zip(&k.noticed)) {
+        let o = &r.metrics().fleet.expect("robots offload").offloads[0];
+        println!(
+            "{name}: saw server down after {} ms; offloaded {} remote_ok {} failover {:?} kept_local {} late_replies {}; failover wait p50 {} ms max {} ms",
+            n.map_or("?".into(), |d| format!("{:.1}", ms(d))),
+            o.offloaded,
+            o.remote_ok,
+            o.failover,
+            o.kept_local,
+            o.late_replies,
+            hist_ms(o.failover_wait.quantile(0.5)),
+            hist_ms(o.failover_wait.quantile(1.0)),
+        );
+    }
+    // Requests that were at the server when it died: their outcome came
+    // this long after the kill.
+    let pending: Vec<Duration> = k
+        .sent_before
+        .iter()
+        .filter_map(|id| k.got.get(id))
+        .filter(|s| s.at > k.at && s.reply.meta("node") != Some(SERVER))
+        .map(|s| s.at - k.at)
+        .collect();
+    let worst = pending.iter().max().copied().unwrap_or_default();
+    println!(
+        "requests in flight at the kill answered locally: {}, last {:.1} ms after the kill (lease 1000 ms)",
+        pending.len(),
+        ms(worst)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_killed_mid_load_every_request_ends_once() {
     let port = free_port();
@@ -262,138 +384,30 @@ async fn server_killed_mid_load_every_request_ends_once() {
         let key = format!("{name}/detect/cam");
         until_served(&c, &key, &frame(&format!("probe-{i}"), 0), &sub).await;
     }
-
-    // Phase 1: the server is up; both robots offload every request.
-    let mut ids = Vec::new();
-    for i in 0..40u64 {
-        for name in ["r1", "r2"] {
-            let id = format!("{name}-up-{i}");
-            put(&c, &format!("{name}/detect/cam"), frame(&id, i)).await;
-            ids.push(id);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let (up, twice) = collect(&sub, &ids, Duration::from_secs(20)).await;
-    assert!(twice.is_empty(), "answered twice while up: {twice:?}");
-    let lost: Vec<_> = ids.iter().filter(|i| !up.contains_key(*i)).collect();
-    assert!(lost.is_empty(), "no outcome while up: {lost:?}");
-    let remote = up
-        .values()
-        .filter(|s| s.reply.meta("node") == Some(SERVER))
-        .count();
-    for s in up.values() {
-        assert!(
-            s.reply.code().is_none(),
-            "error while up: {}",
-            s.reply.brief()
-        );
-    }
-    assert!(remote > 0, "no request was served by {SERVER}");
+    served_while_up(&c, &sub).await;
     top_fleet_lists_every_node(port).await;
 
-    // Phase 2: a stream of requests; the server is SIGKILLed half way.
-    let collector = {
-        let ids: Vec<String> = (0..300u64)
-            .flat_map(|i| ["r1", "r2"].map(|n| format!("{n}-kill-{i}")))
-            .collect();
-        let sub = sub;
-        tokio::spawn(async move {
-            let out = collect(&sub, &ids, Duration::from_secs(30)).await;
-            (ids, out)
-        })
-    };
-    let mut killed_at = None;
-    // When each robot saw the server gone (its liveliness), after the kill.
-    let mut noticed = [None; 2];
-    let mut sent_before_kill = Vec::new();
-    for i in 0..300u64 {
-        for name in ["r1", "r2"] {
-            let id = format!("{name}-kill-{i}");
-            put(&c, &format!("{name}/detect/cam"), frame(&id, i)).await;
-            if killed_at.is_none() {
-                sent_before_kill.push(id);
-            }
-        }
-        if i == 150 {
-            server.signal(libc::SIGKILL);
-            killed_at = Some(Instant::now());
-        }
-        if let Some(k) = killed_at {
-            note_down(&robots, &mut noticed, k);
-        }
-        tokio::time::sleep(Duration::from_millis(3)).await;
-    }
-    let killed_at = killed_at.unwrap();
-    while noticed.iter().any(Option::is_none) && killed_at.elapsed() < Duration::from_secs(30) {
-        note_down(&robots, &mut noticed, killed_at);
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let (ids, (got, twice)) = collector.await.unwrap();
+    let k = kill_mid_load(&c, sub, &server, &robots).await;
     assert!(server.wait_exit(Duration::from_secs(5)).await.is_some());
-
     // Every request ended exactly once, on the wire...
-    assert!(twice.is_empty(), "answered twice: {twice:?}");
-    let lost: Vec<_> = ids.iter().filter(|i| !got.contains_key(*i)).collect();
-    let by = |f: &dyn Fn(&Seen) -> bool| got.values().filter(|s| f(s)).count();
-    let remote = by(&|s| s.reply.meta("node") == Some(SERVER));
-    let errors = by(&|s| s.reply.code().is_some());
-    let local = got.len() - remote - errors;
-    for s in got.values() {
+    let lost: Vec<_> = k.ids.iter().filter(|i| !k.got.contains_key(*i)).collect();
+    report(&k, &robots, lost.len());
+    assert!(k.twice.is_empty(), "answered twice: {:?}", k.twice);
+    assert!(lost.is_empty(), "requests without an outcome: {lost:?}");
+    for s in k.got.values() {
         if let Some(code) = s.reply.code() {
             // The documented endings of a failover with a local model.
-            assert!(
-                ["deadline_exceeded", "busy"].contains(&code),
-                "unexpected error: {}",
-                s.reply.brief()
-            );
+            let brief = s.reply.brief();
+            assert!(["deadline_exceeded", "busy"].contains(&code), "{brief}");
         }
     }
     // ...and in each robot's counters: everything received has ended.
-    let mut failover = Vec::new();
     for r in &robots {
         let st = &r.stats()[0];
         assert_eq!(st.finished(), st.received, "robot counters: {st:?}");
-        let f = r.metrics().fleet.expect("robots offload");
-        let o = &f.offloads[0];
+        let o = &r.metrics().fleet.expect("robots offload").offloads[0];
         assert_eq!(o.inflight, 0, "requests still in flight: {o:?}");
-        failover.push(o.clone());
     }
-    // Requests that were at the server when it died: their outcome came
-    // this long after the kill.
-    let pending: Vec<Duration> = sent_before_kill
-        .iter()
-        .filter_map(|id| got.get(id))
-        .filter(|s| s.at > killed_at && s.reply.meta("node") != Some(SERVER))
-        .map(|s| s.at - killed_at)
-        .collect();
-    let worst = pending.iter().max().copied().unwrap_or_default();
-
-    println!("\nfleet: 1 router, 1 server (SIGKILLed after 151 x 2 requests), 2 robots");
-    println!(
-        "requests {}  remote {remote}  local {local}  errors {errors}  lost {}  duplicates {}",
-        ids.len(),
-        lost.len(),
-        twice.len()
-    );
-    for (name, (o, n)) in ["r1", "r2"].iter().zip(failover.iter().zip(&noticed)) {
-        println!(
-            "{name}: saw server down after {} ms; offloaded {} remote_ok {} failover {:?} kept_local {} late_replies {}; failover wait p50 {} ms max {} ms",
-            n.map_or("?".into(), |d| format!("{:.1}", ms(d))),
-            o.offloaded,
-            o.remote_ok,
-            o.failover,
-            o.kept_local,
-            o.late_replies,
-            hist_ms(o.failover_wait.quantile(0.5)),
-            hist_ms(o.failover_wait.quantile(1.0)),
-        );
-    }
-    println!(
-        "requests in flight at the kill answered locally: {}, last {:.1} ms after the kill (lease 1000 ms)",
-        pending.len(),
-        ms(worst)
-    );
-    assert!(lost.is_empty(), "requests without an outcome: {lost:?}");
     for r in robots {
         r.shutdown(Duration::from_secs(5)).await;
     }
