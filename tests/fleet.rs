@@ -412,3 +412,104 @@ async fn server_killed_mid_load_every_request_ends_once() {
         r.shutdown(Duration::from_secs(5)).await;
     }
 }
+
+/// A daemon that listens on a loopback port and connects to `connect`,
+/// with levels `rt` over `bg` (one worker serving both) and one `detect`
+/// pipeline at `level`.
+async fn peer_node(node: &str, connect: Option<u16>, level: &str, extra: &str) -> (Daemon, u16) {
+    let port = free_port();
+    let connect = connect.map_or(String::new(), |p| format!("\"tcp/127.0.0.1:{p}\""));
+    let slow = test_model("slow.onnx");
+    let toml = format!(
+        r#"
+        [zenoh]
+        listen = ["tcp/127.0.0.1:{port}"]
+        connect = [{connect}]
+        [metrics]
+        node = "{node}"
+        [[level]]
+        name = "rt"
+        [[level]]
+        name = "bg"
+        [[worker]]
+        levels = ["rt", "bg"]
+        [[pipeline]]
+        name = "detect"
+        model = "{slow}"
+        input = "{node}/detect/*"
+        output = "{node}/out/detect"
+        level = "{level}"
+        overflow = "reject"
+        queue_capacity = 256
+        deadline_ms = 60000
+        {extra}
+        "#
+    );
+    let cfg = Config::from_toml(&toml, &repo()).unwrap_or_else(|e| panic!("{node}: {e}"));
+    (Daemon::start(cfg).await.unwrap(), port)
+}
+
+/// The server runs an offloaded request at the level its requester asked
+/// for: `rt` requests from one robot overtake a backlog of `bg` requests
+/// from another robot in the server's queue, although the server's own
+/// `detect` pipeline is at `bg`. Checked by order of arrival, not time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offloaded_requests_run_at_the_requesters_level_on_the_server() {
+    let (server, sport) = peer_node(SERVER, None, "bg", "[fleet]\nserve = true").await;
+    let off = format!(
+        "offload = {{ to = \"{SERVER}\", when = \"always\" }}\n[fleet]\nmax_inflight = 256"
+    );
+    let (bg, bg_port) = peer_node("fleet/bg", Some(sport), "bg", &off).await;
+    let (rt, rt_port) = peer_node("fleet/rt", Some(sport), "rt", &off).await;
+    for r in [&bg, &rt] {
+        until_target_up(r).await;
+    }
+    let (cb, crt) = (client(bg_port).await, client(rt_port).await);
+    let (sub_bg, sub_rt) = (
+        subscribe(&cb, "fleet/bg/out/**").await,
+        subscribe(&crt, "fleet/rt/out/**").await,
+    );
+    until_served(&cb, "fleet/bg/detect/a", &frame("probe-bg", 0), &sub_bg).await;
+    until_served(&crt, "fleet/rt/detect/a", &frame("probe-rt", 0), &sub_rt).await;
+
+    let bg_ids: Vec<String> = (0..120).map(|i| format!("bg-{i}")).collect();
+    for (i, id) in bg_ids.iter().enumerate() {
+        put(&cb, "fleet/bg/detect/a", frame(id, i as u64)).await;
+    }
+    let rt_ids: Vec<String> = (0..5).map(|i| format!("rt-{i}")).collect();
+    for (i, id) in rt_ids.iter().enumerate() {
+        put(&crt, "fleet/rt/detect/a", frame(id, i as u64)).await;
+    }
+    let ((got_bg, twice_bg), (got_rt, twice_rt)) = tokio::join!(
+        collect(&sub_bg, &bg_ids, Duration::from_secs(30)),
+        collect(&sub_rt, &rt_ids, Duration::from_secs(30)),
+    );
+    assert!(twice_bg.is_empty() && twice_rt.is_empty());
+    assert_eq!((got_bg.len(), got_rt.len()), (bg_ids.len(), rt_ids.len()));
+    for s in got_bg.values().chain(got_rt.values()) {
+        assert_eq!(s.reply.meta("node"), Some(SERVER), "{}", s.reply.brief());
+    }
+    let last_rt = got_rt.values().map(|s| s.at).max().unwrap();
+    let bg_after = got_bg.values().filter(|s| s.at > last_rt).count();
+    let queue_ms = |got: &HashMap<String, Seen>| {
+        let mut q: Vec<f64> = got
+            .values()
+            .filter_map(|s| s.reply.meta("queue_us")?.parse::<f64>().ok())
+            .collect();
+        q.sort_by(f64::total_cmp);
+        q.get(q.len() / 2).copied().unwrap_or(f64::NAN) / 1e3
+    };
+    println!(
+        "\npriority on the server: {bg_after} of {} bg requests answered after the last rt one; server queue p50: rt {:.1} ms, bg {:.1} ms",
+        bg_ids.len(),
+        queue_ms(&got_rt),
+        queue_ms(&got_bg)
+    );
+    assert!(
+        bg_after > 0,
+        "the rt requests waited behind the whole bg backlog"
+    );
+    for d in [bg, rt, server] {
+        d.shutdown(Duration::from_secs(5)).await;
+    }
+}
