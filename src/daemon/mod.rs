@@ -257,7 +257,9 @@ impl Daemon {
         if let Some(d) = self.deliverers.take() {
             d.stop(drain_timeout).await;
         }
-        drop(exports);
+        if let Some(e) = exports {
+            e.close().await;
+        }
         if let Err(e) = self.ctx.session.close().await {
             tracing::warn!(error = %e, "closing zenoh session failed");
         }
