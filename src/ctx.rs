@@ -123,4 +123,7 @@ pub struct Ctx {
     pub workers: Vec<WorkerStats>,
     /// When the daemon finished loading (uptime and utilisation base).
     pub started: Instant,
+    /// The fleet side (`io::fleet`: offload routes and their targets), set
+    /// once when intake opens; type-erased because it lives above `ctx`.
+    pub fleet: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
 }

@@ -89,10 +89,14 @@ pub enum ErrorCode {
     /// The generation ended (length, deadline, cancel) while the model was
     /// still writing a call; nothing was published.
     ToolCallIncomplete,
+    /// The pipeline has no local model (`offload.when = "missing_model"`)
+    /// and its offload target is down, does not serve it, or did not
+    /// answer within `offload.timeout_ms`.
+    OffloadUnavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 31] = [
+    pub const ALL: [ErrorCode; 32] = [
         ErrorCode::EmptyPayload,
         ErrorCode::PayloadTooLarge,
         ErrorCode::BadPayload,
@@ -124,6 +128,7 @@ impl ErrorCode {
         ErrorCode::BadToolRequest,
         ErrorCode::ToolCallRefused,
         ErrorCode::ToolCallIncomplete,
+        ErrorCode::OffloadUnavailable,
     ];
 
     /// The stable string used on the wire and in metrics.
@@ -160,6 +165,7 @@ impl ErrorCode {
             ErrorCode::BadToolRequest => "bad_tool_request",
             ErrorCode::ToolCallRefused => "tool_call_refused",
             ErrorCode::ToolCallIncomplete => "tool_call_incomplete",
+            ErrorCode::OffloadUnavailable => "offload_unavailable",
         }
     }
 

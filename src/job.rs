@@ -26,6 +26,19 @@ pub struct Job {
     pub recv_order: u64,
     /// `received` plus the pipeline's latency budget.
     pub deadline: Instant,
+    /// Set when another daemon offloaded this request (`io::fleet`): its
+    /// answer goes back through the query it came in.
+    pub remote: Option<Box<Remote>>,
+}
+
+/// Where an offloaded request's answer goes and the level it runs at.
+#[derive(Debug)]
+pub struct Remote {
+    /// Answered once (prediction or error); dropping it ends the query.
+    pub query: zenoh::query::Query,
+    /// The scheduler level the requesting daemon asked for, resolved to one
+    /// this daemon's workers can run the pipeline at.
+    pub level: usize,
 }
 
 impl Task for Job {
@@ -40,5 +53,8 @@ impl Task for Job {
     }
     fn deadline(&self) -> Instant {
         self.deadline
+    }
+    fn level(&self) -> Option<usize> {
+        self.remote.as_ref().map(|r| r.level)
     }
 }

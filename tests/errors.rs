@@ -34,7 +34,7 @@ fn documented_codes(doc: &str) -> Vec<String> {
 }
 
 /// Every code this file triggers over zenoh.
-const TRIGGERED: [&str; 31] = [
+const TRIGGERED: [&str; 32] = [
     "empty_payload",
     "payload_too_large",
     "bad_payload",
@@ -66,6 +66,7 @@ const TRIGGERED: [&str; 31] = [
     "bad_tool_request",
     "tool_call_refused",
     "tool_call_incomplete",
+    "offload_unavailable",
 ];
 
 #[test]
@@ -160,6 +161,12 @@ fn lab_config() -> String {
         output = "t/out/badout"
         overflow = "latest"
         answer = {{ kind = "vad" }}
+        [[pipeline]]
+        name = "remote"
+        model = "models/test/absent.onnx"
+        input = "t/remote/*"
+        output = "t/out/remote"
+        offload = {{ to = "nowhere/server", when = "missing_model", timeout_ms = 1000 }}
         [[pipeline]]
         name = "chat"
         kind = "generate"
@@ -382,6 +389,14 @@ async fn tensor_codes(lab: &mut Lab) {
         Some(fault),
     )
     .await;
+    // No local model and its offload target is not on the fabric.
+    lab.one(
+        "offload_unavailable",
+        "t/remote/a",
+        request(&[x(1.0)], "ou", 0),
+        Some("ou"),
+    )
+    .await;
     let rows: Vec<f32> = (0..12).map(|i| i as f32).collect();
     let three = request(&[f32_tensor("x", &[3, 4], &rows)], "if", 0);
     lab.one("inference_failed", "t/faulty", three, Some("if"))
@@ -501,6 +516,7 @@ async fn every_error_code_is_triggered_over_zenoh_and_received() {
         ("t/full", "t/out/full"),
         ("t/expire", "t/out/expire"),
         ("t/drain", "t/out/drain"),
+        ("t/remote/a", "t/out/remote/error"),
         ("t/llm/cmd", "t/llm/out/error"),
     ] {
         wired(&daemon, &c, input, output).await;

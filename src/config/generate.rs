@@ -82,6 +82,7 @@ pub(super) fn generator_config(
         ));
     }
     let (tools, max_tool_steps) = tools(&at, p.tool, p.max_tool_steps, base, max_unsent)?;
+    let offload = super::fleet::offload(&at, p.offload, super::fleet::DEFAULT_GEN_TIMEOUT, false)?;
     Ok(GeneratorConfig {
         name: c.name,
         model: c.model,
@@ -116,6 +117,7 @@ pub(super) fn generator_config(
         allowed_levels: Vec::new(),
         tools,
         max_tool_steps,
+        offload,
     })
 }
 

@@ -50,6 +50,7 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
 pub mod answer;
 mod chain;
 mod common;
+pub mod fleet;
 mod generate;
 pub mod image;
 pub mod labels;
@@ -65,6 +66,7 @@ mod thread_policy;
 mod warmup;
 mod workers;
 
+pub use fleet::{FleetConfig, OffloadConfig, OffloadWhen};
 pub use generate::{DEFAULT_MAX_MESSAGES, DEFAULT_MAX_UNSENT};
 pub use metrics::MetricsConfig;
 pub use provider::{ArenaStrategy, CudaOptions, Int8, Provider, TensorRtOptions};
@@ -91,6 +93,8 @@ pub struct Config {
     /// Supervision: watchdog, status reports, drain (see [`crate::supervise`]).
     pub service: ServiceConfig,
     pub metrics: MetricsConfig,
+    /// Offload between daemons (`[fleet]`, each pipeline's `offload`).
+    pub fleet: FleetConfig,
 }
 
 /// Where speculative decoding takes its drafts from.
@@ -153,6 +157,8 @@ pub struct GeneratorConfig {
     pub tools: Vec<RawTool>,
     /// Most tool calls in one plan (a command's `max_steps` ceiling).
     pub max_tool_steps: u32,
+    /// Where commands go instead of (or besides) the local model.
+    pub offload: Option<OffloadConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -298,6 +304,8 @@ pub struct PipelineConfig {
     /// In a chain: the stage whose zenoh input starts it (itself when it
     /// is not a later stage).
     pub head: usize,
+    /// Where requests go instead of (or besides) the local model.
+    pub offload: Option<OffloadConfig>,
 }
 
 /// Longest a worker may hold a job while it waits for a batch to fill.
@@ -392,8 +400,10 @@ impl Config {
             })
         };
         let workers = workers::workers(&raw, &level_index, levels.len())?;
-        let (pipelines, generators) =
+        let (mut pipelines, mut generators) =
             pipelines(raw.pipeline, &limits, base, &level_index, &levels, &workers)?;
+        let mut fleet = fleet::fleet_config(&raw.fleet)?;
+        fleet::split(&mut fleet, &metrics.node, &mut pipelines, &mut generators)?;
         Ok(Config {
             zenoh,
             runtime,
@@ -404,6 +414,7 @@ impl Config {
             generators,
             service,
             metrics,
+            fleet,
         })
     }
 }

@@ -26,6 +26,8 @@ pub struct RawConfig {
     pub service: RawService,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub fleet: super::fleet::RawFleet,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -244,6 +246,7 @@ pub struct RawTensorPipeline {
     pub after: Option<String>,
     /// Chain stage fed with tensors: model input ← output of `after`.
     pub feed: Option<BTreeMap<String, String>>,
+    pub offload: Option<super::fleet::RawOffload>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -281,6 +284,7 @@ pub struct RawGeneratePipeline {
     /// `[[pipeline.tool]]`: what the model may ask the robot to do.
     #[serde(default)]
     pub tool: Vec<RawTool>,
+    pub offload: Option<super::fleet::RawOffload>,
 }
 
 /// One `[[pipeline.tool]]` entry as written in the config file. Stage two

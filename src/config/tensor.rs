@@ -85,6 +85,16 @@ pub(super) fn tensor_config(
     )?;
     let constants = constants(&at, p.constants)?;
     let (state, context) = bindings(&at, p.state, p.context, p.overflow)?;
+    let stateful = !state.is_empty() || !context.is_empty();
+    let offload = super::fleet::offload(&at, p.offload, c.deadline, stateful)?;
+    if offload.is_some() && matches!(format, InputFormat::Image(_) | InputFormat::Chained(_)) {
+        // The offload request carries tensors (safetensors or raw); camera
+        // frames and chain stages are not forwarded yet.
+        return Err(at.err(
+            "offload",
+            "applies to safetensors and raw pipelines only (not image inputs or chain stages)",
+        ));
+    }
     if p.overflow == Overflow::Latest && p.queue_capacity.is_some() {
         return Err(at.err(
             "queue_capacity",
@@ -129,6 +139,7 @@ pub(super) fn tensor_config(
         ocr,
         next: None,
         head: usize::MAX,
+        offload,
     };
     Ok((config, pending))
 }

@@ -15,7 +15,7 @@ use crate::ctx::{Ctx, Sched};
 use crate::error::{ErrorCode, Rejection};
 use crate::infer::engine::EngineError;
 use crate::infer::runtime::{self, OrtLoadError};
-use crate::io::{commands, egress, ingress, metrics, tokens, zenoh as zconf};
+use crate::io::{commands, egress, fleet, ingress, metrics, tokens, zenoh as zconf};
 use crate::llm::Finish;
 use crate::obs::batch::{BatchSnapshot, DecodeSnapshot};
 use crate::obs::{MetricsSnapshot, PipelineSnapshot};
@@ -68,11 +68,13 @@ pub struct Daemon {
     threads: Vec<JoinHandle<()>>,
     deliverers: Option<tokens::Deliverers>,
     exports: Option<metrics::Exports>,
+    fleet: Option<fleet::Entities>,
 }
 
 async fn open_session(config: &Config) -> Result<zenoh::Session, StartError> {
     let zc = zconf::zenoh_config(&config.zenoh)
         .and_then(|zc| zconf::bound_rx(zc, &config.limits))
+        .and_then(|zc| fleet::lease(zc, &config.fleet))
         .map_err(StartError::Zenoh)?;
     let session = zenoh::open(zc.clone())
         .await
@@ -135,12 +137,14 @@ impl Daemon {
             threads,
             deliverers: None,
             exports: None,
+            fleet: None,
         };
         let zerr = |e: zenoh::Error| StartError::Zenoh(e.to_string());
         d.deliverers = Some(
             tokens::Deliverers::start(&ctx)
                 .map_err(|e| StartError::Worker(format!("cannot spawn delivery thread: {e}")))?,
         );
+        d.fleet = fleet::start(&ctx).map_err(StartError::Zenoh)?;
         // Chain stages have no zenoh input: their head's worker feeds them.
         for pi in (0..ctx.tensors.len()).filter(|&pi| !ctx.tensors[pi].cfg.is_chained()) {
             d.subscribers
@@ -233,6 +237,7 @@ impl Daemon {
     /// Graceful teardown in the documented order.
     pub async fn shutdown(mut self, drain_timeout: Duration) {
         self.gen_entities.clear();
+        self.fleet = None;
         // Metrics stay readable while draining; the liveliness token goes
         // with them just before the session closes.
         let exports = self.exports.take();

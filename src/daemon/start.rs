@@ -265,6 +265,7 @@ pub(super) fn context(
         progress: Progress::new(config.workers.len()),
         order: AtomicU64::new(0),
         started: Instant::now(),
+        fleet: std::sync::OnceLock::new(),
         config,
         tensors,
         gens,

@@ -66,12 +66,14 @@ fn level(ctx: &Ctx, gi: usize, cmd: &Command) -> Result<usize, Refused> {
     }
 }
 
-/// Validates a command and queues its generation.
+/// Validates a command and queues its generation (or hands it to its
+/// offload route, unless another daemon `offloaded` it here).
 fn accept(
     ctx: &Ctx,
     gi: usize,
     bytes: &[u8],
     delivery: impl FnOnce(&Command) -> Delivery,
+    offloaded: bool,
 ) -> Result<(), Refused> {
     let received = ctx.sched.now();
     let gp = &ctx.gens[gi];
@@ -119,7 +121,12 @@ fn accept(
         gi, level, cmd, cancel, received, route, prompt,
     ));
     g.tools = tools;
-    ctx.sched.submit_gen(level, g).map_err(|(rej, _)| {
+    let queued = if offloaded {
+        ctx.sched.submit_gen(level, g)
+    } else {
+        super::fleet::submit_gen(ctx, level, g)
+    };
+    queued.map_err(|(rej, _)| {
         // The delivery went into the slot: a query still gets its answer.
         let d = gp.registry.slot(route).delivery().take();
         gp.registry.release_slot(route);
@@ -129,6 +136,26 @@ fn accept(
         }
         (rej, Some(id))
     })
+}
+
+/// Takes a command that came as a query (`offloaded`: from another
+/// daemon, never offloaded again); its messages are the query's replies.
+pub fn answer_query(c: &Ctx, gi: usize, bytes: &[u8], query: zenoh::query::Query, offloaded: bool) {
+    let mut q = Some(query);
+    let r = accept(
+        c,
+        gi,
+        bytes,
+        |_| Delivery::Query(q.take().expect("delivery built once")),
+        offloaded,
+    );
+    if let Err((rej, id)) = r {
+        reject(c, gi, id.as_deref(), &rej);
+        if let Some(q) = q {
+            let body = reply::refused_query(id.as_deref(), &rej);
+            let _ = q.reply(q.key_expr().clone(), body).wait();
+        }
+    }
 }
 
 /// Declares the command subscriber, cancel subscriber and queryable of
@@ -143,7 +170,7 @@ pub fn declare(ctx: &Arc<Ctx>, gi: usize) -> zenoh::Result<Entities> {
             let bytes = sample.payload().to_bytes();
             let out = &c.gens[gi].cfg.output;
             let topic = |cmd: &Command| Delivery::Topic(format!("{out}/{}", cmd.id));
-            if let Err((rej, id)) = accept(&c, gi, &bytes, topic) {
+            if let Err((rej, id)) = accept(&c, gi, &bytes, topic, false) {
                 reject(&c, gi, id.as_deref(), &rej);
             }
         })
@@ -170,17 +197,7 @@ pub fn declare(ctx: &Arc<Ctx>, gi: usize) -> zenoh::Result<Entities> {
                 .payload()
                 .map(|p| p.to_bytes().into_owned())
                 .unwrap_or_default();
-            let mut q = Some(query);
-            let r = accept(&c, gi, &bytes, |_| {
-                Delivery::Query(q.take().expect("delivery built once"))
-            });
-            if let Err((rej, id)) = r {
-                reject(&c, gi, id.as_deref(), &rej);
-                if let Some(q) = q {
-                    let body = reply::refused_query(id.as_deref(), &rej);
-                    let _ = q.reply(q.key_expr().clone(), body).wait();
-                }
-            }
+            answer_query(&c, gi, &bytes, query, false);
         })
         .wait()?;
     Ok(Entities {

@@ -170,10 +170,29 @@ impl Outbox {
     }
 }
 
+/// Publishes a prediction on the job's stream key under `output`, or
+/// answers the query an offloaded job came in (`io::fleet`); never blocks
+/// either way.
+pub fn deliver(
+    outbox: &mut Outbox,
+    job: &Job,
+    output: &str,
+    level: usize,
+    payload: Vec<u8>,
+) -> Result<(), String> {
+    match &job.remote {
+        Some(r) => super::fleet::serve::reply_prediction(r, payload),
+        None => outbox.put_stream(output, &job.stream, level, payload),
+    }
+}
+
 /// Publishes the final error outcome of a job and counts it.
 pub fn fail(ctx: &Ctx, job: &Job, rej: &Rejection) {
     let tp = &ctx.tensors[job.pipeline];
     tp.stats.error(rej.code);
+    if let Some(r) = &job.remote {
+        return super::fleet::serve::reply_error(r, &tp.cfg.name, job, rej);
+    }
     publish_error(
         &ctx.session,
         &tp.cfg.error_key,

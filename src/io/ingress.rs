@@ -156,8 +156,10 @@ fn submit(ctx: &Ctx, pi: usize, stream: String, d: JobParts, received: Instant) 
         received,
         recv_order: ctx.order.fetch_add(1, Relaxed),
         deadline: received + tp.cfg.deadline,
+        remote: None,
     });
-    match ctx.sched.submit(job) {
+    // Local scheduler, or the pipeline's offload target (`io::fleet`).
+    match super::fleet::submit(ctx, job) {
         Submitted::Queued => {}
         Submitted::Replaced(old) => egress::fail(
             ctx,

@@ -76,6 +76,7 @@ pub fn snapshot(ctx: &Ctx) -> MetricsSnapshot {
         histograms: cfg.metrics.histograms,
         pipelines,
         workers,
+        fleet: super::fleet::snapshot(ctx),
     }
 }
 

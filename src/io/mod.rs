@@ -6,10 +6,13 @@
 //! streams generation messages from per-generation outboxes on delivery
 //! threads, so no worker ever waits for a client; [`metrics`] exports the
 //! counters ([`prom`]: the Prometheus endpoint; [`outcomes`]: which
-//! outcome series a pipeline can have). Everything here reads the daemon context ([`crate::ctx`]).
+//! outcome series a pipeline can have); [`fleet`] offloads work to other
+//! daemons and serves theirs. Everything here reads the daemon context
+//! ([`crate::ctx`]).
 
 pub mod commands;
 pub mod egress;
+pub mod fleet;
 pub mod ingress;
 pub mod metrics;
 pub mod outcomes;

@@ -32,7 +32,9 @@ pub fn tensor(p: &PipelineConfig, spec: &Spec) -> Vec<ErrorCode> {
         // The stream id comes from wildcard chunks of the key; a key with
         // none gives the empty id, which is always accepted.
         BadStream => p.input.contains('*'),
-        TooManyStreams | Superseded => latest,
+        TooManyStreams => latest,
+        // An offloading pipeline passes on the target's `superseded`.
+        Superseded => latest || p.offload.is_some(),
         Busy => !latest,
         NonFinite => p.non_finite == config::NonFinite::Reject && float_input,
         // Camera frames are decoded and checked on the worker.
@@ -43,6 +45,8 @@ pub fn tensor(p: &PipelineConfig, spec: &Spec) -> Vec<ErrorCode> {
         | SlowConsumer | DuplicateId | BadToolRequest | ToolCallRefused | ToolCallIncomplete => {
             false
         }
+        // Only remote-only pipelines (no local model, not in this list).
+        OffloadUnavailable => false,
     };
     ErrorCode::ALL
         .into_iter()

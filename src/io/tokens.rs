@@ -121,6 +121,7 @@ pub fn finish(ctx: &Ctx, mut g: Box<Generation>, mut reason: Finish) {
             code: e.code.code(),
             message: &e.message,
         }),
+        node: g.remote.as_deref(),
     };
     // Counted before the final message is queued, so a client that has seen
     // it also sees the counters.

@@ -104,6 +104,16 @@ impl Detokenizer {
     pub fn text(&self) -> &str {
         &self.emitted
     }
+
+    /// Text produced elsewhere (fleet offload) and already streamed.
+    pub fn add_emitted(&mut self, text: &str) {
+        self.emitted.push_str(text);
+    }
+
+    /// Text produced elsewhere not streamed yet (released by `finish`).
+    pub fn add_held(&mut self, text: &str) {
+        self.held.push_str(text);
+    }
 }
 
 #[cfg(test)]

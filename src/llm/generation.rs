@@ -66,6 +66,9 @@ pub struct Generation {
     pub run_order: u64,
     /// The grammar and gate of a step that enabled tools.
     pub tools: Option<Box<ToolRun>>,
+    /// The daemon that generated this answer (or its start) when it was
+    /// offloaded (`io::fleet`); named in the final message.
+    pub remote: Option<String>,
 }
 
 /// What one step produced: the tokens sampled (several after a verify
@@ -117,6 +120,7 @@ impl Generation {
             error: None,
             run_order: 0,
             tools: None,
+            remote: None,
         }
     }
 
@@ -131,6 +135,32 @@ impl Generation {
     /// Text held back by the detokenizer, released when generation ends.
     pub fn flush(&mut self) -> String {
         self.detok.finish()
+    }
+
+    /// Records a message another daemon streamed for this request (fleet
+    /// offload): its token counts toward `max_tokens` and its text is part
+    /// of the answer, as if generated here. A piece without a token (text
+    /// the other daemon held back until its end) is released at this
+    /// generation's own end.
+    pub fn note_remote(&mut self, token_id: Option<u32>, text: &str, now: Instant) {
+        match token_id {
+            Some(t) => {
+                self.tokens.push(t);
+                self.detok.add_emitted(text);
+            }
+            None => self.detok.add_held(text),
+        }
+        self.first_token.get_or_insert(now);
+    }
+
+    /// Lets this daemon's model continue a generation another daemon
+    /// started: `streamed` (the text streamed so far, tokenized by this
+    /// model) follows the prompt, so the next token continues that text,
+    /// and message seq numbers go on from the streamed ones. Call before
+    /// the generation's first local step.
+    pub fn continue_after(&mut self, streamed: Vec<u32>) {
+        self.history.extend_from_slice(&streamed);
+        self.prompt.extend(streamed);
     }
 
     pub fn is_cancelled(&self) -> bool {

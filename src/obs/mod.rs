@@ -12,6 +12,7 @@
 
 pub mod batch;
 pub mod cost;
+pub mod fleet;
 pub mod health;
 pub mod hist;
 pub mod power;
@@ -348,6 +349,10 @@ pub struct MetricsSnapshot {
     /// Tensor pipelines then generation pipelines, in config order.
     pub pipelines: Vec<PipelineSnapshot>,
     pub workers: Vec<WorkerSnapshot>,
+    /// Offload to and from other daemons (absent when this daemon neither
+    /// offloads nor serves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<fleet::FleetSnapshot>,
 }
 
 impl MetricsSnapshot {

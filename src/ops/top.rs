@@ -26,6 +26,10 @@ pub struct TopArgs {
     /// Print one screen (figures since the daemon started) and exit.
     #[arg(long)]
     pub once: bool,
+    /// Every daemon on the fabric (nodes found by their `<node>/alive`
+    /// tokens, snapshots from `**/metrics`); `--node` is ignored.
+    #[arg(long)]
+    pub fleet: bool,
 }
 
 fn ms(us: Option<u64>) -> String {
@@ -260,7 +264,7 @@ pub async fn fetch(
 /// Writes one screen. On a terminal the screen is cleared first; anywhere
 /// else (a pipe, a file, a log) screens follow one another, separated by a
 /// blank line, with no escape sequences.
-fn show<W: Write>(out: &mut W, tty: bool, screen: &str) -> bool {
+pub(super) fn show<W: Write>(out: &mut W, tty: bool, screen: &str) -> bool {
     let r = if tty {
         write!(out, "\x1b[2J\x1b[H{screen}")
     } else {
@@ -277,6 +281,9 @@ pub async fn run<W: Write>(
     tty: bool,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
+    if args.fleet {
+        return super::fleet::run(args, out, tty, stop).await;
+    }
     let session = args.conn.open().await.map_err(|e| e.to_string())?;
     let timeout = args.conn.connect_timeout;
     let mut prev = fetch(&session, &args.node, timeout).await?;

@@ -70,6 +70,11 @@ pub trait Task: Send + 'static {
     fn stream(&self) -> &Arc<str>;
     fn received(&self) -> Instant;
     fn deadline(&self) -> Instant;
+    /// A level other than its pipeline's (an offloaded request at the
+    /// requester's level); honoured for unbatched `reject` pipelines.
+    fn level(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// What the scheduler carries, named by its user: jobs of tensor
@@ -220,6 +225,10 @@ impl<K: Kinds> Scheduler<K> {
                 // A batched pipeline keeps its tickets in its own ready
                 // queue and holds at most one batch ticket in the level.
                 level_cap[p.level] += if p.batch.is_some() { 1 } else { cap };
+                // Offloaded jobs may run at another level (Task::level).
+                for l in crate::config::fleet::served_levels(cfg, p) {
+                    level_cap[l] += cap;
+                }
                 PipelineQueue {
                     batch: p.batch.clone().map(|cfg| BatchQueue {
                         cfg,
@@ -298,7 +307,7 @@ impl<K: Kinds> Scheduler<K> {
                     let msg = format!("queue full ({} jobs waiting)", pq.capacity);
                     return Submitted::Rejected(Rejection::new(ErrorCode::Busy, msg), job);
                 }
-                let level = pq.level;
+                let level = job.level().unwrap_or(pq.level);
                 if let Some(bq) = &pq.batch {
                     let pipeline = job.pipeline();
                     if let Err(Ticket::Job(job)) = bq.ready.push(Ticket::Job(job)) {

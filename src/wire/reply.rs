@@ -308,6 +308,10 @@ pub struct FinalMsg<'a> {
     pub speculation: Option<SpecReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody<'a>>,
+    /// The daemon that generated the answer (or its start) when it was
+    /// offloaded to another node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<&'a str>,
 }
 
 impl FinalMsg<'_> {

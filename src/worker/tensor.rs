@@ -527,7 +527,7 @@ pub(super) fn publish(ctx: &Ctx, outbox: &mut Outbox, job: &Job, info: &RunInfo,
     // Counted before the put, so a client that has seen the prediction also
     // sees it counted.
     tp.stats.ok.fetch_add(1, Relaxed);
-    if let Err(e) = outbox.put_stream(&tp.cfg.output, &job.stream, tp.cfg.level, bytes) {
+    if let Err(e) = egress::deliver(outbox, job, &tp.cfg.output, tp.cfg.level, bytes) {
         tp.stats.ok.fetch_sub(1, Relaxed);
         if tp.log.allow(ErrorCode::InferenceFailed) {
             tracing::warn!(pipeline = %tp.cfg.name, error = %e, "cannot publish prediction");
