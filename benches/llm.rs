@@ -45,9 +45,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
 use contenders::{Bare, Pipe, Reflexd};
+use harness::utc_now;
 use peers::{LlamaCpp, Peer};
 use report::{Results, Run};
-use summary::{length_curve, stage, utc_now};
+use summary::{length_curve, stage};
 
 /// Prompt lookup rarely applies to a story.
 const PROMPT_A: &str = "Tell me a long story about a robot.";

@@ -4,37 +4,13 @@
 //! the TPOT-against-length curve, printed as Markdown for BENCHMARKS.md.
 
 use std::fmt::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 
 use crate::contenders::{Bare, Reflexd};
+use crate::harness::utc_now;
 use crate::report::{self, Cpu, Results, Run, common_prefix, median, verdict};
 use crate::{Args, PROMPT_A, PROMPT_B, Setup, Stage, jobs, pipes, rounds, scenarios, spawn_peers};
-
-pub fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    // Civil-from-days (H. Hinnant), to avoid a date crate for one line.
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3600,
-        rem / 60 % 60
-    )
-}
 
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")

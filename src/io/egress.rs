@@ -103,10 +103,17 @@ impl<V> KeyCache<V> {
 /// input key has no wildcard (off the hot path: [`Outbox::put_stream`]
 /// builds it in a reused buffer).
 pub fn output_key(output: &str, stream: &str) -> String {
-    if stream.is_empty() {
-        output.to_string()
-    } else {
-        format!("{output}/{stream}")
+    let mut key = String::new();
+    write_output_key(&mut key, output, stream);
+    key
+}
+
+fn write_output_key(key: &mut String, output: &str, stream: &str) {
+    key.clear();
+    key.push_str(output);
+    if !stream.is_empty() {
+        key.push('/');
+        key.push_str(stream);
     }
 }
 
@@ -137,12 +144,7 @@ impl Outbox {
         payload: Vec<u8>,
     ) -> Result<(), String> {
         let mut key = std::mem::take(&mut self.key);
-        key.clear();
-        key.push_str(output);
-        if !stream.is_empty() {
-            key.push('/');
-            key.push_str(stream);
-        }
+        write_output_key(&mut key, output, stream);
         let r = self.put(&key, level, payload);
         self.key = key;
         r

@@ -102,11 +102,30 @@ pub fn lease(mut zc: zenoh::Config, f: &FleetConfig) -> Result<zenoh::Config, St
     Ok(zc)
 }
 
+/// The querier of a tensor pipeline's offload target, at the pipeline's
+/// level and timeout, and whether the target serves it (local pipelines
+/// that may offload and remote-only ones alike).
+type Matched = (Arc<AtomicBool>, zenoh::matching::MatchingListener<()>);
+
+fn tensor_querier(
+    session: &zenoh::Session,
+    p: &crate::config::PipelineConfig,
+    o: &crate::config::OffloadConfig,
+) -> zenoh::Result<(zenoh::query::Querier<'static>, Matched)> {
+    let querier = session
+        .declare_querier(crate::config::fleet::offload_key(&o.to, &p.name))
+        .consolidation(zenoh::query::ConsolidationMode::None)
+        .congestion_control(zenoh::qos::CongestionControl::Drop)
+        .priority(crate::io::egress::level_priority(p.level))
+        .timeout(o.timeout)
+        .wait()?;
+    let m = matching(&querier)?;
+    Ok((querier, m))
+}
+
 /// Follows whether a querier's key has a queryable (the target serves
 /// the pipeline).
-fn matching(
-    q: &zenoh::query::Querier<'static>,
-) -> zenoh::Result<(Arc<AtomicBool>, zenoh::matching::MatchingListener<()>)> {
+fn matching(q: &zenoh::query::Querier<'static>) -> zenoh::Result<Matched> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     let listener = q

@@ -16,7 +16,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use zenoh::Wait;
 use zenoh::qos::CongestionControl;
-use zenoh::query::{ConsolidationMode, Reply};
+use zenoh::query::Reply;
 use zenoh::sample::Sample;
 
 use super::header::{self, Form, OffloadHeader, Rewrite};
@@ -47,14 +47,7 @@ impl Route {
         target: Arc<Target>,
     ) -> zenoh::Result<Route> {
         let o = cfg.offload.as_ref().expect("remote-only pipelines offload");
-        let querier = session
-            .declare_querier(crate::config::fleet::offload_key(&o.to, &cfg.name))
-            .consolidation(ConsolidationMode::None)
-            .congestion_control(CongestionControl::Drop)
-            .priority(egress::level_priority(cfg.level))
-            .timeout(o.timeout)
-            .wait()?;
-        let (matched, matching) = super::matching(&querier)?;
+        let (querier, (matched, matching)) = super::tensor_querier(session, &cfg, o)?;
         Ok(Route {
             cfg,
             target,

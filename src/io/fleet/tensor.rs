@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use zenoh::Wait;
 use zenoh::qos::CongestionControl;
-use zenoh::query::{ConsolidationMode, Reply};
+use zenoh::query::Reply;
 
 use super::header::{self, Form, OffloadHeader, Rewrite};
 use super::target::{Pending, Target};
@@ -56,14 +56,7 @@ impl Route {
         cfg: OffloadConfig,
         target: Arc<Target>,
     ) -> zenoh::Result<Route> {
-        let querier = session
-            .declare_querier(crate::config::fleet::offload_key(&cfg.to, &p.name))
-            .consolidation(ConsolidationMode::None)
-            .congestion_control(CongestionControl::Drop)
-            .priority(egress::level_priority(p.level))
-            .timeout(cfg.timeout)
-            .wait()?;
-        let (matched, matching) = super::matching(&querier)?;
+        let (querier, (matched, matching)) = super::tensor_querier(session, p, &cfg)?;
         Ok(Route {
             cfg,
             target,
