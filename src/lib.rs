@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod ops;
 pub mod ortlib;
 pub mod pipeline;
+pub mod ros2;
 pub mod scheduler;
 pub mod service;
 pub mod stats;
