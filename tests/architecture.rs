@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["error", "fault", "tensor", "logging"],
     &["obs", "config"],
-    &["wire"],
+    &["wire", "ros2"],
     &["sched"],
     &["job"],
     &["infer"],
