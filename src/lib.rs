@@ -8,8 +8,8 @@
 //! attachments, graph tokens).
 //!
 //! Layers, lowest first (a module imports only lower layers; enforced by
-//! `tests/architecture.rs`): `error`, `fault`, `tensor`, `logging` → `obs`, `config` →
-//! `wire`, `ros2` → `sched` → `job` → `infer` → `llm` → `ctx` → `io` → `worker` →
+//! `tests/architecture.rs`): `error`, `fault`, `tensor`, `logging` → `ros2` →
+//! `obs`, `config` → `wire` → `sched` → `job` → `infer` → `llm` → `ctx` → `io` → `worker` →
 //! `daemon` → `supervise` → `check`, `client`, `ops`.
 
 pub mod check;

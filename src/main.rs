@@ -42,6 +42,9 @@ enum Command {
     /// Print decoded messages on a key expression: tensor summaries, token
     /// streams, errors, metrics.
     Tap(reflexd::ops::tap::TapArgs),
+    /// List a running daemon's pipelines: zenoh keys and ROS 2 topics with
+    /// their types (like `ros2 topic list -t`), tensors, level, deadline.
+    Describe(reflexd::ops::describe::DescribeArgs),
 }
 
 /// Resolves on the first Ctrl-C.
@@ -110,6 +113,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(anyhow::Error::msg)?;
         }
+        Command::Describe(args) => {
+            reflexd::ops::describe::run(&args, &mut std::io::stdout())
+                .await
+                .map_err(anyhow::Error::msg)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -120,7 +128,9 @@ fn main() -> ExitCode {
     // are logged there (zenoh's connection retries are reported as one
     // error by the client itself).
     reflexd::logging::init(match &cli.command {
-        Command::Prompt(_) | Command::Top(_) | Command::Tap(_) => "warn,zenoh=error",
+        Command::Prompt(_) | Command::Top(_) | Command::Tap(_) | Command::Describe(_) => {
+            "warn,zenoh=error"
+        }
         _ => "info,zenoh=warn,ort=warn",
     });
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -87,6 +87,7 @@ pub(super) fn generator_config(
         max_batch,
         max_unsent,
         allowed_levels: Vec::new(),
+        ros2: None,
     })
 }
 

@@ -46,6 +46,7 @@ mod common;
 mod generate;
 pub mod metrics;
 mod raw;
+pub mod ros2;
 mod service;
 mod tensor;
 #[cfg(test)]
@@ -77,6 +78,8 @@ pub struct Config {
     /// Supervision: watchdog, status reports, drain (see [`crate::supervise`]).
     pub service: ServiceConfig,
     pub metrics: MetricsConfig,
+    /// The ROS 2 node reflexd appears as (`[ros2]`).
+    pub ros2: ros2::Ros2Node,
 }
 
 /// A generation pipeline: an LLM answering commands with streamed tokens.
@@ -117,6 +120,8 @@ pub struct GeneratorConfig {
     /// Levels a command may ask for with `priority`: the pipeline's own and
     /// lower ones whose every worker also holds this model's session.
     pub allowed_levels: Vec<usize>,
+    /// ROS 2 topics (`[pipeline.ros2]`): prompts in, answers and tokens out.
+    pub ros2: Option<ros2::PipelineRos2>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -251,6 +256,11 @@ pub struct PipelineConfig {
     /// Most elements of one input tensor (`limits.max_elements` unless the
     /// pipeline sets its own, lower or higher).
     pub max_elements: usize,
+    /// `[pipeline.pre]` as written: how a frame becomes the model input
+    /// (`crate::infer::pre::RawPre`, validated against the model at start).
+    pub pre: Option<toml::Table>,
+    /// ROS 2 topics (`[pipeline.ros2]`), next to the zenoh keys.
+    pub ros2: Option<ros2::PipelineRos2>,
 }
 
 /// Longest a worker may hold a job while it waits for a batch to fill.
@@ -318,6 +328,7 @@ impl Config {
             )?,
         };
         let service = service_config(&raw.service)?;
+        let ros2 = ros2::node(&raw.ros2)?;
         let levels = workers::levels(std::mem::take(&mut raw_levels(&raw)))?;
         let level_index = |key: &str, name: &str| -> Result<usize, ConfigError> {
             levels.iter().position(|l| l == name).ok_or_else(|| {
@@ -327,8 +338,14 @@ impl Config {
             })
         };
         let workers = workers::workers(&raw, &level_index, levels.len())?;
-        let (pipelines, generators) =
-            pipelines(raw.pipeline, &limits, base, &level_index, &levels, &workers)?;
+        let (pipelines, generators) = pipelines(
+            raw.pipeline,
+            &limits,
+            base,
+            &level_index,
+            (&levels, &workers),
+            &ros2,
+        )?;
         Ok(Config {
             zenoh,
             runtime,
@@ -339,6 +356,7 @@ impl Config {
             generators,
             service,
             metrics,
+            ros2,
         })
     }
 }
@@ -359,8 +377,8 @@ fn pipelines(
     limits: &Limits,
     base: &Path,
     level_index: common::LevelIndex,
-    levels: &[String],
-    workers: &[WorkerConfig],
+    (levels, workers): (&[String], &[WorkerConfig]),
+    node: &ros2::Ros2Node,
 ) -> Result<(Vec<PipelineConfig>, Vec<GeneratorConfig>), ConfigError> {
     if raw.is_empty() {
         return Err(invalid(
@@ -371,14 +389,18 @@ fn pipelines(
     let mut names = HashSet::new();
     for p in raw {
         let (name, level) = match p {
-            RawPipeline::Tensor(t) => {
-                let pc = tensor::tensor_config(*t, base, level_index, levels, limits)?;
+            RawPipeline::Tensor(mut t) => {
+                let r = t.ros2.take();
+                let mut pc = tensor::tensor_config(*t, base, level_index, levels, limits)?;
+                pc.ros2 = ros2::tensor(&pc, r, node)?;
                 let nl = (pc.name.clone(), pc.level);
                 pipelines.push(pc);
                 nl
             }
-            RawPipeline::Generate(g) => {
+            RawPipeline::Generate(mut g) => {
+                let r = g.ros2.take();
                 let mut gc = generate::generator_config(*g, base, level_index, levels)?;
+                gc.ros2 = ros2::generate(&gc, r, node)?;
                 // A worker serving a lowered level must hold this model's
                 // session too.
                 gc.allowed_levels = (gc.level..levels.len())
@@ -405,6 +427,16 @@ fn pipelines(
             )));
         }
     }
+    ros2::check_topics(
+        pipelines
+            .iter()
+            .filter_map(|p| Some((p.name.as_str(), p.ros2.as_ref()?)))
+            .chain(
+                generators
+                    .iter()
+                    .filter_map(|g| Some((g.name.as_str(), g.ros2.as_ref()?))),
+            ),
+    )?;
     Ok((pipelines, generators))
 }
 

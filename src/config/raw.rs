@@ -26,6 +26,8 @@ pub struct RawConfig {
     pub service: RawService,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub ros2: super::ros2::RawRos2Node,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -228,6 +230,10 @@ pub struct RawTensorPipeline {
     #[serde(default)]
     pub non_finite: NonFinite,
     pub max_elements: Option<usize>,
+    /// `[pipeline.pre]`, the image stage; parsed by `crate::infer::pre`
+    /// (a higher layer) once the model is known.
+    pub pre: Option<toml::Table>,
+    pub ros2: Option<super::ros2::RawTensorRos2>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -255,6 +261,7 @@ pub struct RawGeneratePipeline {
     pub prefill_chunk: Option<usize>,
     pub max_batch: Option<usize>,
     pub max_unsent: Option<usize>,
+    pub ros2: Option<super::ros2::RawGenerateRos2>,
 }
 
 /// One execution provider, by `kind`.

@@ -82,6 +82,8 @@ pub(super) fn tensor_config(
         late: p.late,
         non_finite: p.non_finite,
         max_elements: positive(&at.key("max_elements"), p.max_elements, limits.max_elements)?,
+        pre: p.pre,
+        ros2: None,
     })
 }
 

@@ -15,7 +15,7 @@ use crate::ctx::{Ctx, Sched};
 use crate::error::{ErrorCode, Rejection};
 use crate::infer::engine::EngineError;
 use crate::infer::runtime::{self, OrtLoadError};
-use crate::io::{commands, egress, ingress, metrics, tokens, zenoh as zconf};
+use crate::io::{commands, describe, egress, ingress, metrics, ros2, tokens, zenoh as zconf};
 use crate::llm::Finish;
 use crate::obs::batch::{BatchSnapshot, DecodeSnapshot};
 use crate::obs::{MetricsSnapshot, PipelineSnapshot};
@@ -43,6 +43,8 @@ pub enum StartError {
     Mlock(String),
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("ROS 2: {0}")]
+    Ros2(String),
 }
 
 /// One step of start-up, reported before it begins (model loads and
@@ -65,6 +67,8 @@ pub struct Daemon {
     threads: Vec<JoinHandle<()>>,
     deliverers: Option<tokens::Deliverers>,
     exports: Option<metrics::Exports>,
+    ros2: Option<ros2::Entities>,
+    describe: Option<zenoh::query::Queryable<()>>,
 }
 
 async fn open_session(config: &Config) -> Result<zenoh::Session, StartError> {
@@ -109,7 +113,9 @@ impl Daemon {
         if config.runtime.mlockall {
             start::lock_memory()?;
         }
-        let ctx = Arc::new(start::context(config, tensors, gens, session, sched));
+        let specs: Vec<_> = tensors.iter().map(|t| &t.spec).collect();
+        let ros = ros2::declare_outputs(&session, &config, &specs).map_err(StartError::Ros2)?;
+        let ctx = Arc::new(start::context(config, (tensors, gens), session, sched, ros));
         let threads = start::spawn_workers(workers, &ctx)?;
         Daemon::open_intake(ctx, threads).await
     }
@@ -126,6 +132,8 @@ impl Daemon {
             threads,
             deliverers: None,
             exports: None,
+            ros2: None,
+            describe: None,
         };
         let zerr = |e: zenoh::Error| StartError::Zenoh(e.to_string());
         d.deliverers = Some(
@@ -140,6 +148,8 @@ impl Daemon {
             d.gen_entities
                 .push(commands::declare(&ctx, gi).map_err(zerr)?);
         }
+        d.ros2 = Some(ros2::open(&ctx).map_err(zerr)?);
+        d.describe = Some(describe::declare(&ctx).map_err(zerr)?);
         d.exports = Some(metrics::start(&ctx).await.map_err(StartError::Metrics)?);
         tracing::info!(
             pipelines = ctx.tensors.len(),
@@ -223,6 +233,9 @@ impl Daemon {
     /// Graceful teardown in the documented order.
     pub async fn shutdown(mut self, drain_timeout: Duration) {
         self.gen_entities.clear();
+        if let Some(r) = &mut self.ros2 {
+            r.subscribers.clear();
+        }
         // Metrics stay readable while draining; the liveliness token goes
         // with them just before the session closes.
         let exports = self.exports.take();
@@ -251,6 +264,9 @@ impl Daemon {
             d.stop(drain_timeout).await;
         }
         drop(exports);
+        // Out of the ROS graph once nothing more will be published.
+        drop(self.ros2.take());
+        drop(self.describe.take());
         if let Err(e) = self.ctx.session.close().await {
             tracing::warn!(error = %e, "closing zenoh session failed");
         }

@@ -12,6 +12,7 @@ use ort::environment::Environment;
 
 use super::{StartError, StartStep};
 use crate::config::{Config, GeneratorConfig};
+use crate::ctx::ros::RosOut;
 use crate::ctx::{Ctx, GenPipe, Sched, TensorPipe};
 use crate::infer::engine::EngineError;
 use crate::infer::warm::load_and_warm;
@@ -198,10 +199,10 @@ fn gen_pipe(
 /// The context every stage reads.
 pub(super) fn context(
     config: Config,
-    tensors: Vec<TensorPipe>,
-    gens: Vec<GenPipe>,
+    (tensors, gens): (Vec<TensorPipe>, Vec<GenPipe>),
     session: zenoh::Session,
     sched: Arc<Sched>,
+    ros2: RosOut,
 ) -> Ctx {
     Ctx {
         workers: config
@@ -217,6 +218,7 @@ pub(super) fn context(
         gens,
         session,
         sched,
+        ros2,
     }
 }
 

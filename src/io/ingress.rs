@@ -63,52 +63,57 @@ fn on_sample(ctx: &Ctx, pi: usize, sample: &Sample) {
     tp.stats.received.fetch_add(1, Relaxed);
     let mut stream = stream_id(&tp.cfg.input, sample.key_expr().as_str());
     match decode(ctx, pi, &stream, sample) {
-        Ok((tensors, meta)) => {
-            let job = Box::new(Job {
+        Ok((tensors, meta)) => submit(
+            ctx,
+            Box::new(Job {
                 pipeline: pi,
                 stream: stream.into(),
                 meta,
                 tensors,
+                header: None,
                 received,
                 recv_order: ctx.order.fetch_add(1, Relaxed),
                 deadline: received + tp.cfg.deadline,
-            });
-            match ctx.sched.submit(job) {
-                Submitted::Queued => {}
-                Submitted::Replaced(old) => egress::fail(
-                    ctx,
-                    &old,
-                    &Rejection::new(
-                        ErrorCode::Superseded,
-                        "a newer frame of this stream arrived before this one ran",
-                    ),
-                ),
-                Submitted::Rejected(rej, job) => egress::fail(ctx, &job, &rej),
-            }
-        }
+            }),
+        ),
         Err((rej, meta)) => {
             if rej.code == ErrorCode::BadStream {
                 // Never echo an over-long id back in full.
                 stream.truncate(truncate(&stream).len());
             }
-            tp.stats.error(rej.code);
-            egress::publish_error(
-                &ctx.session,
-                &tp.cfg.error_key,
-                &tp.cfg.name,
-                &stream,
-                meta.id.as_deref(),
-                meta.seq,
-                &rej,
-            );
+            refuse(ctx, pi, &stream, &meta, &rej);
         }
     }
+}
+
+/// Queues a decoded job (any input: zenoh messages here, ROS 2 messages in
+/// `io::ros2`); a replaced or refused job is answered at once.
+pub fn submit(ctx: &Ctx, job: Box<Job>) {
+    match ctx.sched.submit(job) {
+        Submitted::Queued => {}
+        Submitted::Replaced(old) => egress::fail(
+            ctx,
+            &old,
+            &Rejection::new(
+                ErrorCode::Superseded,
+                "a newer frame of this stream arrived before this one ran",
+            ),
+        ),
+        Submitted::Rejected(rej, job) => egress::fail(ctx, &job, &rej),
+    }
+}
+
+/// Answers a message refused before it became a job, and counts it.
+pub fn refuse(ctx: &Ctx, pi: usize, stream: &str, meta: &RequestMeta, rej: &Rejection) {
+    ctx.tensors[pi].stats.error(rej.code);
+    let ids = (meta.id.as_deref(), meta.seq);
+    egress::report(ctx, egress::Pipe::Tensor(pi), stream, ids, rej);
 }
 
 type Decoded = (Vec<Tensor>, RequestMeta);
 
 /// The payload's bytes without a copy when zenoh holds them in one piece.
-fn payload_bytes(sample: &Sample) -> Bytes {
+pub fn payload_bytes(sample: &Sample) -> Bytes {
     let payload = sample.payload();
     if payload.slices().nth(1).is_none() {
         Bytes::from_owner(Contiguous(payload.clone()))

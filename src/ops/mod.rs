@@ -1,9 +1,11 @@
 //! Operator tools in the `reflexd` binary that watch a running daemon from
 //! outside its data flow, over zenoh only (so they work from another
 //! machine): [`top`] reads the `<node>/metrics` snapshot, [`tap`] prints
-//! decoded messages from any key expression. Neither publishes anything the
+//! decoded messages from any key expression, [`describe`] prints what the
+//! daemon reads and writes (`<node>/describe`). None publishes anything the
 //! daemon consumes.
 
+pub mod describe;
 pub mod tap;
 pub mod top;
 

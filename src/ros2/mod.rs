@@ -25,7 +25,7 @@ pub mod vision;
 mod tests;
 
 pub use attachment::{Attachment, AttachmentFormat};
-pub use config::{Flavour, RawRos2, Ros2Endpoint};
+pub use config::{Defaults, Flavour, RawRos2, Ros2Endpoint};
 pub use error::{AttachmentError, DecodeError, EncodeError, TokenError};
 pub use msg::{CompressedImage, Float32MultiArray, Header, Image, StringMsg, Time};
 pub use publisher::PublisherState;

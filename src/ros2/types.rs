@@ -37,6 +37,11 @@ impl RosType {
         }
     }
 
+    /// Whether the type carries a camera frame (raw or compressed).
+    pub fn is_image(self) -> bool {
+        matches!(self, RosType::Image | RosType::CompressedImage)
+    }
+
     /// Accepts `pkg/msg/Name` and the short `pkg/Name` that `ros2 topic pub`
     /// also takes.
     pub fn parse(s: &str) -> Option<RosType> {

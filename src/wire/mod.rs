@@ -13,6 +13,7 @@ use crate::error::{ErrorCode, Rejection};
 use crate::tensor::Dtype;
 
 pub mod command;
+pub mod describe;
 pub mod reply;
 pub mod request;
 

@@ -422,5 +422,7 @@ fn reply(ctx: &Ctx, outbox: &mut Outbox, job: &Job, ran: &Ran, i: usize, info: &
             job,
             &Rejection::new(ErrorCode::InferenceFailed, format!("publish failed: {e}")),
         );
+    } else {
+        crate::io::ros2::publish_prediction(ctx, job, &outputs);
     }
 }

@@ -23,6 +23,21 @@ object per line on stdout.
         Prints {"event": "token", "key": ...} for every rmw_zenoh liveliness
         token of the domain (what `ros2 node list` / `ros2 topic list` read).
 
+    ros2_peer.py --connect ... session
+        Driven by JSON lines on stdin, for tests against a running daemon:
+        {"op": "subscribe", "topic": T, "type": TY[, "key": K]} → {"event": "subscribed"}
+            then {"event": "sample", ...} per sample (K: a bridge key instead
+            of the rmw_zenoh one; such samples carry no attachment);
+        {"op": "publish", "topic": T, "type": TY, "msg": {...}[, "key": K][, "raw_hex": H]}
+            → waits (up to 10 s) for a subscriber, puts one sample (with an
+            attachment unless K is given) and prints {"event": "published", ...};
+            "raw_hex" sends those bytes instead of the serialised message;
+        {"op": "graph"} → {"event": "token", ...} per token, then {"event": "graph_done"};
+        {"op": "quit"}. Messages in "msg": String {"data"}; Float32MultiArray
+        {"shape", "data"}; Image {"sec", "nanosec", "frame_id", "height",
+        "width", "encoding", "step", "data"}; CompressedImage {"sec",
+        "nanosec", "frame_id", "format", "data" | "file"}.
+
 Loopback only: the session is a zenoh client with multicast scouting and
 gossip off that connects to the given endpoint and listens nowhere.
 """
@@ -156,8 +171,87 @@ def summarise(ty, msg):
         return {"header": stamp(msg.header), "detections": dets}
     if ty == "sensor_msgs/msg/Image":
         return {**stamp(msg.header), "height": msg.height, "width": msg.width,
-                "encoding": msg.encoding, "step": msg.step, "data": msg.data.tolist()}
+                "encoding": msg.encoding, "step": msg.step, "is_bigendian": msg.is_bigendian,
+                "data": msg.data.tolist()}
+    if ty == "std_msgs/msg/Float32MultiArray":
+        return {"shape": [d.size for d in msg.layout.dim], "strides": [d.stride for d in msg.layout.dim],
+                "data_offset": msg.layout.data_offset, "data": [float(x) for x in msg.data]}
     raise SystemExit(f"no summary for {ty}")
+
+
+def build(ts, ty, m):
+    """A rosbags message of type `ty` from the JSON object `m` (see session)."""
+    t = ts.types
+    hdr = lambda: t["std_msgs/msg/Header"](
+        stamp=t["builtin_interfaces/msg/Time"](sec=m.get("sec", 0), nanosec=m.get("nanosec", 0)),
+        frame_id=m.get("frame_id", ""))
+    if ty == "std_msgs/msg/String":
+        return t[ty](data=m["data"])
+    if ty == "std_msgs/msg/Float32MultiArray":
+        shape, dims, stride = m["shape"], [], int(np.prod(m["shape"]))
+        for i, size in enumerate(shape):
+            dims.append(t["std_msgs/msg/MultiArrayDimension"](label=f"d{i}", size=size, stride=stride))
+            stride //= max(size, 1)
+        layout = t["std_msgs/msg/MultiArrayLayout"](dim=dims, data_offset=0)
+        return t[ty](layout=layout, data=np.array(m["data"], dtype=np.float32))
+    if ty == "sensor_msgs/msg/Image":
+        return t[ty](header=hdr(), height=m["height"], width=m["width"], encoding=m["encoding"],
+                     is_bigendian=0, step=m["step"], data=np.array(m["data"], dtype=np.uint8))
+    if ty == "sensor_msgs/msg/CompressedImage":
+        data = open(m["file"], "rb").read() if "file" in m else bytes(m["data"])
+        return t[ty](header=hdr(), format=m["format"], data=np.frombuffer(data, dtype=np.uint8))
+    raise SystemExit(f"cannot build {ty}")
+
+
+def session_mode(args, ts, z):
+    """JSON-lines driven peer (see the module doc)."""
+    subs, pubs, gids = [], {}, {}
+    lock = threading.Lock()
+
+    def out(obj):
+        with lock:
+            emit(obj)
+
+    def on_sample(sample, topic, ty):
+        try:
+            msg = ts.deserialize_cdr(bytes(sample.payload.to_bytes()), ty)
+            out({"event": "sample", "topic": topic, "type": ty, "key": str(sample.key_expr),
+                 "attachment": read_attachment(sample.attachment), "message": summarise(ty, msg)})
+        except Exception as e:  # reported, never silently dropped
+            out({"event": "error", "topic": topic, "error": repr(e)})
+
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        op = cmd["op"]
+        if op == "quit":
+            break
+        if op == "graph":
+            for reply in z.liveliness().get(f"@ros2_lv/{args.domain}/**", timeout=1.0):
+                if reply.ok is not None:
+                    out({"event": "token", "key": str(reply.ok.key_expr)})
+            out({"event": "graph_done"})
+            continue
+        topic, ty = cmd["topic"], cmd["type"]
+        if op == "subscribe":
+            k = cmd.get("key") or key(ts, args.domain, topic, ty, any_hash=True)
+            subs.append(z.declare_subscriber(k, lambda s, tp=topic, y=ty: on_sample(s, tp, y)))
+            out({"event": "subscribed", "topic": topic, "key": k})
+        elif op == "publish":
+            k = cmd.get("key") or key(ts, args.domain, topic, ty)
+            if k not in pubs:
+                pubs[k] = z.declare_publisher(k)
+                gids[k] = bytes((len(gids) * 31 + i) % 256 for i in range(16))
+            matched = wait_matching([pubs[k]], 10.0)
+            payload = (bytes.fromhex(cmd["raw_hex"]) if "raw_hex" in cmd
+                       else bytes(ts.serialize_cdr(build(ts, ty, cmd["msg"]), ty)))
+            seq = cmd.get("seq", 1)
+            if "key" in cmd:
+                pubs[k].put(payload)
+            else:
+                pubs[k].put(payload, attachment=attachment(seq, gids[k]))
+            out({"event": "published", "topic": topic, "key": k, "matched": matched,
+                 "seq": seq, "gid": gids[k].hex()})
+    out({"event": "done"})
 
 
 def subscribe(args, ts, z):
@@ -213,6 +307,7 @@ def main():
     sp.add_argument("--timeout", type=float, default=10.0)
     gp = sub.add_parser("graph")
     gp.add_argument("--wait", type=float, default=1.0)
+    sub.add_parser("session")
     args = p.parse_args()
     ts = typestore()
     with session(args.connect) as z:
@@ -220,6 +315,8 @@ def main():
             publish(args, ts, z)
         elif args.cmd == "subscribe":
             subscribe(args, ts, z)
+        elif args.cmd == "session":
+            session_mode(args, ts, z)
         else:
             graph(args, z)
 

@@ -2,7 +2,7 @@
 //! config table.
 
 use crate::ros2::attachment::Attachment;
-use crate::ros2::config::{Flavour, RawRos2, Ros2Endpoint};
+use crate::ros2::config::{Defaults, Flavour, RawRos2, Ros2Endpoint};
 use crate::ros2::keyexpr::*;
 use crate::ros2::liveliness::*;
 use crate::ros2::publisher::{PublisherState, gid_for_token};
@@ -227,8 +227,11 @@ fn raw(toml_text: &str) -> Result<RawRos2, toml::de::Error> {
 }
 
 fn endpoint(toml_text: &str) -> Result<Ros2Endpoint, String> {
-    Ros2Endpoint::from_raw(&raw(toml_text).unwrap(), "pipeline[cam].input.ros2")
-        .map_err(|e| e.to_string())
+    Ros2Endpoint::from_raw(
+        &raw(toml_text).unwrap(),
+        "pipeline[cam].input.ros2",
+        Defaults::default(),
+    )
 }
 
 #[test]
