@@ -4,12 +4,21 @@
 //! machine noise hits every row alike. The CDR decoder borrows the pixels
 //! from the payload; the safetensors decoder copies them into an owned
 //! tensor, so a third row adds that copy to the CDR path for a like-for-like
-//! figure. Prints a table with medians and ratios to the safetensors row; it
-//! never fails on a number: `cargo bench --bench ros2 [-- --quick]`.
+//! figure. Two more rows run the whole ingress of a camera pipeline: the
+//! decode, then main's image stage (`infer::pre`: BGR→RGB, bilinear resize
+//! to 224×224, /255, NCHW f32), from the CDR message and from the
+//! safetensors message, so the ROS path is judged where it matters: next to
+//! the pre-processing every frame pays anyway. Prints a table with medians
+//! and ratios to the safetensors row; it never fails on a number:
+//! `cargo bench --bench ros2 [-- --quick]`.
 
+use std::cell::RefCell;
 use std::hint::black_box;
 use std::time::Instant;
 
+use reflexd::infer::pre::{
+    Encoding, ImageClaim, ImageInput, PreSpec, Preprocessor, RawPre, check_image,
+};
 use reflexd::ros2::msg::{Header, Image, Time};
 use reflexd::tensor::{Dtype, Tensor};
 use reflexd::wire::{self, RequestMeta};
@@ -53,6 +62,34 @@ fn safetensors_payload(px: &[u8]) -> Vec<u8> {
 /// A named decoder under test.
 type Row<'a> = (&'static str, Box<dyn Fn() + 'a>);
 
+/// The image stage of a 224×224 RGB f32 NCHW model, with its output buffer.
+struct Stage {
+    pre: Preprocessor,
+    out: Vec<u8>,
+}
+
+impl Stage {
+    fn new() -> Stage {
+        let spec = PreSpec::from_raw(&RawPre::default()).expect("defaults are valid");
+        let pre = Preprocessor::new(spec.resolve(&[1, 3, 224, 224], "f32").expect("fits"));
+        let out = vec![0; pre.output_bytes()];
+        Stage { pre, out }
+    }
+
+    /// Checks and pre-processes one bgr8 frame with row pitch `step`.
+    fn run(&mut self, data: &[u8], step: u32) {
+        let claim = ImageClaim {
+            encoding: Encoding::Bgr8,
+            width: Some(W),
+            height: Some(H),
+            step: Some(step),
+        };
+        let desc = check_image(&claim, data, &self.pre.config().limits).unwrap();
+        let input = ImageInput { desc, data };
+        black_box(self.pre.run(&input, &mut self.out).unwrap());
+    }
+}
+
 /// One timed batch of `n` decodes; returns ns per decode.
 fn time(n: u32, mut f: impl FnMut()) -> f64 {
     let t0 = Instant::now();
@@ -77,7 +114,8 @@ fn main() {
     let (tensors, _) = wire::decode_safetensors(&st, usize::MAX).expect("decodes");
     assert_eq!(tensors[0].data.as_ref(), px.as_slice());
 
-    let rows: [Row; 3] = [
+    let stage = RefCell::new(Stage::new());
+    let rows: [Row; 5] = [
         (
             "safetensors decode (shared bytes)",
             Box::new(|| {
@@ -95,6 +133,20 @@ fn main() {
             Box::new(|| {
                 let img = Image::decode(black_box(&cdr)).unwrap();
                 black_box(img.data.to_vec());
+            }),
+        ),
+        (
+            "safetensors decode + image stage",
+            Box::new(|| {
+                let (t, _) = wire::decode_safetensors(black_box(&st), usize::MAX).unwrap();
+                stage.borrow_mut().run(&t[0].data, W * 3);
+            }),
+        ),
+        (
+            "CDR Image decode + image stage",
+            Box::new(|| {
+                let img = Image::decode(black_box(&cdr)).unwrap();
+                stage.borrow_mut().run(img.data, img.step);
             }),
         ),
     ];

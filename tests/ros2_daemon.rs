@@ -493,6 +493,15 @@ async fn camera_frames_feed_the_image_stage_and_answers_keep_the_header() {
         );
     }
     assert_eq!(s["attachment"]["len"], 33);
+    let native = client(port).await;
+    let json = reflexd::ops::describe::fetch(&native, "reflexd", T)
+        .await
+        .unwrap();
+    let d: Description = serde_json::from_slice(&json).unwrap();
+    assert_eq!(
+        d.pipelines[0].stages,
+        vec!["image: rgb 64x64 f32 nchw, stretch"]
+    );
 
     // Frames the stage cannot take are answered on the error topic.
     for (msg, needle) in [

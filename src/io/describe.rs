@@ -54,7 +54,26 @@ fn topics(r: Option<&PipelineRos2>) -> Vec<TopicInfo> {
         .collect()
 }
 
-fn tensor_info(ctx: &Ctx, tp: &TensorPipe) -> PipelineInfo {
+/// The image stage of a camera input, e.g. `image: rgb 64x64 f32 Nchw, Stretch`.
+fn image_stage(ctx: &Ctx, pi: usize) -> Option<String> {
+    let stage = ctx.ros2.tensors.get(pi)?.image.as_ref()?;
+    let pre = stage.lock().unwrap_or_else(|p| p.into_inner());
+    let c = pre.config();
+    Some(
+        format!(
+            "image: {:?} {}x{} {} {:?}, {:?}",
+            c.color,
+            c.width,
+            c.height,
+            c.dtype.name(),
+            c.layout,
+            c.resize
+        )
+        .to_lowercase(),
+    )
+}
+
+fn tensor_info(ctx: &Ctx, pi: usize, tp: &TensorPipe) -> PipelineInfo {
     let c = &tp.cfg;
     let format = match &c.format {
         InputFormat::Safetensors => "safetensors".to_string(),
@@ -86,7 +105,7 @@ fn tensor_info(ctx: &Ctx, tp: &TensorPipe) -> PipelineInfo {
             .filter_map(|n| spec.model_outputs.iter().find(|p| &p.name == n))
             .map(|p| p.to_string())
             .collect(),
-        stages: Vec::new(),
+        stages: image_stage(ctx, pi).into_iter().collect(),
         max_batch: c.batch.as_ref().map_or(1, |b| b.max_batch),
     }
 }
@@ -120,7 +139,8 @@ pub fn describe(ctx: &Ctx) -> Description {
     let pipelines: Vec<PipelineInfo> = ctx
         .tensors
         .iter()
-        .map(|tp| tensor_info(ctx, tp))
+        .enumerate()
+        .map(|(i, tp)| tensor_info(ctx, i, tp))
         .chain(ctx.gens.iter().map(|gp| gen_info(ctx, gp)))
         .collect();
     let domains: BTreeSet<u32> = pipelines

@@ -142,8 +142,20 @@ fn tensor_of(ctx: &Ctx, pi: usize, payload: &[u8]) -> Result<Tensor, Rejection> 
         ));
     }
     let offset = m.layout.data_offset as usize;
+    // `shape()` checks the count after the offset; an offset past the end
+    // with no dimensions still leaves nothing to read.
+    let values = offset
+        .checked_add(n)
+        .and_then(|end| m.data.get(offset..end))
+        .ok_or_else(|| {
+            bad(format!(
+                "{}: layout.data_offset {offset} is past the {} data elements",
+                Float32MultiArray::TYPE,
+                m.data.len()
+            ))
+        })?;
     let mut data = Vec::with_capacity(n * 4);
-    for v in &m.data[offset..offset + n] {
+    for v in values {
         data.extend_from_slice(&v.to_le_bytes());
     }
     let name = &tp.spec.client_inputs[0].name;
