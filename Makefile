@@ -3,14 +3,18 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 JOBS ?= 2
+# The demo's loopback port: `make demo PORT=7450` (or DEMO_PORT=7450 in the
+# environment). A PORT variable that merely sits in the environment (some
+# hosts export one) is ignored.
+DEMO_PORT ?= $(if $(filter command line,$(origin PORT)),$(PORT),7447)
 
-.PHONY: setup demo test bench check-config cross-aarch64 deb
+.PHONY: setup demo test bench check-config cross-aarch64 deb deb-arm64
 
 setup:
 	@bash scripts/provision.sh
 
 demo: setup
-	@bash scripts/demo.sh
+	@DEMO_PORT=$(DEMO_PORT) bash scripts/demo.sh
 
 test: setup
 	$(CARGO) fmt --all -- --check
@@ -28,7 +32,11 @@ check-config: setup
 cross-aarch64:
 	@JOBS=$(JOBS) bash scripts/cross-aarch64.sh
 
-# Debian packages of the release binaries (build them first).
+# Debian package (cargo-deb metadata in Cargo.toml; the script installs
+# cargo-deb 3.8.0 into the cache on first use, builds, packages, verifies).
+# deb-arm64: the Jetson package from the cross build (minutes).
 deb:
-	$(CARGO) build -j$(JOBS) --release
-	bash scripts/package-deb.sh amd64
+	@JOBS=$(JOBS) bash scripts/package-deb.sh amd64
+
+deb-arm64: cross-aarch64
+	@JOBS=$(JOBS) bash scripts/package-deb.sh arm64

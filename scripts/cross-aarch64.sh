@@ -95,7 +95,7 @@ fi
 
 # ---- build --------------------------------------------------------------------
 step "cargo zigbuild --profile $PROFILE --target $TARGET.$GLIBC"
-PATH="$VENV/bin:$PATH" cargo zigbuild -j"$JOBS" --profile "$PROFILE" --target "$TARGET.$GLIBC" --bin reflexd
+PATH="$VENV/bin:$PATH" cargo zigbuild -j"$JOBS" --profile "$PROFILE" --target "$TARGET.$GLIBC" --bins
 outdir=$([[ "$PROFILE" == dev ]] && echo debug || echo "$PROFILE")
 BIN="$REPO/target/$TARGET/$outdir/reflexd"
 [[ -x "$BIN" ]] || die "no binary at $BIN"

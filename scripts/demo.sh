@@ -10,32 +10,40 @@
 # either sensor. After the simulator, a second question streams as running
 # text, the way a person uses `reflexd prompt`.
 #
-#   scripts/demo.sh                  # 15 s of traffic
+#   scripts/demo.sh                  # 15 s of traffic on tcp/127.0.0.1:7447
 #   DEMO_SECONDS=60 scripts/demo.sh  # longer run
+#   DEMO_PORT=7450 scripts/demo.sh   # another loopback port (make demo PORT=7450)
 #
-# Environment: DEMO_SECONDS (default 15), DEMO_PROMPT_AFTER seconds into the
-# simulator run before the first question (default 4), DEMO_READY_TIMEOUT
-# seconds to wait for the daemon's "reflexd ready" (default 120: covers a slow
-# first warm-up), REFLEXD_LOG (daemon log filter). The daemon's log goes to a
+# Environment: DEMO_PORT (default 7447, the port of config/demo.toml; another
+# port runs a copy of that config with only the listen port changed),
+# DEMO_SECONDS (default 15), DEMO_PROMPT_AFTER seconds into the simulator run
+# before the first question (default 4), DEMO_READY_TIMEOUT seconds to wait
+# for the daemon's "reflexd ready" (default 120: covers a slow first
+# warm-up), REFLEXD_LOG (daemon log filter). The daemon's log goes to a
 # temporary file that is printed when anything fails and removed after a clean
 # run.
 #
-# Idempotent: it only builds what changed, starts its own daemon, and stops
-# exactly those processes (daemon and simulator, by pid) on exit, Ctrl-C
-# included. It refuses to start if
-# the demo port is already taken rather than touch someone else's process.
+# Idempotent: it only builds what changed (cargo decides; the binaries are
+# taken from cargo's own target directory, CARGO_TARGET_DIR included),
+# starts its own daemon, and stops exactly those processes (daemon and
+# simulator, by pid) on exit, Ctrl-C included. It refuses to start if the
+# demo port is already taken rather than touch someone else's process. It
+# works from any directory.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
 
 CONFIG=config/demo.toml
-ENDPOINT_PORT=7447 # must match [zenoh] listen in $CONFIG
+DEFAULT_PORT=7447 # the port of [zenoh] listen in $CONFIG
+PORT="${DEMO_PORT:-$DEFAULT_PORT}"
 SECONDS_TO_RUN="${DEMO_SECONDS:-15}"
 READY_TIMEOUT="${DEMO_READY_TIMEOUT:-120}"
 PROMPT_AFTER="${DEMO_PROMPT_AFTER:-4}"
-DAEMON_BIN=target/release/reflexd
-SIM_BIN=target/release/reflexd-sim
+if ! [[ "$PORT" =~ ^[0-9]+$ ]] || ((PORT < 1 || PORT > 65535)); then
+    echo "demo.sh: ERROR: DEMO_PORT=$PORT: expected a TCP port, 1-65535" >&2
+    exit 2
+fi
 
 LOGDIR="$(mktemp -d "${TMPDIR:-/tmp}/reflexd-demo.XXXXXX")"
 DAEMON_LOG="$LOGDIR/reflexd.log"
@@ -112,19 +120,36 @@ trap cleanup EXIT
 trap 'INTERRUPTED=1; echo; echo "demo.sh: interrupted" >&2; exit 130' INT TERM
 
 # ---- build ------------------------------------------------------------------
-say "building release binaries (cargo build --release -j2 --bins)"
+say "building release binaries (cargo build --release -j2 --bins; a no-op when nothing changed)"
 cargo build --release -j2 --bins
+# Where cargo put them: target/ unless CARGO_TARGET_DIR or a cargo config
+# says otherwise (a stale target/release/reflexd must never be run instead).
+TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+[[ -n "$TARGET_DIR" ]] || fail "cannot read cargo's target directory from cargo metadata"
+DAEMON_BIN="$TARGET_DIR/release/reflexd"
+SIM_BIN="$TARGET_DIR/release/reflexd-sim"
 
 # ---- preflight --------------------------------------------------------------
 [[ -e models/fetched/silero_vad.onnx ]] || fail "models/fetched is missing: run scripts/provision.sh (or make demo)"
 [[ -e models/llm/fetched/model.onnx ]] || fail "models/llm/fetched is missing: run scripts/provision.sh (or make demo)"
-if command -v ss >/dev/null 2>&1 && ss -ltnH "sport = :$ENDPOINT_PORT" 2>/dev/null | grep -q .; then
-    fail "port $ENDPOINT_PORT is already in use (another reflexd or zenoh peer?); stop it first — this script only stops the daemon it starts"
+if command -v ss >/dev/null 2>&1 && ss -ltnH "sport = :$PORT" 2>/dev/null | grep -q .; then
+    fail "port $PORT is already in use (another reflexd or zenoh peer?); stop it first or pick another (make demo PORT=7450) — this script only stops the daemon it starts"
 fi
+if [[ "$PORT" != "$DEFAULT_PORT" ]]; then
+    # The same config on another port. Its relative paths are relative to
+    # config/, so the copy spells them out from the repository root.
+    sed -e "s#\"tcp/127.0.0.1:$DEFAULT_PORT\"#\"tcp/127.0.0.1:$PORT\"#" \
+        -e "s#\"\.\./#\"$REPO_ROOT/#g" "$CONFIG" >"$LOGDIR/demo.toml"
+    grep -q "\"tcp/127.0.0.1:$PORT\"" "$LOGDIR/demo.toml" \
+        || fail "$CONFIG no longer listens on tcp/127.0.0.1:$DEFAULT_PORT; update DEFAULT_PORT in $0"
+    CONFIG="$LOGDIR/demo.toml"
+fi
+# Every tool below (reflexd-sim, reflexd prompt) reaches the daemon here.
+export REFLEXD_CONNECT="tcp/127.0.0.1:$PORT"
 
 # ---- start the daemon -------------------------------------------------------
-say "starting $DAEMON_BIN run -c $CONFIG (log: $DAEMON_LOG)"
-REFLEXD_LOG="${REFLEXD_LOG:-info,zenoh=warn,ort=warn}" "$DAEMON_BIN" run -c "$CONFIG" >"$DAEMON_LOG" 2>&1 &
+say "starting $DAEMON_BIN run -c $CONFIG on $REFLEXD_CONNECT (log: $DAEMON_LOG)"
+"$DAEMON_BIN" run -c "$CONFIG" >"$DAEMON_LOG" 2>&1 &
 DAEMON_PID=$!
 
 deadline=$((SECONDS + READY_TIMEOUT))
@@ -199,7 +224,7 @@ if [[ $daemon_status -ne 0 ]]; then
 fi
 # Provider fallback warnings are expected on a CPU-only runtime; anything else
 # the daemon warned about is worth a look even when the demo passed.
-unexpected="$(grep -E " (ERROR|WARN) " "$DAEMON_LOG" | grep -v -e "execution provider" -e "Gossip is disabled" || true)"
+unexpected="$(grep -E " (ERROR|WARN) " "$DAEMON_LOG" | grep -v -e "execution provider" || true)"
 if [[ -n "$unexpected" ]]; then
     echo "reflexd logged warnings:"
     echo "$unexpected" | sed 's/^/    /'

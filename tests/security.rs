@@ -11,7 +11,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -289,4 +289,150 @@ async fn mtls_and_acl_let_only_the_allowed_clients_in() {
         s.close().await.unwrap();
     }
     daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A tool's zenoh file: the example `config/zenoh-client-secure.json5` with
+/// this test's endpoint and certificate paths filled in.
+fn tool_zenoh(dir: &Path, name: &str, endpoint: &str, cert: &str) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("config/zenoh-client-secure.json5"))
+        .unwrap()
+        .replace("tls/127.0.0.1:7448", endpoint)
+        .replace("/etc/reflexd/tls/ca.pem", &p(dir, "ca.pem"))
+        .replace(
+            "/etc/reflexd/tls/operator.pem",
+            &p(dir, &format!("{cert}.pem")),
+        )
+        .replace(
+            "/etc/reflexd/tls/operator.key",
+            &p(dir, &format!("{cert}.key")),
+        );
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The operator tools against the TLS/mTLS daemon of config/secure.toml:
+/// `tap` with `--zenoh-config` reads predictions, `top` reads the metrics
+/// with the file from REFLEXD_ZENOH_CONFIG and the endpoint from
+/// REFLEXD_CONNECT (which replaces the file's), `prompt` gets through to
+/// the ACL (and is told no generation pipeline serves its key), and a
+/// certificate from another CA is refused with a clean error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_reach_the_tls_daemon_through_a_zenoh_config_file() {
+    let dir = std::env::temp_dir().join(format!("reflexd-security-tools-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    make_pki(
+        &dir,
+        "ca",
+        &[("reflexd", SERVER_EXT), ("operator", CLIENT_EXT)],
+    );
+    make_pki(&dir, "rogue-ca", &[("rogue", CLIENT_EXT)]);
+    let port = free_port();
+    let toml = format!(
+        "[zenoh]\nconfig_file = \"{}\"\n[[pipeline]]\nname = \"affine\"\nmodel = \"{}\"\ninput = \"t/in/affine/*\"\noutput = \"t/out/affine\"\n",
+        daemon_zenoh(&dir, port).display(),
+        test_model("affine.onnx")
+    );
+    let daemon = Daemon::start(Config::from_toml(&toml, &repo()).unwrap())
+        .await
+        .unwrap();
+    let endpoint = format!("tls/127.0.0.1:{port}");
+    let good = tool_zenoh(&dir, "operator.json5", &endpoint, "operator");
+    // The right certificate, a wrong endpoint: REFLEXD_CONNECT must win.
+    let elsewhere = tool_zenoh(&dir, "elsewhere.json5", "tls/127.0.0.1:1", "operator");
+    let rogue = tool_zenoh(&dir, "rogue.json5", &endpoint, "rogue");
+    let tool = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_reflexd"));
+        c.args(args)
+            .env("REFLEXD_LOG", "warn,zenoh=error")
+            .env_remove("REFLEXD_CONNECT")
+            .env_remove("REFLEXD_ZENOH_CONFIG");
+        c
+    };
+
+    // tap, flag form: one decoded prediction of an operator's request.
+    let mut tap = tool(&["tap", "t/out/**", "--count", "1", "--timeout", "30"])
+        .arg("--zenoh-config")
+        .arg(&good)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let op = tls_client(
+        port,
+        &p(&dir, "ca.pem"),
+        Some((&p(&dir, "operator.pem"), &p(&dir, "operator.key"))),
+    )
+    .await;
+    assert!(connected(&op).await, "operator must connect");
+    let req = request(&[f32_tensor("x", &[1, 4], &[1.0; 4])], "via-tls", 1);
+    let mut status = None;
+    for _ in 0..200 {
+        put(&op, "t/in/affine/a", req.clone()).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Some(s) = tap.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+    }
+    let status = status.unwrap_or_else(|| {
+        let _ = tap.kill();
+        panic!("tap over TLS printed nothing")
+    });
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut tap.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "{out}");
+    assert!(
+        out.starts_with("t/out/affine/a tensors y f32[1,4]") && out.contains("id=via-tls"),
+        "{out}"
+    );
+
+    // top, environment form.
+    let mut top = tool(&["top", "--once"]);
+    top.env("REFLEXD_ZENOH_CONFIG", &elsewhere)
+        .env("REFLEXD_CONNECT", &endpoint);
+    let o = tokio::task::spawn_blocking(move || top.output().unwrap())
+        .await
+        .unwrap();
+    let screen = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{screen}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(screen.lines().any(|l| l.starts_with("affine ")), "{screen}");
+
+    // prompt reaches the daemon (the error is about the missing pipeline,
+    // not the connection).
+    let mut prompt = tool(&["prompt", "--connect-timeout", "1", "--input", "t/in/llm"]);
+    prompt.arg("--zenoh-config").arg(&good).arg("Hi");
+    let o = tokio::task::spawn_blocking(move || prompt.output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "connected to {endpoint}, but nothing serves t/in/llm"
+        )),
+        "{err}"
+    );
+
+    // Another CA's certificate: no link, one clean line.
+    let mut top = tool(&["top", "--once", "--connect-timeout", "1"]);
+    top.arg("--zenoh-config").arg(&rogue);
+    let o = tokio::task::spawn_blocking(move || top.output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot connect to {endpoint} within 1s")),
+        "{err}"
+    );
+    assert!(!err.contains(".rs:"), "{err}");
+
+    op.close().await.unwrap();
+    daemon.shutdown(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -176,76 +176,87 @@ fn sysusers_and_tmpfiles_create_the_user_and_its_directories() {
     }
 }
 
+/// `[package.metadata.deb]` as cargo-deb reads it (`make deb` builds and
+/// checks the real package with scripts/package-deb.sh; cargo-deb is not
+/// installed for tests): every packaged file exists, both binaries go to
+/// /usr/bin, the unit and the sysusers entry are where cargo-deb finds them
+/// by name, the service is enabled but not started, and each variant ships
+/// /etc/reflexd/reflexd.toml under the package name `reflexd`.
 #[test]
-fn deb_package_installs_binary_unit_companions_and_config() {
-    let out = tmpdir("deb");
-    let o = Command::new("bash")
-        .arg(common::repo().join("scripts/package-deb.sh"))
-        .args(["amd64", env!("CARGO_BIN_EXE_reflexd")])
-        .arg(&out)
-        .env("DEB_COMPRESS", "none")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", all_output(&o));
-    let deb = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    assert!(deb.ends_with("reflexd_0.1.0_amd64.deb"), "{deb}");
-    let list = Command::new("dpkg-deb")
-        .args(["-c", &deb])
-        .output()
-        .unwrap();
-    let list = String::from_utf8_lossy(&list.stdout).into_owned();
-    for (path, mode) in [
-        ("./usr/bin/reflexd", "-rwxr-xr-x"),
-        ("./usr/lib/systemd/system/reflexd.service", "-rw-r--r--"),
-        ("./usr/lib/sysusers.d/reflexd.conf", "-rw-r--r--"),
-        ("./usr/lib/tmpfiles.d/reflexd.conf", "-rw-r--r--"),
-        ("./etc/reflexd/reflexd.toml", "-rw-r--r--"),
-        ("./usr/share/doc/reflexd/deploy-jetson.md", "-rw-r--r--"),
-    ] {
+fn deb_metadata_names_every_file_and_both_variants() {
+    let repo = common::repo();
+    let manifest: toml::Value =
+        toml::from_str(&std::fs::read_to_string(repo.join("Cargo.toml")).unwrap()).unwrap();
+    let deb = &manifest["package"]["metadata"]["deb"];
+    assert_eq!(deb["name"].as_str(), Some("reflexd"));
+    let scripts = repo.join(deb["maintainer-scripts"].as_str().unwrap());
+    for f in ["reflexd.service", "reflexd.sysusers"] {
         assert!(
-            list.lines()
-                .any(|l| l.starts_with(mode) && l.contains(" root/root ") && l.ends_with(path)),
-            "{path} ({mode}, root-owned) missing from:\n{list}"
+            scripts.join(f).is_file(),
+            "cargo-deb looks for {f} in {scripts:?}"
         );
     }
-    let field = |f: &str| {
-        let o = Command::new("dpkg-deb")
-            .args(["-f", &deb, f])
+    let units = &deb["systemd-units"];
+    assert_eq!(units["enable"].as_bool(), Some(true));
+    assert_eq!(units["start"].as_bool(), Some(false), "models come first");
+    let dests = |assets: &toml::Value| -> Vec<(String, String)> {
+        let list = assets.as_array().expect("an asset list");
+        list.iter()
+            .map(|a| {
+                let a = a.as_array().expect("[source, dest, mode]");
+                assert_eq!(a.len(), 3, "{a:?}");
+                let (src, dest) = (a[0].as_str().unwrap(), a[1].as_str().unwrap());
+                // target/release/ is cargo-deb's name for the build outputs.
+                if !src.starts_with("target/release/") {
+                    assert!(repo.join(src).is_file(), "asset {src} does not exist");
+                }
+                (src.to_string(), dest.to_string())
+            })
+            .collect()
+    };
+    let base = dests(&deb["assets"]);
+    for bin in ["reflexd", "reflexd-sim"] {
+        assert!(
+            base.contains(&(format!("target/release/{bin}"), "usr/bin/".into())),
+            "{bin} is not packaged: {base:?}"
+        );
+    }
+    assert!(base.contains(&(
+        "systemd/reflexd.tmpfiles".into(),
+        "usr/lib/tmpfiles.d/reflexd.conf".into()
+    )));
+    for arch in ["arm64", "amd64"] {
+        let v = &deb["variants"][arch];
+        assert_eq!(v["name"].as_str(), Some("reflexd"), "{arch}");
+        let extra = dests(&v["merge-assets"]["append"]);
+        assert_eq!(extra.len(), 1, "{arch}: {extra:?}");
+        assert_eq!(extra[0].1, "etc/reflexd/reflexd.toml", "{arch}");
+    }
+}
+
+/// The config each package ships (scripts/package-deb.sh writes the amd64
+/// one): the Jetson example with that architecture's ONNX Runtime path, and
+/// it still parses.
+#[test]
+fn deb_config_of_each_architecture_names_its_onnxruntime_and_parses() {
+    let dir = tmpdir("deb-config");
+    for (arch, multiarch) in [
+        ("arm64", "aarch64-linux-gnu"),
+        ("amd64", "x86_64-linux-gnu"),
+    ] {
+        let file = dir.join(format!("{arch}.toml"));
+        let o = Command::new("bash")
+            .arg(common::repo().join("scripts/package-deb.sh"))
+            .args(["config", arch])
+            .arg(&file)
             .output()
             .unwrap();
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
-    };
-    assert_eq!(field("Package"), "reflexd");
-    assert_eq!(field("Architecture"), "amd64");
-    let ctrl = tmpdir("deb-ctrl");
-    assert!(
-        Command::new("dpkg-deb")
-            .args(["-e", &deb])
-            .arg(&ctrl)
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert_eq!(
-        std::fs::read_to_string(ctrl.join("conffiles")).unwrap(),
-        "/etc/reflexd/reflexd.toml\n"
-    );
-    // The shipped config is the Jetson example with this architecture's
-    // ONNX Runtime path, and still parses.
-    let x = tmpdir("deb-x");
-    assert!(
-        Command::new("dpkg-deb")
-            .args(["-x", &deb])
-            .arg(&x)
-            .status()
-            .unwrap()
-            .success()
-    );
-    let cfg = std::fs::read_to_string(x.join("etc/reflexd/reflexd.toml")).unwrap();
-    assert!(cfg.contains("/usr/lib/x86_64-linux-gnu/libonnxruntime.so"));
-    reflexd::Config::from_toml(&cfg, Path::new("/etc/reflexd")).unwrap();
-    // The package holds the debug binary (hundreds of MB): do not keep it.
-    for d in [&out, &ctrl, &x] {
-        let _ = std::fs::remove_dir_all(d);
+        assert!(o.status.success(), "{}", all_output(&o));
+        let cfg = std::fs::read_to_string(&file).unwrap();
+        let want = format!("onnxruntime = \"/usr/lib/{multiarch}/libonnxruntime.so\"");
+        assert!(cfg.contains(&want), "{arch}: {want} missing");
+        reflexd::Config::from_toml(&cfg, Path::new("/etc/reflexd"))
+            .unwrap_or_else(|e| panic!("{arch}: {e}"));
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }

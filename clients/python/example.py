@@ -2,6 +2,7 @@
 """reflexd from Python in four steps: a prediction, a bad request answered
 with its error code, a streamed generation, and the daemon's metrics.
 
+    pip install ./clients/python      # the reflexd-client package (provision.sh: in its venv)
     ~/.cache/reflexd/v1/venv/bin/python clients/python/example.py \
         --connect tcp/127.0.0.1:7447 --input robot/affine/a --output reflexd/affine \
         [--llm-cmd reflexd/llm/cmd --llm-out reflexd/llm/out] [--node reflexd]
@@ -18,7 +19,8 @@ import numpy as np
 from reflexd_client import Client, ReflexdError, percentile_ms
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-ap.add_argument("--connect", default="tcp/127.0.0.1:7447")
+ap.add_argument("--connect", help="the daemon's zenoh endpoint [default: $REFLEXD_CONNECT, else tcp/127.0.0.1:7447]")
+ap.add_argument("--zenoh-config", help="a zenoh JSON5 file for this client's session (e.g. TLS certificates)")
 ap.add_argument("--input", required=True, help="a key the tensor pipeline's input pattern matches")
 ap.add_argument("--output", required=True, help="the tensor pipeline's output key")
 ap.add_argument("--llm-cmd", help="a generation pipeline's command key")
@@ -26,7 +28,7 @@ ap.add_argument("--llm-out", help="that pipeline's output key")
 ap.add_argument("--node", default="reflexd", help="the daemon's metrics.node")
 args = ap.parse_args()
 
-with Client(args.connect) as c:
+with Client(args.connect, config=args.zenoh_config) as c:
     # 1. Publish a tensor, receive the prediction with the same id.
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     out, meta = c.predict(args.input, args.output, {"x": x})

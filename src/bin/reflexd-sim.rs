@@ -8,6 +8,12 @@
 //! predictions, with the daemon's own timings next to the round trip measured
 //! here, and JSON error messages. The exit code says whether every expected
 //! pipeline answered at least once, so `scripts/demo.sh` can fail loudly.
+//!
+//! It connects like the other tools (`--connect`, `REFLEXD_CONNECT`,
+//! `--zenoh-config`: a zenoh client by default) and finds its WAV and PNG
+//! from any directory: relative paths are looked up under `--data` (or
+//! `REFLEXD_DATA`), else the current directory, then the checkout it was
+//! built from.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -20,6 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use reflexd::client::ConnectArgs;
 use reflexd::wire::{self, RequestMeta};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -38,8 +45,6 @@ const DET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// The DB post-processing binarization threshold of PP-OCR.
 const TEXT_THRESHOLD: f32 = 0.3;
 const SPEECH_THRESHOLD: f32 = 0.5;
-/// How long to wait for the daemon's subscribers before giving up.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// After the last frame is sent, replies still in flight (a text-detector run
 /// takes ~140 ms on CPU) are collected for this long.
 const DRAIN: Duration = Duration::from_millis(800);
@@ -52,9 +57,13 @@ const PRINT_QUEUE: usize = 1024;
     about = "Sensor simulator for reflexd: plays a WAV as a microphone and a PNG as a camera, prints what comes back"
 )]
 struct Args {
-    /// Zenoh endpoint of the daemon.
-    #[arg(long, default_value = "tcp/127.0.0.1:7447")]
-    connect: String,
+    #[command(flatten)]
+    conn: ConnectArgs,
+    /// Directory that relative --wav/--image paths are found in (a reflexd
+    /// checkout after `make setup`) [default: the current directory, then
+    /// the checkout this binary was built from].
+    #[arg(long, env = "REFLEXD_DATA", value_name = "DIR")]
+    data: Option<PathBuf>,
     /// How long to publish before printing the summary.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
@@ -179,16 +188,49 @@ fn load_image(path: &Path) -> anyhow::Result<(Vec<f32>, (u32, u32))> {
     Ok((out, (info.width, info.height)))
 }
 
-async fn wait_matched(p: &zenoh::pubsub::Publisher<'_>, connect: &str) -> anyhow::Result<()> {
-    let until = Instant::now() + CONNECT_TIMEOUT;
+/// Directories a relative data path is looked up in, in order.
+fn data_roots(data: Option<&Path>) -> Vec<PathBuf> {
+    match data {
+        Some(d) => vec![d.to_path_buf()],
+        None => {
+            let mut roots: Vec<PathBuf> = std::env::current_dir().into_iter().collect();
+            roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+            roots
+        }
+    }
+}
+
+/// The file behind `--<flag> path`: absolute as given, relative under the
+/// first root that has it; else an error naming every place looked at.
+fn find_data(flag: &str, path: &Path, roots: &[PathBuf]) -> anyhow::Result<PathBuf> {
+    let tried: Vec<PathBuf> = if path.is_absolute() {
+        vec![path.to_path_buf()]
+    } else {
+        roots.iter().map(|r| r.join(path)).collect()
+    };
+    if let Some(p) = tried.iter().find(|p| p.is_file()) {
+        return Ok(p.clone());
+    }
+    let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+    bail!(
+        "--{flag} {}: no such file (looked for {}). Pass --{flag} FILE, or --data DIR / REFLEXD_DATA naming a reflexd checkout (models/data comes from `make setup`)",
+        path.display(),
+        list.join(", ")
+    )
+}
+
+async fn wait_matched(p: &zenoh::pubsub::Publisher<'_>, conn: &ConnectArgs) -> anyhow::Result<()> {
+    let wait = conn.connect_timeout;
+    let until = Instant::now() + wait;
     loop {
         if z(p.matching_status().await)?.matching() {
             return Ok(());
         }
         if Instant::now() > until {
             bail!(
-                "nobody subscribes to {} after {CONNECT_TIMEOUT:?}: is reflexd running at {connect} with a pipeline on that key?",
-                p.key_expr()
+                "nobody subscribes to {} after {wait:?}: is reflexd running at {} with a pipeline on that key?",
+                p.key_expr(),
+                conn.endpoints()
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -305,7 +347,10 @@ fn percentile(v: &[f64], p: f64) -> String {
     v.get(i).map_or("-".into(), |x| format!("{x:.2}"))
 }
 
-async fn run(args: Args) -> anyhow::Result<bool> {
+async fn run(mut args: Args) -> anyhow::Result<bool> {
+    let roots = data_roots(args.data.as_deref());
+    args.wav = find_data("wav", &args.wav, &roots)?;
+    args.image = find_data("image", &args.image, &roots)?;
     let audio = Arc::new(load_audio(&args.wav, args.gap_ms)?);
     let (image, (w, h)) = load_image(&args.image)?;
     let frame_tensor = reflexd::tensor::f32_tensor("x", &[1, 3, IMG_H, IMG_W], &image);
@@ -313,15 +358,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         bail!("--camera-hz must be in (0, 100] and --seconds > 0");
     }
 
-    // Peer with no listener of its own, loopback connect only, no scouting.
-    let cfg = serde_json::json!({
-        "mode": "peer",
-        "listen": { "endpoints": [] },
-        "connect": { "endpoints": [args.connect] },
-        "scouting": { "multicast": { "enabled": false }, "gossip": { "enabled": false } },
-    });
-    let session = z(zenoh::open(z(zenoh::Config::from_json5(&cfg.to_string()))?).await)
-        .with_context(|| format!("cannot open a zenoh session to {}", args.connect))?;
+    let session = args.conn.open().await?;
 
     let (tx, mut rx) = mpsc::channel::<Arrival>(PRINT_QUEUE);
     let dropped = Arc::new(AtomicU64::new(0));
@@ -356,8 +393,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     };
     let mic = z(declare(&args.mic_key).await)?;
     let cam = z(declare(&args.camera_key).await)?;
-    wait_matched(&mic, &args.connect).await?;
-    wait_matched(&cam, &args.connect).await?;
+    wait_matched(&mic, &args.conn).await?;
+    wait_matched(&cam, &args.conn).await?;
 
     let (a, secs) = (&args, audio.len() as f64 / SAMPLE_RATE as f64);
     println!(
@@ -491,7 +528,8 @@ async fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("reflexd-sim: error: {e:#}");
+            let msg = reflexd::logging::strip_source_locations(&format!("{e:#}"));
+            eprintln!("reflexd-sim: error: {msg}");
             ExitCode::from(2)
         }
     }

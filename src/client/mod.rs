@@ -19,7 +19,10 @@ use zenoh::query::ConsolidationMode;
 
 use crate::wire::command::valid_id;
 
+pub mod connect;
 mod conversation;
+use crate::logging::strip_source_locations;
+pub use connect::{ConnectArgs, ConnectError};
 use conversation::{Conversation, Source};
 
 /// Defaults matching the `chat` pipeline of config/demo.toml.
@@ -41,9 +44,8 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 pub struct PromptArgs {
     /// The question (sent as one user message).
     pub prompt: String,
-    /// Zenoh endpoint of the daemon.
-    #[arg(long, default_value = DEFAULT_CONNECT)]
-    pub connect: String,
+    #[command(flatten)]
+    pub conn: ConnectArgs,
     /// The pipeline's command topic (`input` in its config).
     #[arg(long, default_value = DEFAULT_INPUT)]
     pub input: String,
@@ -68,24 +70,27 @@ pub struct PromptArgs {
     /// Generation id [default: derived from the time and this process id].
     #[arg(long)]
     pub id: Option<String>,
-    #[arg(long)]
+    /// Most tokens to generate [default: the pipeline's max_tokens]; the
+    /// answer ends with finish_reason "length" there.
+    #[arg(long, value_name = "N")]
     pub max_tokens: Option<u32>,
-    /// 0 = greedy (the daemon's default).
+    /// Sampling temperature; 0 = greedy (the daemon's default).
     #[arg(long)]
     pub temperature: Option<f32>,
-    #[arg(long)]
+    /// Sample only among the K most likely tokens [default: all].
+    #[arg(long, value_name = "K")]
     pub top_k: Option<u64>,
-    #[arg(long)]
+    /// Sample only among the most likely tokens whose probabilities add up
+    /// to P (nucleus sampling, 0 < P <= 1) [default: 1].
+    #[arg(long, value_name = "P")]
     pub top_p: Option<f32>,
     /// Sampling seed: the same seed and prompt give the same tokens.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// The generation's budget; it ends with finish_reason "deadline" after.
-    #[arg(long)]
+    /// Time budget of the whole generation in milliseconds, from receipt;
+    /// when it passes, the answer stops with finish_reason "deadline".
+    #[arg(long, value_name = "MS")]
     pub deadline_ms: Option<f64>,
-    /// Seconds to wait for the daemon's endpoint and command subscriber.
-    #[arg(long, default_value = "5", value_parser = parse_secs)]
-    pub connect_timeout: Duration,
     /// Seconds to wait for the final message after sending the command.
     #[arg(long, default_value = "120", value_parser = parse_secs)]
     pub timeout: Duration,
@@ -106,14 +111,8 @@ pub fn parse_secs(s: &str) -> Result<Duration, String> {
 pub enum ClientError {
     #[error("{0}")]
     BadArgs(String),
-    #[error(
-        "cannot connect to {endpoint} within {waited:?}: is `reflexd run` listening there? (zenoh: {reason})"
-    )]
-    Connect {
-        endpoint: String,
-        waited: Duration,
-        reason: String,
-    },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error(
         "connected to {endpoint}, but nothing serves {key} after {waited:?}: is a `kind = \"generate\"` pipeline configured with that key (see --input/--query-key)?"
     )]
@@ -165,16 +164,7 @@ impl ClientError {
 }
 
 fn z<T>(r: zenoh::Result<T>) -> Result<T, ClientError> {
-    r.map_err(|e| ClientError::Zenoh(without_location(e.to_string())))
-}
-
-/// zenoh errors end with the source location that raised them (` at
-/// /…/orchestrator.rs:388.`): noise to a person reading the message.
-fn without_location(mut s: String) -> String {
-    if let Some(i) = s.rfind(" at /") {
-        s.truncate(i);
-    }
-    s
+    r.map_err(|e| ClientError::Zenoh(strip_source_locations(&e.to_string())))
 }
 
 /// The daemon's timing of one generation (`timing` of the final message).
@@ -293,32 +283,6 @@ pub fn command(args: &PromptArgs, id: &str) -> Value {
     c
 }
 
-fn session_config(args: &PromptArgs) -> Result<zenoh::Config, ClientError> {
-    peer_config(&args.connect, args.connect_timeout).map_err(ClientError::BadArgs)
-}
-
-/// The client-side zenoh config every operator command uses (`prompt`,
-/// `top`, `tap`): connect to one endpoint, never listen or scout.
-pub fn peer_config(connect: &str, connect_timeout: Duration) -> Result<zenoh::Config, String> {
-    // A peer with no listener, connecting only where it is told, scouting
-    // and gossip off: the client never discovers (or is found on) a real
-    // network. `exit_on_failure` turns "nobody listens there" into an error
-    // of `zenoh::open` after the timeout (retried meanwhile, so a daemon
-    // that is just opening its port is still found).
-    let cfg = json!({
-        "mode": "peer",
-        "listen": { "endpoints": [] },
-        "connect": {
-            "endpoints": [connect],
-            "timeout_ms": connect_timeout.as_millis() as u64,
-            "exit_on_failure": true,
-            "retry": { "period_init_ms": 100, "period_max_ms": 500, "period_increase_factor": 2 },
-        },
-        "scouting": { "multicast": { "enabled": false }, "gossip": { "enabled": false } },
-    });
-    zenoh::Config::from_json5(&cfg.to_string()).map_err(|e| format!("--connect {connect:?}: {e}"))
-}
-
 /// Polls `matching` until a subscriber (or queryable) on the key is known
 /// to our session. zenoh pub/sub keeps nothing: a command put before the
 /// daemon's subscription reached us would be routed nowhere and lost
@@ -336,16 +300,16 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = zenoh::Result<bool>>,
 {
-    let until = tokio::time::Instant::now() + args.connect_timeout;
+    let until = tokio::time::Instant::now() + args.conn.connect_timeout;
     loop {
         if z(matching().await)? {
             return Ok(());
         }
         if tokio::time::Instant::now() >= until {
             return Err(ClientError::NoPipeline {
-                endpoint: args.connect.clone(),
+                endpoint: args.conn.endpoints(),
                 key: key.to_string(),
-                waited: args.connect_timeout,
+                waited: args.conn.connect_timeout,
             });
         }
         tokio::select! {
@@ -400,13 +364,7 @@ pub async fn prompt<O: Write, E: Write>(
     }
     let body = command(args, &id).to_string();
 
-    let session = zenoh::open(session_config(args)?)
-        .await
-        .map_err(|e| ClientError::Connect {
-            endpoint: args.connect.clone(),
-            waited: args.connect_timeout,
-            reason: without_location(e.to_string()),
-        })?;
+    let session = args.conn.open().await?;
     // Errors are published for every client of the pipeline; ours carry our id.
     let errors = z(session
         .declare_subscriber(error_key.clone())
@@ -532,18 +490,9 @@ mod tests {
         assert!(valid_id(&default_id()), "{}", default_id());
         let a = args(&["hi"]);
         assert_eq!(
-            (a.connect.as_str(), a.input.as_str(), a.output.as_str()),
-            (DEFAULT_CONNECT, DEFAULT_INPUT, DEFAULT_OUTPUT)
+            (a.input.as_str(), a.output.as_str()),
+            (DEFAULT_INPUT, DEFAULT_OUTPUT)
         );
         assert_eq!(a.timeout, Duration::from_secs(120));
-    }
-
-    #[test]
-    fn zenoh_source_locations_are_stripped() {
-        assert_eq!(
-            without_location("Unable to connect. Timeout! at /root/x/orchestrator.rs:388.".into()),
-            "Unable to connect. Timeout!"
-        );
-        assert_eq!(without_location("plain".into()), "plain");
     }
 }

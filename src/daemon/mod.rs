@@ -75,9 +75,11 @@ async fn open_session(config: &Config) -> Result<zenoh::Session, StartError> {
     let zc = zconf::zenoh_config(&config.zenoh)
         .and_then(|zc| zconf::bound_rx(zc, &config.limits))
         .map_err(StartError::Zenoh)?;
-    zenoh::open(zc)
+    let session = zenoh::open(zc.clone())
         .await
-        .map_err(|e| StartError::Zenoh(e.to_string()))
+        .map_err(|e| StartError::Zenoh(crate::logging::strip_source_locations(&e.to_string())))?;
+    crate::logging::log_zenoh_session(&session, &zc).await;
+    Ok(session)
 }
 
 impl Daemon {

@@ -9,22 +9,19 @@ use std::fmt::Write as _;
 use std::io::Write;
 use std::time::Duration;
 
-use crate::client::{DEFAULT_CONNECT, parse_secs};
+use crate::client::ConnectArgs;
 use crate::wire::describe::{Description, PipelineInfo};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DescribeArgs {
-    /// zenoh endpoint of the daemon (or of a router that reaches it).
-    #[arg(long, default_value = DEFAULT_CONNECT)]
-    pub connect: String,
+    #[command(flatten)]
+    pub conn: ConnectArgs,
     /// The daemon's `metrics.node` (it answers on `<node>/describe`).
     #[arg(long, default_value = crate::config::metrics::DEFAULT_NODE)]
     pub node: String,
     /// Print the JSON reply instead of the table.
     #[arg(long)]
     pub json: bool,
-    #[arg(long, default_value = "5", value_parser = parse_secs)]
-    pub connect_timeout: Duration,
 }
 
 /// Asks `<node>/describe`; the raw JSON reply.
@@ -160,8 +157,8 @@ pub fn render(d: &Description) -> String {
 
 /// Prints the description of the daemon `args` names.
 pub async fn run<W: Write>(args: &DescribeArgs, out: &mut W) -> Result<(), String> {
-    let session = super::open(&args.connect, args.connect_timeout).await?;
-    let r = fetch(&session, &args.node, args.connect_timeout).await;
+    let session = args.conn.open().await.map_err(|e| e.to_string())?;
+    let r = fetch(&session, &args.node, args.conn.connect_timeout).await;
     let _ = session.close().await;
     let json = r?;
     let text = if args.json {

@@ -8,15 +8,3 @@
 pub mod describe;
 pub mod tap;
 pub mod top;
-
-use std::time::Duration;
-
-use crate::client::peer_config;
-
-/// Opens the client session; the error names the endpoint.
-pub async fn open(connect: &str, timeout: Duration) -> Result<zenoh::Session, String> {
-    let cfg = peer_config(connect, timeout)?;
-    zenoh::open(cfg).await.map_err(|e| {
-        format!("cannot connect to {connect} within {timeout:?}: is `reflexd run` listening there? (zenoh: {e})")
-    })
-}

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::client::{DEFAULT_CONNECT, parse_secs};
+use crate::client::{ConnectArgs, parse_secs};
+use crate::logging::strip_source_locations;
 use crate::tensor::{Dtype, Tensor};
 use crate::wire;
 
@@ -20,16 +21,14 @@ const HEAD: usize = 4;
 pub struct TapArgs {
     /// Key expression to watch, e.g. `reflexd/**` or `robot/mic/*`.
     pub keyexpr: String,
-    #[arg(long, default_value = DEFAULT_CONNECT)]
-    pub connect: String,
+    #[command(flatten)]
+    pub conn: ConnectArgs,
     /// Exit after this many messages.
     #[arg(long)]
     pub count: Option<usize>,
     /// Exit after this long without a message (seconds).
     #[arg(long, value_parser = parse_secs)]
     pub timeout: Option<Duration>,
-    #[arg(long, default_value = "5", value_parser = parse_secs)]
-    pub connect_timeout: Duration,
 }
 
 fn values(t: &Tensor) -> Option<Vec<f64>> {
@@ -152,11 +151,11 @@ pub async fn run<W: Write>(
 ) -> Result<(), String> {
     zenoh::key_expr::KeyExpr::try_from(args.keyexpr.as_str())
         .map_err(|e| format!("{:?} is not a key expression: {e}", args.keyexpr))?;
-    let session = super::open(&args.connect, args.connect_timeout).await?;
+    let session = args.conn.open().await.map_err(|e| e.to_string())?;
     let sub = session
         .declare_subscriber(args.keyexpr.clone())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| strip_source_locations(&e.to_string()))?;
     tokio::pin!(stop);
     let mut seen = 0usize;
     let result = loop {

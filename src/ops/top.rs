@@ -8,15 +8,15 @@ use std::fmt::Write as _;
 use std::io::Write;
 use std::time::Duration;
 
-use crate::client::{DEFAULT_CONNECT, parse_secs};
+use crate::client::{ConnectArgs, parse_secs};
 use crate::error::ErrorCode;
+use crate::logging::strip_source_locations;
 use crate::obs::{HistSnapshot, MetricsSnapshot, PipelineSnapshot};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct TopArgs {
-    /// zenoh endpoint of the daemon (or of a router that reaches it).
-    #[arg(long, default_value = DEFAULT_CONNECT)]
-    pub connect: String,
+    #[command(flatten)]
+    pub conn: ConnectArgs,
     /// The daemon's `metrics.node` (its metrics are on `<node>/metrics`).
     #[arg(long, default_value = crate::config::metrics::DEFAULT_NODE)]
     pub node: String,
@@ -26,8 +26,6 @@ pub struct TopArgs {
     /// Print one screen (figures since the daemon started) and exit.
     #[arg(long)]
     pub once: bool,
-    #[arg(long, default_value = "5", value_parser = parse_secs)]
-    pub connect_timeout: Duration,
 }
 
 fn ms(us: Option<u64>) -> String {
@@ -230,11 +228,15 @@ pub async fn fetch(
         .get(key.clone())
         .timeout(timeout)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| strip_source_locations(&e.to_string()))?;
     let reply = replies
         .recv_async()
         .await
-        .map_err(|_| format!("no daemon answered on {key} (is `metrics.node` {node:?}?)"))?;
+        .map_err(|_| {
+            format!(
+                "no daemon answered on {key} (is `metrics.node` {node:?}? with TLS: does the daemon's access control let this client query it?)"
+            )
+        })?;
     let sample = reply
         .result()
         .map_err(|e| format!("{key}: error reply {:?}", e.payload().to_bytes()))?;
@@ -242,22 +244,38 @@ pub async fn fetch(
         .map_err(|e| format!("{key}: not a metrics snapshot: {e}"))
 }
 
-/// Runs the view until `stop` resolves (live) or after one screen (`--once`).
+/// Writes one screen. On a terminal the screen is cleared first; anywhere
+/// else (a pipe, a file, a log) screens follow one another, separated by a
+/// blank line, with no escape sequences.
+fn show<W: Write>(out: &mut W, tty: bool, screen: &str) -> bool {
+    let r = if tty {
+        write!(out, "\x1b[2J\x1b[H{screen}")
+    } else {
+        writeln!(out, "{screen}")
+    };
+    r.and_then(|_| out.flush()).is_ok()
+}
+
+/// Runs the view until `stop` resolves (live) or after one screen
+/// (`--once`). `tty`: stdout is a terminal (the screen is redrawn in place).
 pub async fn run<W: Write>(
     args: &TopArgs,
     out: &mut W,
+    tty: bool,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
-    let session = super::open(&args.connect, args.connect_timeout).await?;
-    let timeout = args.connect_timeout;
+    let session = args.conn.open().await.map_err(|e| e.to_string())?;
+    let timeout = args.conn.connect_timeout;
     let mut prev = fetch(&session, &args.node, timeout).await?;
     if args.once {
         let _ = out.write_all(render(&prev, None).as_bytes());
         let _ = session.close().await;
         return Ok(());
     }
+    // Something at once; windowed figures from the next refresh on.
+    let mut open = show(out, tty, &render(&prev, None));
     tokio::pin!(stop);
-    loop {
+    while open {
         tokio::select! {
             _ = &mut stop => break,
             _ = tokio::time::sleep(args.interval) => {}
@@ -265,8 +283,7 @@ pub async fn run<W: Write>(
         let cur = match fetch(&session, &args.node, timeout).await {
             Ok(c) => c,
             Err(e) => {
-                let _ = write!(out, "\x1b[2J\x1b[H{e}\n(retrying)\n");
-                let _ = out.flush();
+                open = show(out, tty, &format!("{e}\n(retrying)\n"));
                 continue;
             }
         };
@@ -276,8 +293,7 @@ pub async fn run<W: Write>(
         } else {
             render(&cur, None)
         };
-        let _ = write!(out, "\x1b[2J\x1b[H{screen}");
-        let _ = out.flush();
+        open = show(out, tty, &screen);
         prev = cur;
     }
     let _ = session.close().await;

@@ -256,7 +256,18 @@ pub enum ServeError {
 /// with an error (non-zero exit), after the same teardown.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     let notifier = Notifier::from_env(&config.service);
-    let daemon = match Daemon::start_observed(config, &|s| notifier.loading(&s)).await {
+    tokio::pin!(shutdown);
+    // A stop request while models load (minutes with TensorRT) ends start-up
+    // at once: nothing has been announced yet, so there is nothing to drain.
+    let observe = |s: StartStep<'_>| notifier.loading(&s);
+    let started = tokio::select! {
+        d = Daemon::start_observed(config, &observe) => d,
+        _ = &mut shutdown => {
+            tracing::info!("stop requested while starting; not serving");
+            return Ok(());
+        }
+    };
+    let daemon = match started {
         Ok(d) => d,
         Err(e) => {
             notifier.start_failed(&e);

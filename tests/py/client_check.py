@@ -3,8 +3,9 @@
 
     ~/.cache/reflexd/v1/venv/bin/python tests/py/client_check.py --connect tcp/127.0.0.1:PORT
 
-Needs the provisioned venv (eclipse-zenoh, onnxruntime, numpy; nothing else:
-clients/python/reflexd_wire.py encodes and decodes safetensors by hand) and a daemon
+Needs the provisioned venv (eclipse-zenoh, onnxruntime, numpy, and the
+reflexd-client package that scripts/provision.sh installs from clients/python:
+its `reflexd_client.wire` encodes and decodes safetensors by hand) and a daemon
 listening on PORT with exactly these two pipelines. Model paths are relative
 to the repository root (what `Config::from_toml(text, repo)` resolves them
 against); the `[zenoh]` table is the test's own (loopback listen endpoint,
@@ -72,9 +73,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, HERE)
-# The wire module lives with the Python client (clients/python).
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "clients", "python"))
-import reflexd_wire as rw  # noqa: E402
+# The installed package (pip install ./clients/python), not the source tree.
+from reflexd_client import wire as rw  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(HERE))
 

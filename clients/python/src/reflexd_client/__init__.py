@@ -1,5 +1,8 @@
 """A small Python client for reflexd over zenoh (eclipse-zenoh + numpy only).
 
+Install it with ``pip install ./clients/python`` (distribution
+``reflexd-client``; ``scripts/provision.sh`` does this in the dev venv).
+
 It talks to the daemon exactly as any other zenoh node does (docs/protocol.md):
 
 * ``predict``: publish tensors (a safetensors message) on a pipeline's input
@@ -15,24 +18,38 @@ It talks to the daemon exactly as any other zenoh node does (docs/protocol.md):
     with Client("tcp/127.0.0.1:7447") as c:
         y, meta = c.predict("robot/affine/a", "reflexd/affine", {"x": np.ones((1, 4), np.float32)})
 
+Like the ``reflexd`` tools, the session is a zenoh *client* of the endpoint
+(a peer-mode daemon routes for its clients, but a peer would only see what
+the daemon itself publishes); the endpoint defaults to ``$REFLEXD_CONNECT``,
+then ``tcp/127.0.0.1:7447``, and ``Client(config="tool.json5")`` takes a
+zenoh JSON5 file instead (TLS certificates: config/zenoh-client-secure.json5).
+
 Errors the daemon answers with come back as ``ReflexdError`` (``.code`` is the
 stable error code); no answer within the timeout is ``TimeoutError``.
+``reflexd_client.wire`` encodes and decodes the messages (safetensors, raw
+attachments, error JSON) with nothing beyond numpy.
 """
 
+import importlib.metadata as _metadata
 import itertools
 import json
 import os
 import queue
-import sys
 import time
 
 import numpy as np  # noqa: F401  (tensors are numpy arrays)
 import zenoh
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import reflexd_wire as rw  # noqa: E402
+from . import wire as rw
 
-__all__ = ["Client", "Generation", "ReflexdError"]
+try:  # pyproject.toml's version, which follows the reflexd release (Cargo.toml)
+    __version__ = _metadata.version("reflexd-client")
+except _metadata.PackageNotFoundError:  # imported from a source tree
+    __version__ = "unknown"
+__all__ = ["Client", "Generation", "ReflexdError", "percentile_ms", "wire"]
+wire = rw
+
+DEFAULT_CONNECT = "tcp/127.0.0.1:7447"
 
 
 class ReflexdError(Exception):
@@ -46,14 +63,24 @@ class ReflexdError(Exception):
         super().__init__(f"{self.code}: {self.message}")
 
 
-def _config(endpoint):
-    # Connect to one endpoint; never listen, never scout the real network.
-    return zenoh.Config.from_json5(json.dumps({
-        "mode": "peer",
-        "connect": {"endpoints": [endpoint]},
-        "listen": {"endpoints": []},
-        "scouting": {"multicast": {"enabled": False}, "gossip": {"enabled": False}},
-    }))
+def _config(endpoint, config, connect_timeout):
+    """A client of one endpoint that never listens or scouts; with a file,
+    the file as is, its endpoints replaced by an explicit ``endpoint``."""
+    if config is None:
+        conf = zenoh.Config.from_json5(json.dumps({
+            "mode": "client",
+            "connect": {"endpoints": [endpoint or os.environ.get("REFLEXD_CONNECT") or DEFAULT_CONNECT]},
+            "scouting": {"multicast": {"enabled": False}, "gossip": {"enabled": False}},
+        }))
+    else:
+        conf = zenoh.Config.from_file(config)
+        if endpoint:
+            conf.insert_json5("connect/endpoints", json.dumps([endpoint]))
+    for key, value in (("connect/timeout_ms", int(connect_timeout * 1000)),
+                       ("connect/exit_on_failure", True)):
+        if conf.get_json(key) == "null":
+            conf.insert_json5(key, json.dumps(value))
+    return conf
 
 
 class Generation:
@@ -91,14 +118,15 @@ class Generation:
 
 
 class Client:
-    def __init__(self, endpoint="tcp/127.0.0.1:7447", connect_timeout=5.0):
-        self.session = zenoh.open(_config(endpoint))
-        end = time.monotonic() + connect_timeout
-        while not list(self.session.info.peers_zid()):
-            if time.monotonic() > end:
-                self.session.close()
-                raise ConnectionError(f"no zenoh peer at {endpoint}: is `reflexd run` listening there?")
-            time.sleep(0.02)
+    def __init__(self, endpoint=None, connect_timeout=5.0, config=None):
+        conf = _config(endpoint, config, connect_timeout)
+        where = conf.get_json("connect/endpoints")
+        try:
+            # Retries until the timeout, then fails: nobody listens there.
+            self.session = zenoh.open(conf)
+        except zenoh.ZError as e:
+            raise ConnectionError(f"cannot connect to {where} within {connect_timeout} s: "
+                                  f"is `reflexd run` listening there? ({e})") from None
         self._ids = itertools.count()
 
     def __enter__(self):
@@ -198,7 +226,8 @@ class Client:
         return g
 
     def metrics(self, node="reflexd", timeout=5.0):
-        """The daemon's metrics snapshot (dict; see docs/protocol.md#metrics-export)."""
+        """The daemon's metrics snapshot (dict: pipelines, workers, histograms;
+        every field in docs/metrics.md)."""
         for reply in self.session.get(f"{node}/metrics", timeout=timeout):
             if reply.ok is not None:
                 return json.loads(reply.ok.payload.to_bytes())

@@ -14,7 +14,8 @@ See docs/protocol.md. Three things cross the wire:
   "id=..;seq=..;ts_us=.." or as a bare id.
 * error messages: UTF-8 JSON {"code", "message", "pipeline", "stream", "id", "seq"}.
 
-    import numpy as np, reflexd_wire as rw
+    import numpy as np
+    from reflexd_client import wire as rw
     payload = rw.encode({"x": np.ones((1, 4), np.float32)}, {"id": "r1", "seq": 1})
     tensors, meta = rw.decode(payload)
 """
