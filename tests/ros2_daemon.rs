@@ -413,7 +413,7 @@ fn camera_config() -> String {
         r#"
         [[pipeline]]
         name = "detect"
-        model = "{}"
+        model = "{0}"
         input = "t/cam/*"
         output = "t/out/cam"
         publish = ["v8"]
@@ -423,9 +423,38 @@ fn camera_config() -> String {
         input = {{ topic = "/camera/image_raw", type = "sensor_msgs/msg/Image" }}
         output = {{ topic = "/reflexd/scores", type = "sensor_msgs/msg/Image" }}
         error = {{ topic = "/reflexd/errors" }}
+        [[pipeline]]
+        name = "detect_png"
+        model = "{0}"
+        input = "t/png/*"
+        output = "t/out/png"
+        publish = ["v8"]
+        [pipeline.pre]
+        resize = "letterbox"
+        [pipeline.ros2]
+        input = {{ topic = "/camera/image_raw/compressed", type = "sensor_msgs/msg/CompressedImage" }}
+        output = {{ topic = "/reflexd/scores_png", type = "{F32MA}" }}
         "#,
         test_model("detect.onnx")
     )
+}
+
+/// A `width`×`height` RGB PNG of one colour.
+fn png_file(width: u32, height: u32, rgb: [u8; 3]) -> Vec<u8> {
+    let mut file = Vec::new();
+    let mut enc = png::Encoder::new(&mut file, width, height);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut w = enc.write_header().unwrap();
+    let px: Vec<u8> = rgb
+        .iter()
+        .copied()
+        .cycle()
+        .take((width * height * 3) as usize)
+        .collect();
+    w.write_image_data(&px).unwrap();
+    w.finish().unwrap();
+    file
 }
 
 /// A `width`×`height` bgr8 frame of one colour, rows padded to `step`.
@@ -441,11 +470,13 @@ async fn camera_frames_feed_the_image_stage_and_answers_keep_the_header() {
     let mut peer = blocking(|| {
         let mut p = RosPeer::start(port);
         p.subscribe("/reflexd/scores", "sensor_msgs/msg/Image", None);
+        p.subscribe("/reflexd/scores_png", F32MA, None);
         p.subscribe("/reflexd/errors", "std_msgs/msg/String", None);
         p
     });
     for (topic, ty) in [
         ("/reflexd/scores", RosType::Image),
+        ("/reflexd/scores_png", RosType::Float32MultiArray),
         ("/reflexd/errors", RosType::String),
     ] {
         matched(daemon.zenoh_session(), &rmw_zenoh_key(0, topic, ty)).await;
@@ -502,6 +533,22 @@ async fn camera_frames_feed_the_image_stage_and_answers_keep_the_header() {
         d.pipelines[0].stages,
         vec!["image: rgb 64x64 f32 nchw, stretch"]
     );
+
+    // A PNG CompressedImage, letterboxed: 64×32 content between pad rows.
+    blocking(|| {
+        peer.publish(json!({"topic": "/camera/image_raw/compressed",
+            "type": "sensor_msgs/msg/CompressedImage",
+            "msg": {"frame_id": "cam_left", "format": "png", "data": png_file(32, 16, [255, 51, 0])}}))
+    });
+    let s =
+        blocking(|| peer.sample("/reflexd/scores_png", T)).expect("answer on /reflexd/scores_png");
+    assert_eq!(s["message"]["shape"], json!([1, 7, cells]));
+    let v = floats(&s["message"]["data"]);
+    // Cell rows 2..6 of 8 hold the picture (rows 0-1 and 6-7 are padding).
+    let red = &v[4 * cells as usize..5 * cells as usize];
+    let inside: Vec<f64> = red[2 * 8..6 * 8].to_vec();
+    assert!(inside.iter().all(|x| (x - 1.0).abs() < 1e-3), "{red:?}");
+    assert!((red[0] - 114.0 / 255.0).abs() < 1e-3, "padding: {red:?}");
 
     // Frames the stage cannot take are answered on the error topic.
     for (msg, needle) in [
