@@ -7,11 +7,14 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
+use crate::config::ros2::PipelineRos2;
 use crate::config::{Config, Fallback, GeneratorConfig, InputFormat, Overflow, PipelineConfig};
 use crate::daemon::StartError;
 use crate::infer::engine::EngineError;
+use crate::infer::pre::Preprocessor;
 use crate::infer::warm::load_and_warm;
 use crate::infer::{Spec, runtime};
+use crate::io::ros2;
 use crate::io::zenoh::zenoh_config;
 use crate::llm::{self, LlmShared, ModelFiles};
 
@@ -33,6 +36,8 @@ pub fn check(config: &Config) -> Result<String, StartError> {
     for p in &config.pipelines {
         let loaded = load_and_warm(&env, &config.runtime, p)?;
         describe_tensor(&mut out, config, p, &loaded.spec);
+        let stage = ros2::tensor_stage(p, &loaded.spec).map_err(StartError::Ros2)?;
+        describe_ros2(&mut out, p.ros2.as_ref(), stage.as_ref());
     }
     for g in &config.generators {
         // The same load and one-step warm-up as start-up, once (start-up
@@ -45,8 +50,35 @@ pub fn check(config: &Config) -> Result<String, StartError> {
         let shared = Arc::new(LlmShared::new(&files).map_err(err)?);
         let (_model, provider) = llm::load(&env, g, &config.runtime, &shared, &files.onnx)?;
         describe_generator(&mut out, config, g, &shared, provider);
+        describe_ros2(&mut out, g.ros2.as_ref(), None);
     }
     Ok(out)
+}
+
+/// A pipeline's ROS 2 topics, one line each, and its image stage.
+fn describe_ros2(out: &mut String, r: Option<&PipelineRos2>, stage: Option<&Preprocessor>) {
+    let Some(r) = r else { return };
+    for (role, e) in r.endpoints() {
+        let key = if role == "input" {
+            e.subscribe_key()
+        } else {
+            e.publish_key()
+        };
+        let _ = writeln!(out, "  ros2 {role}: {} [{}] on {key}", e.topic, e.ty);
+    }
+    if let Some(pre) = stage {
+        let c = pre.config();
+        let _ = writeln!(
+            out,
+            "  image stage: {:?} {}x{} {} {:?}, {:?}",
+            c.color,
+            c.width,
+            c.height,
+            c.dtype.name(),
+            c.layout,
+            c.resize
+        );
+    }
 }
 
 fn describe_tensor(out: &mut String, config: &Config, p: &PipelineConfig, spec: &Spec) {

@@ -137,6 +137,22 @@ pub fn check_tensor_pipe(name: &str, r: &PipelineRos2, spec: &Spec) -> Result<()
     Ok(())
 }
 
+/// Checks tensor pipeline `p`'s ROS topics against its model and builds the
+/// image stage of a camera input (`None` without one). Start-up and
+/// `reflexd check` both call it, so a model that does not fit fails early.
+pub fn tensor_stage(
+    p: &crate::config::PipelineConfig,
+    spec: &Spec,
+) -> Result<Option<crate::infer::pre::Preprocessor>, Ros2StartError> {
+    let Some(r) = &p.ros2 else { return Ok(None) };
+    check_tensor_pipe(&p.name, r, spec)?;
+    let frames = r.input.as_ref().is_some_and(|e| e.ty.is_image());
+    match (frames, &p.pre) {
+        (true, Some(pre)) => image::stage(&p.name, pre, spec).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// Declares every ROS publisher and plans the graph tokens; `specs` are the
 /// tensor pipelines' interfaces, in config order.
 pub fn declare_outputs(
@@ -153,12 +169,9 @@ pub fn declare_outputs(
         out.tensors.push(match &p.ros2 {
             None => RosPipe::default(),
             Some(r) => {
-                check_tensor_pipe(&p.name, r, specs[i])?;
+                let image = tensor_stage(p, specs[i])?;
                 let mut pipe = pipe_topics(session, &plan, (Pipe::Tensor(i), r, p.level))?;
-                let frames = r.input.as_ref().is_some_and(|e| e.ty.is_image());
-                if let (true, Some(pre)) = (frames, &p.pre) {
-                    pipe.image = Some(Mutex::new(image::stage(&p.name, pre, specs[i])?));
-                }
+                pipe.image = image.map(Mutex::new);
                 pipe
             }
         });
