@@ -16,6 +16,10 @@ setup:
 demo: setup
 	@DEMO_PORT=$(DEMO_PORT) bash scripts/demo.sh
 
+# Incremental compilation off for the test command: CI keeps target/ between
+# runs, and a stale incremental cache can make rustc crash (exit 101) on an
+# unchanged tree; a clean build gains nothing from it anyway.
+test: export CARGO_INCREMENTAL = 0
 test: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy -j$(JOBS) --all-targets -- -D warnings

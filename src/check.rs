@@ -8,12 +8,15 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use crate::config::ros2::PipelineRos2;
-use crate::config::{Config, Fallback, GeneratorConfig, InputFormat, Overflow, PipelineConfig};
+use crate::config::{
+    Config, Fallback, GeneratorConfig, InputFormat, Overflow, PipelineConfig, Provider,
+};
 use crate::daemon::StartError;
 use crate::infer::engine::EngineError;
 use crate::infer::pre::Preprocessor;
+use crate::infer::profile::{self, Profile};
 use crate::infer::warm::load_and_warm;
-use crate::infer::{Spec, runtime};
+use crate::infer::{Spec, ep, runtime};
 use crate::io::ros2;
 use crate::io::zenoh::zenoh_config;
 use crate::llm::{self, LlmShared, ModelFiles};
@@ -91,6 +94,7 @@ fn describe_tensor(out: &mut String, config: &Config, p: &PipelineConfig, spec: 
         chain.join(" → "),
         fallback_name(p.fallback)
     );
+    provider_options(out, &p.providers, trt_profile(p, spec).as_ref());
     let _ = writeln!(
         out,
         "  level: {}  deadline: {:?}  overflow: {}",
@@ -155,6 +159,7 @@ fn describe_generator(
         chain.join(" → "),
         fallback_name(g.fallback)
     );
+    provider_options(out, &g.providers, None);
     let _ = writeln!(
         out,
         "  level: {}  deadline: {:?}  max_generations: {}",
@@ -175,6 +180,28 @@ fn describe_generator(
         "  out: {}/<id> [JSON tokens, then the final message]  errors: {}",
         g.output, g.error_key
     );
+}
+
+/// The profile a TensorRT session of this pipeline is built with, if any.
+fn trt_profile(p: &PipelineConfig, spec: &Spec) -> Option<Profile> {
+    let wanted = p
+        .providers
+        .iter()
+        .any(|x| matches!(x, Provider::TensorRt(t) if t.warmup_profile));
+    if !wanted {
+        return None;
+    }
+    profile::derive(p, spec).ok().flatten()
+}
+
+/// What ONNX Runtime is asked for, per configured GPU provider (the same
+/// strings `crate::infer::ep` hands to it), whichever provider ended up
+/// in use on this machine.
+fn provider_options(out: &mut String, chain: &[Provider], profile: Option<&Profile>) {
+    for prov in chain.iter().filter(|x| !matches!(x, Provider::Cpu)) {
+        let opts = ep::options(prov, profile);
+        let _ = writeln!(out, "  {} options: {}", prov.name(), ep::describe(&opts));
+    }
 }
 
 fn fallback_name(f: Fallback) -> &'static str {

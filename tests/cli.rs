@@ -274,3 +274,105 @@ fn default_log_of_a_daemon_start_has_no_zenoh_noise() {
         "{log}"
     );
 }
+
+/// A `warmup` key that names no input the messages carry would warm up (and
+/// build a TensorRT engine for) a shape nobody sends: refused, naming the
+/// pipeline and the inputs that exist.
+#[test]
+fn warmup_key_naming_no_input_is_refused() {
+    let d = tmpdir("warmup");
+    let model = common::test_model("affine.onnx");
+    let cfg = write_config(
+        &d,
+        "w.toml",
+        &pipeline(&model, "warmup = { images = [1, 3, 8, 8] }"),
+    );
+    for cmd in ["check", "run"] {
+        assert_clean_failure(
+            &reflexd(&[cmd, "-c", &cfg], &[]),
+            &[
+                "pipeline \"p\"",
+                "warmup.images",
+                "no input `images`",
+                "x: f32[?,4]",
+            ],
+        );
+    }
+    // A shape that does not fit the input is refused the same way.
+    let cfg = write_config(&d, "s.toml", &pipeline(&model, "warmup = { x = [1, 5] }"));
+    assert_clean_failure(
+        &reflexd(&["check", "-c", &cfg], &[]),
+        &["pipeline \"p\"", "warmup.x = [1, 5]", "x: f32[?,4]"],
+    );
+}
+
+/// Config errors print their cause once: the TOML parser's report and the
+/// OS error of a missing file are not repeated by the error chain.
+#[test]
+fn config_errors_print_their_cause_once() {
+    let d = tmpdir("once");
+    let cfg = write_config(&d, "syntax.toml", "[[pipeline]\nname = \"p\"\n");
+    let o = reflexd(&["check", "-c", &cfg], &[]);
+    assert_clean_failure(&o, &["syntax.toml", "TOML parse error"]);
+    assert_eq!(
+        stderr(&o).matches("TOML parse error").count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
+    let o = reflexd(&["check", "-c", "/nonexistent/reflexd.toml"], &[]);
+    assert_clean_failure(&o, &["cannot read config file /nonexistent/reflexd.toml"]);
+    assert_eq!(
+        stderr(&o).matches("No such file or directory").count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `check` shows what ONNX Runtime would be asked for on the board (here,
+/// where neither GPU provider exists): every option and the TensorRT
+/// profile derived from the warm-up range and the batch size.
+#[test]
+fn check_prints_the_options_ort_receives() {
+    let d = tmpdir("epopts");
+    let model = common::test_model("affine.onnx");
+    let extra = "max_batch = 4\nwarmup = { x = { min = [1, 4], opt = [2, 4], max = [3, 4] } }\nprovider = [{ kind = \"tensorrt\", fp16 = true, dla_core = 1, max_workspace_mb = 64, engine_cache = \"trt\" }, { kind = \"cuda\", device_id = 1, memory_limit_mb = 256, arena_extend_strategy = \"same_as_requested\" }, { kind = \"cpu\" }]";
+    let cfg = write_config(&d, "opts.toml", &pipeline(&model, extra));
+    let o = reflexd(&["check", "-c", &cfg], &[]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let trt = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("tensorrt options:"))
+        .unwrap_or_else(|| panic!("no tensorrt options in:\n{out}"));
+    let cache = d.join("trt").display().to_string();
+    for want in [
+        "device_id=0".to_string(),
+        "trt_fp16_enable=true".into(),
+        "trt_dla_enable=true trt_dla_core=1".into(),
+        format!("trt_max_workspace_size={}", 64 << 20),
+        format!("trt_engine_cache_path={cache}"),
+        format!("trt_timing_cache_path={cache}"),
+        // min: 1 row of the min shape; opt and max: 4 rows (max_batch).
+        "trt_profile_min_shapes=x:1x4".into(),
+        "trt_profile_opt_shapes=x:8x4".into(),
+        "trt_profile_max_shapes=x:12x4".into(),
+    ] {
+        assert!(trt.contains(&want), "{want} missing: {trt}");
+    }
+    assert!(
+        out.contains("cuda options: device_id=1 gpu_mem_limit=268435456 arena_extend_strategy=kSameAsRequested"),
+        "{out}"
+    );
+    // An option ONNX Runtime would silently ignore is refused before that.
+    let bad = write_config(
+        &d,
+        "dla.toml",
+        &pipeline(&model, "provider = [{ kind = \"tensorrt\", dla_core = 0 }]"),
+    );
+    assert_clean_failure(
+        &reflexd(&["check", "-c", &bad], &[]),
+        &["pipeline \"p\": provider[0].dla_core", "fp16"],
+    );
+}

@@ -31,6 +31,21 @@ async fn wait_subscribed(c: &zenoh::Session, key: &str) {
     panic!("no subscriber on {key}");
 }
 
+/// One `GET path`: (status line, body).
+fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head.lines().next().unwrap_or_default().to_string();
+    assert!(
+        head.contains(&format!("Content-Length: {}", body.len())),
+        "{head}"
+    );
+    (status, body.to_string())
+}
+
 /// `GET /metrics`, parsed into `series{labels}` → value.
 fn scrape(addr: std::net::SocketAddr) -> HashMap<String, f64> {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -227,24 +242,59 @@ async fn exporters_report_exact_counts_after_a_known_workload() {
 
     // 4. Prometheus.
     let m = scrape(prom);
+    let deadlines_us = [("affine", 1_000_000), ("bulk", 60_000_000), ("late", 2_000)];
     for (name, want) in &expected {
         let l = format!("pipeline=\"{name}\",kind=\"tensor\",level=\"default\"");
-        for code in [
+        // Exactly the outcomes this pipeline can have, each with its count:
+        // safetensors, overflow = "reject", a float input; only affine's
+        // input has a wildcard (a stream id that can be refused).
+        let mut outcomes = vec![
             "ok",
+            "empty_payload",
+            "payload_too_large",
+            "bad_payload",
+            "missing_tensor",
+            "unexpected_tensor",
+            "wrong_dtype",
+            "wrong_shape",
+            "too_many_elements",
             "busy",
             "deadline_exceeded",
-            "bad_payload",
-            "superseded",
-        ] {
+            "inference_failed",
+            "shutting_down",
+            "non_finite",
+            "internal_error",
+        ];
+        if *name == "affine" {
+            outcomes.push("bad_stream");
+        }
+        let prefix = format!("reflexd_requests_total{{{l},outcome=");
+        let listed: Vec<&String> = m.keys().filter(|k| k.starts_with(&prefix)).collect();
+        assert_eq!(listed.len(), outcomes.len(), "{name}: {listed:?}");
+        for code in &outcomes {
             assert_eq!(
-                series(
-                    &m,
-                    &format!("reflexd_requests_total{{{l},outcome=\"{code}\"}}")
-                ),
-                want.get(code).copied().unwrap_or(0) as f64,
+                series(&m, &format!("{prefix}\"{code}\"}}")),
+                want.get(*code).copied().unwrap_or(0) as f64,
                 "{name} {code}"
             );
         }
+        // Impossible here: latest-wins outcomes and generation commands.
+        for code in [
+            "superseded",
+            "too_many_streams",
+            "bad_command",
+            "slow_consumer",
+        ] {
+            assert!(
+                !m.contains_key(&format!("{prefix}\"{code}\"}}")),
+                "{name} {code}"
+            );
+        }
+        let deadline_us = deadlines_us.iter().find(|(n, _)| n == name).unwrap().1;
+        assert_eq!(
+            series(&m, &format!("reflexd_pipeline_deadline_seconds{{{l}}}")),
+            deadline_us as f64 / 1e6
+        );
         assert_eq!(
             series(&m, &format!("reflexd_received_total{{{l}}}")),
             want.values().sum::<u64>() as f64
@@ -258,10 +308,16 @@ async fn exporters_report_exact_counts_after_a_known_workload() {
         ] {
             assert_eq!(series(&m, &format!("{h}_count{{{l}}}")), n, "{h} {name}");
             assert_eq!(series(&m, &format!("{h}_bucket{{{l},le=\"+Inf\"}}")), n);
-            // Buckets are cumulative.
+            // Buckets follow the pipeline's deadline (one edge is the
+            // deadline itself) and are cumulative.
+            let edges = reflexd::obs::hist::deadline_buckets(deadline_us);
+            assert!(edges.contains(&deadline_us));
+            let bucket_prefix = format!("{h}_bucket{{{l},le=");
+            let n_buckets = m.keys().filter(|k| k.starts_with(&bucket_prefix)).count();
+            assert_eq!(n_buckets, edges.len() + 1, "{h} {name}: edges and +Inf");
             let mut prev = 0.0;
-            for le in reflexd::obs::hist::EXPORT_BUCKETS_US {
-                let v = series(&m, &format!("{h}_bucket{{{l},le=\"{}\"}}", le as f64 / 1e6));
+            for le in edges {
+                let v = series(&m, &format!("{bucket_prefix}\"{}\"}}", le as f64 / 1e6));
                 assert!(v >= prev && v <= n, "{h} le={le}: {v}");
                 prev = v;
             }
@@ -287,6 +343,7 @@ async fn exporters_report_exact_counts_after_a_known_workload() {
             "reflexd_worker_busy_seconds_total{worker=\"0\",levels=\"default\"}"
         ) > 0.0
     );
+    build_and_process_series(&m);
 
     // Liveliness: visible while running, deleted at shutdown.
     let alive = c.liveliness().get("t/node/alive").await.unwrap();
@@ -309,6 +366,31 @@ async fn exporters_report_exact_counts_after_a_known_workload() {
     );
 }
 
+/// Build info and the standard process series, with plausible values.
+fn build_and_process_series(m: &HashMap<String, f64>) {
+    let build = format!(
+        "reflexd_build_info{{version=\"{}\",ort_api=\"{}\"}}",
+        env!("CARGO_PKG_VERSION"),
+        ort::MINOR_VERSION
+    );
+    assert_eq!(series(m, &build), 1.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let start = series(m, "process_start_time_seconds");
+    assert!(
+        start <= now && start > now - 3600.0,
+        "start {start}, now {now}"
+    );
+    assert!(series(m, "process_cpu_seconds_total") > 0.0);
+    let rss = series(m, "process_resident_memory_bytes");
+    assert!(rss > 1e6 && rss <= series(m, "process_virtual_memory_bytes"));
+    assert!(series(m, "process_open_fds") >= 3.0);
+    assert!(series(m, "process_threads") >= 2.0);
+    assert!(series(m, "reflexd_uptime_seconds") >= 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_is_off_by_default_and_unknown_paths_are_404() {
     let affine = test_model("affine.onnx");
@@ -324,11 +406,23 @@ async fn prometheus_is_off_by_default_and_unknown_paths_are_404() {
     ))
     .await;
     let addr = daemon.prometheus_addr().unwrap();
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /nope HTTP/1.1\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    let (status, body) = get(addr, "/nope");
+    assert!(status.starts_with("HTTP/1.1 404"), "{status}");
+    assert!(
+        body.contains("/metrics") && body.contains("/healthz"),
+        "{body}"
+    );
+    let (status, body) = get(addr, "/");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        body.contains("GET /metrics") && body.contains("GET /healthz"),
+        "{body}"
+    );
+    let (status, body) = get(addr, "/healthz");
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ok\n")
+    );
     // A client that sends garbage and hangs up does not stop the endpoint.
     let mut g = std::net::TcpStream::connect(addr).unwrap();
     g.write_all(&[0xff; 100]).unwrap();
@@ -411,39 +505,123 @@ async fn generation_metrics_match_the_final_messages() {
     // Every step is one inference sample: at least one per token.
     assert!(p.inference.count >= 7, "{}", p.inference.count);
 
+    // The model is named as configured (the directory), not by the display
+    // name inside generation.json.
+    assert_eq!(p.model, "fetched");
     let m = scrape(daemon.prometheus_addr().unwrap());
-    let l = "pipeline=\"chat\",gen_ai_operation_name=\"chat\",gen_ai_request_model=";
-    let key = |name: &str, extra: &str| {
-        m.iter()
-            .find(|(k, _)| {
-                k.starts_with(&format!("{name}{{{l}")) && k.ends_with(&format!("{extra}}}"))
-            })
-            .map(|(_, v)| *v)
-            .unwrap_or_else(|| panic!("{name} {extra} missing"))
-    };
+    let l = "pipeline=\"chat\",gen_ai_operation_name=\"chat\",gen_ai_provider_name=\"reflexd\",gen_ai_system=\"reflexd\",gen_ai_request_model=\"fetched\"";
+    let key = |name: &str, extra: &str| series(&m, &format!("{name}{{{l}{extra}}}"));
     assert_eq!(
-        key("gen_ai_server_time_to_first_token_seconds_count", "\""),
+        key("gen_ai_server_time_to_first_token_seconds_count", ""),
         2.0
     );
     assert_eq!(
-        key("gen_ai_server_time_per_output_token_seconds_count", "\""),
+        key("gen_ai_server_time_per_output_token_seconds_count", ""),
         1.0
     );
-    assert_eq!(
-        key("gen_ai_server_request_duration_seconds_count", "\""),
-        2.0
-    );
+    assert_eq!(key("gen_ai_server_request_duration_seconds_count", ""), 2.0);
+    // Failed generations are their own series, by OpenTelemetry error.type:
+    // none failed here.
+    for code in [
+        "deadline_exceeded",
+        "inference_failed",
+        "internal_error",
+        "slow_consumer",
+    ] {
+        let extra = format!(",error_type=\"{code}\"");
+        assert_eq!(
+            key("gen_ai_server_request_duration_seconds_count", &extra),
+            0.0
+        );
+    }
+    assert!(!m.keys().any(|k| k.contains("error_type=\"_OTHER\"")));
     assert_eq!(
         key(
             "reflexd_gen_ai_tokens_total",
-            "gen_ai_token_type=\"output\""
+            ",gen_ai_token_type=\"output\""
         ),
         7.0
     );
     assert_eq!(
-        key("reflexd_gen_ai_tokens_total", "gen_ai_token_type=\"input\""),
+        key(
+            "reflexd_gen_ai_tokens_total",
+            ",gen_ai_token_type=\"input\""
+        ),
         usage.0 as f64
     );
-    assert_eq!(key("reflexd_generations_live", "\""), 0.0);
+    assert_eq!(key("reflexd_generations_live", ""), 0.0);
+    // Generation outcomes: command codes yes, queue-policy codes no.
+    let req = |code: &str| {
+        m.get(&format!(
+            "reflexd_requests_total{{pipeline=\"chat\",kind=\"generate\",level=\"default\",outcome=\"{code}\"}}"
+        ))
+        .copied()
+    };
+    assert_eq!(req("ok"), Some(2.0));
+    assert_eq!(req("bad_command"), Some(1.0));
+    assert_eq!(req("slow_consumer"), Some(0.0));
+    for code in [
+        "busy",
+        "superseded",
+        "wrong_shape",
+        "bad_stream",
+        "non_finite",
+    ] {
+        assert_eq!(req(code), None, "{code} cannot happen to a generation");
+    }
     daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+/// `/healthz` follows the watchdog's rule: 503 naming the worker while it
+/// is inside one model run for longer than `service.max_run_ms`, 200 again
+/// once the run is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_reports_a_worker_stuck_in_one_run() {
+    let (daemon, port) = start(&format!(
+        r#"
+        [metrics]
+        prometheus = "127.0.0.1:0"
+        [service]
+        max_run_ms = 100
+        [[pipeline]]
+        name = "stall"
+        model = "{}"
+        input = "t/stall"
+        output = "t/stall_out"
+        deadline_ms = 60000
+        "#,
+        test_model("stall.onnx")
+    ))
+    .await;
+    let addr = daemon.prometheus_addr().unwrap();
+    assert_eq!(get(addr, "/healthz").0, "HTTP/1.1 200 OK");
+    let c = client(port).await;
+    let sub = subscribe(&c, "t/stall_out/**").await;
+    wait_subscribed(&c, "t/stall").await;
+    // About 3 s of loop iterations on this machine (tests/late_results.rs).
+    let req = request(&[f32_tensor("n", &[1], &[2_000_000.0])], "long", 0);
+    put(&c, "t/stall", req).await;
+    let mut unhealthy = None;
+    for _ in 0..300 {
+        let (status, body) = get(addr, "/healthz");
+        if status.starts_with("HTTP/1.1 503") {
+            unhealthy = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = unhealthy.expect("503 while the run exceeds max_run_ms");
+    assert!(
+        body.contains("worker 0") && body.contains("service.max_run_ms = 100"),
+        "{body}"
+    );
+    assert!(
+        recv(&sub).await.code().is_none(),
+        "the long run still answers"
+    );
+    assert_eq!(
+        get(addr, "/healthz"),
+        ("HTTP/1.1 200 OK".into(), "ok\n".into())
+    );
+    daemon.shutdown(Duration::from_secs(10)).await;
 }

@@ -340,39 +340,82 @@ pub async fn prompt<O: Write, E: Write>(
     if args.prompt.trim().is_empty() {
         return Err(ClientError::BadArgs("the prompt is empty".into()));
     }
-    let error_key = args
-        .error_key
-        .clone()
-        .unwrap_or_else(|| format!("{}/error", args.output));
-    let cancel_key = args
-        .cancel_key
-        .clone()
-        .unwrap_or_else(|| format!("{}/cancel", args.input));
-    let query_key = args
-        .query_key
-        .clone()
-        .unwrap_or_else(|| format!("{}/query", args.input));
-    let token_key = format!("{}/{id}", args.output);
-    for (flag, key) in [
-        ("--input", &args.input),
-        ("--output", &token_key),
-        ("--error-key", &error_key),
-        ("--cancel-key", &cancel_key),
-        ("--query-key", &query_key),
-    ] {
-        check_key(flag, key)?;
-    }
+    let keys = Keys::new(args, &id)?;
     let body = command(args, &id).to_string();
 
     let session = args.conn.open().await?;
     // Errors are published for every client of the pipeline; ours carry our id.
     let errors = z(session
-        .declare_subscriber(error_key.clone())
+        .declare_subscriber(keys.error.clone())
         .with(FifoChannel::new(64))
         .await)?;
+    let sending = send(args, &session, &keys, body, &mut interrupts).await?;
+    let conv = Conversation {
+        args,
+        id,
+        session: &session,
+        cancel_key: keys.cancel,
+        reply_key: if args.query { keys.query } else { keys.token },
+        source: sending.source,
+        errors,
+        sent: sending.sent,
+    };
+    let r = conv.run(out, err, &mut interrupts).await;
+    drop(conv);
+    drop(sending.keep);
+    let _ = session.close().await;
+    r
+}
 
-    // Both stay declared until the final message: the querier carries the
-    // pending query, and undeclaring mid-stream gains nothing.
+/// The keys one conversation uses, checked.
+struct Keys {
+    error: String,
+    cancel: String,
+    query: String,
+    token: String,
+}
+
+impl Keys {
+    fn new(args: &PromptArgs, id: &str) -> Result<Keys, ClientError> {
+        let or = |k: &Option<String>, default: String| k.clone().unwrap_or(default);
+        let keys = Keys {
+            error: or(&args.error_key, format!("{}/error", args.output)),
+            cancel: or(&args.cancel_key, format!("{}/cancel", args.input)),
+            query: or(&args.query_key, format!("{}/query", args.input)),
+            token: format!("{}/{id}", args.output),
+        };
+        for (flag, key) in [
+            ("--input", &args.input),
+            ("--output", &keys.token),
+            ("--error-key", &keys.error),
+            ("--cancel-key", &keys.cancel),
+            ("--query-key", &keys.query),
+        ] {
+            check_key(flag, key)?;
+        }
+        Ok(keys)
+    }
+}
+
+/// The sent command: where its answer comes from, when it left, and the
+/// entity that must stay declared until the final message (the querier
+/// carries the pending query; undeclaring mid-stream gains nothing).
+struct Sending {
+    source: Source,
+    sent: Instant,
+    keep: Box<dyn std::any::Any>,
+}
+
+/// Sends the command once a daemon listens: as a query, or published with
+/// the token topic subscribed first.
+async fn send(
+    args: &PromptArgs,
+    session: &zenoh::Session,
+    keys: &Keys,
+    body: String,
+    interrupts: &mut mpsc::Receiver<()>,
+) -> Result<Sending, ClientError> {
+    let (query_key, token_key) = (&keys.query, &keys.token);
     let mut _querier = None;
     let mut _publisher = None;
     let sent: Instant;
@@ -386,9 +429,9 @@ pub async fn prompt<O: Write, E: Write>(
             .await)?;
         wait_matching(
             args,
-            &query_key,
+            query_key,
             || async { querier.matching_status().await.map(|m| m.matching()) },
-            &mut interrupts,
+            interrupts,
         )
         .await?;
         sent = Instant::now();
@@ -414,7 +457,7 @@ pub async fn prompt<O: Write, E: Write>(
             args,
             &args.input,
             || async { publisher.matching_status().await.map(|m| m.matching()) },
-            &mut interrupts,
+            interrupts,
         )
         .await?;
         sent = Instant::now();
@@ -422,21 +465,11 @@ pub async fn prompt<O: Write, E: Write>(
         _publisher = Some(publisher);
         Source::Topic(tokens)
     };
-
-    let conv = Conversation {
-        args,
-        id,
-        session: &session,
-        cancel_key,
-        reply_key: if args.query { query_key } else { token_key },
+    Ok(Sending {
         source,
-        errors,
         sent,
-    };
-    let r = conv.run(out, err, &mut interrupts).await;
-    drop(conv);
-    let _ = session.close().await;
-    r
+        keep: Box::new((_querier, _publisher)),
+    })
 }
 
 #[cfg(test)]

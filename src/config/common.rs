@@ -126,43 +126,7 @@ pub(super) fn common(
         error_key,
         level,
         deadline: Duration::from_secs_f64(deadline_ms / 1000.0),
-        providers: providers(&at, r.provider, base)?,
+        providers: super::provider::providers(&at, r.provider, base)?,
         fallback: r.fallback,
     })
-}
-
-fn providers(at: &At, raw: &[RawProvider], base: &Path) -> Result<Vec<Provider>, ConfigError> {
-    let mut providers: Vec<Provider> = Vec::new();
-    for (j, rp) in raw.iter().enumerate() {
-        let prov = match rp {
-            RawProvider::Tensorrt(t) => Provider::TensorRt {
-                device_id: t.device_id.unwrap_or(0),
-                fp16: t.fp16.unwrap_or(false),
-                engine_cache: t.engine_cache.as_deref().map(|e| resolve(base, e)),
-            },
-            RawProvider::Cuda(c) => Provider::Cuda {
-                device_id: c.device_id.unwrap_or(0),
-            },
-            RawProvider::Cpu(_) => Provider::Cpu,
-        };
-        if let Provider::TensorRt { device_id, .. } | Provider::Cuda { device_id } = &prov
-            && *device_id < 0
-        {
-            return Err(at.err(
-                &format!("provider[{j}].device_id"),
-                format!("= {device_id}: must be >= 0"),
-            ));
-        }
-        if providers.iter().any(|q| q.name() == prov.name()) {
-            return Err(at.err(
-                &format!("provider[{j}].kind"),
-                format!("= {:?}: listed twice", prov.name()),
-            ));
-        }
-        providers.push(prov);
-    }
-    if providers.is_empty() {
-        providers.push(Provider::Cpu);
-    }
-    Ok(providers)
 }

@@ -39,6 +39,12 @@ pub(super) fn generator_config(
         level_index,
         levels,
     )?;
+    if let Some(j) = c.providers.iter().position(|x| x.name() == "tensorrt") {
+        return Err(at.err(
+            &format!("provider[{j}].kind"),
+            "= \"tensorrt\": a generation model's inputs change shape at every decode step (the KV cache grows), and TensorRT would rebuild its engine for each new length; use \"cuda\" or \"cpu\"",
+        ));
+    }
     let (cancel_key, query_key) = topics(&at, &c.input, p.cancel, p.query)?;
     let (max_tokens, default_max_tokens) = token_limits(&at, p.max_tokens, p.default_max_tokens)?;
     let max_generations = positive(&at.key("max_generations"), p.max_generations, 4)?;

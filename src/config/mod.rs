@@ -22,17 +22,20 @@ pub const DEFAULT_IDLE_RESET: Duration = Duration::from_secs(2);
 /// size, and larger batches only add latency on the boards we target.
 pub const MAX_BATCH_LIMIT: usize = 256;
 
+/// Why a config was refused. Each variant's message is complete on its own
+/// (path and cause); none has an error `source`, so a printer that walks
+/// causes (`{e:#}` of anyhow) shows the OS or TOML error once, not twice.
 #[derive(thiserror::Error, Debug)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("config file {path}: {source}")]
+    #[error("config file {path}: {cause}")]
     Parse {
         path: PathBuf,
-        source: Box<toml::de::Error>,
+        cause: Box<toml::de::Error>,
     },
     #[error("config: {0}")]
     Invalid(String),
@@ -45,6 +48,7 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
 mod common;
 mod generate;
 pub mod metrics;
+mod provider;
 mod raw;
 pub mod ros2;
 mod service;
@@ -52,14 +56,17 @@ mod tensor;
 #[cfg(test)]
 mod tests;
 mod thread_policy;
+mod warmup;
 mod workers;
 
 pub use generate::{DEFAULT_MAX_MESSAGES, DEFAULT_MAX_UNSENT};
 pub use metrics::MetricsConfig;
+pub use provider::{ArenaStrategy, CudaOptions, Int8, Provider, TensorRtOptions};
 pub use raw::*;
 use service::service_config;
 pub use service::*;
 pub use thread_policy::ThreadPolicy;
+pub use warmup::WarmupShape;
 
 // ---------------------------------------------------------------- stage two
 
@@ -171,29 +178,6 @@ pub struct Limits {
     pub max_elements: usize,
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub enum Provider {
-    TensorRt {
-        device_id: i32,
-        fp16: bool,
-        engine_cache: Option<PathBuf>,
-    },
-    Cuda {
-        device_id: i32,
-    },
-    Cpu,
-}
-
-impl Provider {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Provider::TensorRt { .. } => "tensorrt",
-            Provider::Cuda { .. } => "cuda",
-            Provider::Cpu => "cpu",
-        }
-    }
-}
-
 #[derive(Clone, Debug)]
 pub enum InputFormat {
     Safetensors,
@@ -242,8 +226,9 @@ pub struct PipelineConfig {
     pub fallback: Fallback,
     pub publish: Option<Vec<String>>,
     pub idle_reset: Duration,
-    /// Shapes for the warm-up run of inputs with dynamic dimensions.
-    pub warmup: BTreeMap<String, Vec<usize>>,
+    /// Shapes for the warm-up runs of inputs with dynamic dimensions (and
+    /// the TensorRT optimisation profile derived from them).
+    pub warmup: BTreeMap<String, WarmupShape>,
     pub constants: BTreeMap<String, Constant>,
     pub state: Vec<StateBinding>,
     pub context: Vec<ContextCarry>,
@@ -289,15 +274,15 @@ impl Config {
     /// Reads and validates a config file. Relative paths inside it (models,
     /// zenoh file, ORT library) are resolved against the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::from_toml(&text, base).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
+            ConfigError::Parse { cause, .. } => ConfigError::Parse {
                 path: path.to_path_buf(),
-                source,
+                cause,
             },
             other => other,
         })
@@ -306,7 +291,7 @@ impl Config {
     pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<inline>"),
-            source: Box::new(e),
+            cause: Box::new(e),
         })?;
         Config::from_raw(raw, base)
     }

@@ -214,8 +214,10 @@ pub struct RawTensorPipeline {
     pub raw: Option<RawRawFormat>,
     pub publish: Option<Vec<String>>,
     pub idle_reset_ms: Option<u64>,
+    /// Input name → a shape or a `{ min, opt, max }` range (validated in
+    /// stage two, `warmup.rs`, for messages that name the entry).
     #[serde(default)]
-    pub warmup: BTreeMap<String, Vec<i64>>,
+    pub warmup: BTreeMap<String, toml::Value>,
     #[serde(default)]
     pub constants: BTreeMap<String, RawConstant>,
     #[serde(default)]
@@ -273,18 +275,29 @@ pub enum RawProvider {
     Cpu(RawCpu),
 }
 
-#[derive(Deserialize, Debug)]
+/// `kind = "tensorrt"`; see `provider.rs` for what each key becomes.
+#[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawTensorRt {
     pub device_id: Option<i32>,
     pub fp16: Option<bool>,
+    pub int8: Option<bool>,
+    pub int8_calibration_table: Option<String>,
+    pub int8_use_native_calibration_table: Option<bool>,
+    pub dla_core: Option<i64>,
+    pub max_workspace_mb: Option<u64>,
     pub engine_cache: Option<PathBuf>,
+    pub timing_cache: Option<PathBuf>,
+    pub warmup_profile: Option<bool>,
 }
 
-#[derive(Deserialize, Debug)]
+/// `kind = "cuda"`.
+#[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawCuda {
     pub device_id: Option<i32>,
+    pub memory_limit_mb: Option<u64>,
+    pub arena_extend_strategy: Option<String>,
 }
 
 #[derive(Deserialize, Debug)]

@@ -50,11 +50,13 @@ pub(super) fn tensor_config(
             "applies to overflow = \"reject\"; with \"latest\" each stream keeps one pending frame and max_streams bounds the queue",
         ));
     }
-    let warmup = p
-        .warmup
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), shape(&at.key(&format!("warmup.{k}")), v)?)))
-        .collect::<Result<_, ConfigError>>()?;
+    let warmup = super::warmup::warmup(&at, &p.warmup)?;
+    if let (InputFormat::Raw { .. }, Some(k)) = (&format, warmup.keys().next()) {
+        return Err(at.err(
+            &format!("warmup.{k}"),
+            "does not apply to format = \"raw\": the raw shape is the warm-up shape",
+        ));
+    }
     Ok(PipelineConfig {
         queue_capacity: positive(&at.key("queue_capacity"), p.queue_capacity, 16)?,
         max_streams: positive(&at.key("max_streams"), p.max_streams, DEFAULT_MAX_STREAMS)?,

@@ -291,3 +291,86 @@ fn new_contention_keys_have_defaults_and_bounds() {
     let e = err(&gen_cfg("max_prompt_tokens = 0"));
     assert!(e.contains("max_prompt_tokens = 0"), "{e}");
 }
+
+/// The shipped example configs stay loadable (stage one and two; model
+/// files are only looked at by `check` and start-up).
+#[test]
+fn shipped_configs_validate() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in ["demo.toml", "jetson.toml", "secure.toml"] {
+        let path = repo.join("config").join(name);
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!c.pipelines.is_empty(), "{name}");
+    }
+    let jetson = Config::load(&repo.join("config/jetson.toml")).unwrap();
+    let det = jetson
+        .pipelines
+        .iter()
+        .find(|p| p.name == "textdet")
+        .unwrap();
+    let Provider::TensorRt(t) = &det.providers[0] else {
+        panic!("textdet starts with tensorrt");
+    };
+    assert!(t.fp16 && t.warmup_profile);
+    assert_eq!(t.timing_cache, t.engine_cache);
+}
+
+#[test]
+fn provider_tables_reach_stage_two() {
+    let c = Config::from_toml(
+        &format!(
+            "{MINIMAL}\nprovider = [{{ kind = \"tensorrt\", int8 = true, dla_core = 0, engine_cache = \"trt\", int8_calibration_table = \"calib.cache\" }}, {{ kind = \"cuda\", memory_limit_mb = 512 }}]\n"
+        ),
+        Path::new("/base"),
+    )
+    .unwrap();
+    let p = &c.pipelines[0];
+    assert_eq!(p.providers.len(), 2);
+    let Provider::TensorRt(t) = &p.providers[0] else {
+        panic!()
+    };
+    assert_eq!(t.engine_cache, Some(PathBuf::from("/base/trt")));
+    assert_eq!(t.dla_core, Some(0));
+    let Provider::Cuda(cu) = &p.providers[1] else {
+        panic!()
+    };
+    assert_eq!(cu.memory_limit_bytes, Some(512 << 20));
+    let e = err(&format!(
+        "{MINIMAL}\nprovider = [{{ kind = \"tensorrt\", dla = true }}]\n"
+    ));
+    assert!(e.contains("dla"), "unknown keys are refused: {e}");
+}
+
+#[test]
+fn generation_pipelines_refuse_tensorrt() {
+    let e = err(
+        "[[pipeline]]\nname = \"chat\"\nkind = \"generate\"\nmodel = \"m\"\ninput = \"c\"\noutput = \"o\"\nprovider = [{ kind = \"tensorrt\" }, { kind = \"cuda\" }]\n",
+    );
+    assert!(
+        e.contains("pipeline \"chat\": provider[0].kind") && e.contains("decode step"),
+        "{e}"
+    );
+}
+
+#[test]
+fn warmup_does_not_apply_to_raw_frames() {
+    let e = err(&format!(
+        "{MINIMAL}\nformat = \"raw\"\nraw = {{ tensor = \"x\", dtype = \"f32\", shape = [1, 4] }}\nwarmup = {{ x = [1, 4] }}\n"
+    ));
+    assert!(
+        e.contains("pipeline \"a\": warmup.x") && e.contains("raw"),
+        "{e}"
+    );
+}
+
+/// A config error prints its cause once, also when a printer walks the
+/// error's sources (`{:#}` of anyhow, as `main` prints).
+#[test]
+fn read_and_parse_errors_carry_their_cause_once() {
+    use std::error::Error as _;
+    let e = Config::load(Path::new("/nonexistent/reflexd.toml")).unwrap_err();
+    assert!(e.to_string().contains("No such file"), "{e}");
+    assert!(e.source().is_none(), "the cause is in the message already");
+    let e = Config::from_toml("[[pipeline]\n", Path::new("/")).unwrap_err();
+    assert!(e.source().is_none());
+}

@@ -265,7 +265,9 @@ impl Daemon {
         if let Some(d) = self.deliverers.take() {
             d.stop(drain_timeout).await;
         }
-        drop(exports);
+        if let Some(e) = exports {
+            e.close().await;
+        }
         // Out of the ROS graph once nothing more will be published.
         drop(self.ros2.take());
         drop(self.describe.take());

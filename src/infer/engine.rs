@@ -7,12 +7,14 @@
 use std::path::Path;
 
 use ort::environment::Environment;
-use ort::ep::{self, ExecutionProvider, ExecutionProviderDispatch};
+use ort::ep::{self as ort_ep, ExecutionProvider};
 use ort::memory::Allocator;
 use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::value::{DynTensor, DynValue, TensorElementType, ValueType};
 
+use super::ep;
+use super::profile::Profile;
 use crate::config::{Fallback, PipelineConfig, Provider, RuntimeConfig};
 use crate::tensor::{Dtype, Tensor};
 
@@ -125,38 +127,11 @@ fn port(name: &str, ty: &ValueType) -> Result<Port, String> {
     }
 }
 
-fn dispatch(p: &Provider) -> ExecutionProviderDispatch {
-    match p {
-        Provider::TensorRt {
-            device_id,
-            fp16,
-            engine_cache,
-        } => {
-            let mut trt = ep::TensorRT::default()
-                .with_device_id(*device_id)
-                .with_fp16(*fp16);
-            if let Some(dir) = engine_cache {
-                trt = trt
-                    .with_engine_cache(true)
-                    .with_engine_cache_path(dir.display())
-                    .with_timing_cache(true)
-                    .with_timing_cache_path(dir.display());
-            }
-            trt.build().error_on_failure()
-        }
-        Provider::Cuda { device_id } => ep::CUDA::default()
-            .with_device_id(*device_id)
-            .build()
-            .error_on_failure(),
-        Provider::Cpu => ep::CPU::default().build().error_on_failure(),
-    }
-}
-
 /// Whether the loaded ONNX Runtime was built with this provider at all.
 pub fn provider_compiled_in(p: &Provider) -> Result<bool, String> {
     let r = match p {
-        Provider::TensorRt { .. } => ep::TensorRT::is_available(),
-        Provider::Cuda { .. } => ep::CUDA::is_available(),
+        Provider::TensorRt(_) => ort_ep::TensorRT::is_available(),
+        Provider::Cuda(_) => ort_ep::CUDA::is_available(),
         Provider::Cpu => return Ok(true),
     };
     r.map_err(|e| e.to_string())
@@ -165,7 +140,9 @@ pub fn provider_compiled_in(p: &Provider) -> Result<bool, String> {
 fn base_builder(env: &Environment, rt: &RuntimeConfig) -> Result<SessionBuilder, String> {
     let b = Session::builder(env).map_err(|e| e.to_string())?;
     let b = b
-        .with_optimization_level(GraphOptimizationLevel::Level3)
+        // `All` (ORT_ENABLE_ALL): ort's `Level3` is ORT_ENABLE_LAYOUT, which
+        // skips the CPU layout transforms (NCHWc) convolution models gain from.
+        .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(|e| e.to_string())?;
     let b = b
         .with_intra_threads(rt.intra_op_threads)
@@ -194,6 +171,10 @@ impl<'a> From<&'a PipelineConfig> for SessionSpec<'a> {
     }
 }
 
+/// Derives the TensorRT optimisation profile from the model's declared
+/// inputs and outputs (see [`super::profile`]).
+pub type ProfileFn<'a> = &'a dyn Fn(&[Port], &[Port]) -> Result<Option<Profile>, String>;
+
 /// Builds a session for `pipeline`, walking its provider list in order. With
 /// `fallback = "next"` an unusable provider is logged and skipped; with
 /// `"error"` it fails start-up. Providers after the chosen one stay
@@ -202,6 +183,19 @@ pub fn load(
     env: &Environment,
     pipeline: &SessionSpec,
     rt: &RuntimeConfig,
+) -> Result<Model, EngineError> {
+    load_with(env, pipeline, rt, None)
+}
+
+/// [`load`], with a TensorRT optimisation profile from `profile` whenever
+/// the TensorRT provider is tried (the model's ports are read first from a
+/// CPU inspection session; nothing of this runs when TensorRT is not in
+/// the loaded library).
+pub fn load_with(
+    env: &Environment,
+    pipeline: &SessionSpec,
+    rt: &RuntimeConfig,
+    profile: Option<ProfileFn>,
 ) -> Result<Model, EngineError> {
     let path = pipeline.model;
     if !Path::new(path).is_file() {
@@ -221,7 +215,11 @@ pub fn load(
             if !provider_compiled_in(provider)? {
                 return Err("not compiled into the loaded ONNX Runtime library".into());
             }
-            let eps: Vec<_> = pipeline.providers[i..].iter().map(dispatch).collect();
+            let trt = trt_profile(env, pipeline, &pipeline.providers[i..], profile)?;
+            let eps: Vec<_> = pipeline.providers[i..]
+                .iter()
+                .map(|p| ep::dispatch(p, trt.as_ref()))
+                .collect();
             let b = base_builder(env, rt)?;
             let mut b = b.with_execution_providers(eps).map_err(|e| e.to_string())?;
             b.commit_from_file(path).map_err(|e| e.to_string())
@@ -233,18 +231,7 @@ pub fn load(
                 } else {
                     tracing::info!(pipeline = %pipeline.name, provider = provider.name(), "execution provider");
                 }
-                let inputs = session
-                    .inputs()
-                    .iter()
-                    .map(|o| port(o.name(), o.dtype()))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(load_err)?;
-                let outputs = session
-                    .outputs()
-                    .iter()
-                    .map(|o| port(o.name(), o.dtype()))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(load_err)?;
+                let (inputs, outputs) = ports(&session).map_err(load_err)?;
                 return Ok(Model {
                     session,
                     provider: provider.name(),
@@ -276,6 +263,53 @@ pub fn load(
             "no configured execution provider could be used; last error: {last_reason}"
         ),
     })
+}
+
+/// The profile for a chain that registers TensorRT with `warmup_profile`
+/// on, if the caller can derive one.
+fn trt_profile(
+    env: &Environment,
+    pipeline: &SessionSpec,
+    chain: &[Provider],
+    profile: Option<ProfileFn>,
+) -> Result<Option<Profile>, String> {
+    let wanted = chain
+        .iter()
+        .any(|p| matches!(p, Provider::TensorRt(t) if t.warmup_profile));
+    let Some(derive) = profile.filter(|_| wanted) else {
+        return Ok(None);
+    };
+    let (inputs, outputs) = inspect(env, pipeline.model)?;
+    let prof = derive(&inputs, &outputs)?;
+    if let Some(p) = &prof {
+        tracing::info!(pipeline = %pipeline.name, min = %p.ort_min(), opt = %p.ort_opt(), max = %p.ort_max(), "TensorRT optimisation profile from the warm-up shapes");
+    }
+    Ok(prof)
+}
+
+/// A model's declared inputs and outputs, read with a plain CPU session
+/// that is dropped at once (no graph optimisation, no provider).
+pub fn inspect(env: &Environment, model: &Path) -> Result<(Vec<Port>, Vec<Port>), String> {
+    let b = Session::builder(env).map_err(|e| e.to_string())?;
+    let mut b = b
+        .with_optimization_level(GraphOptimizationLevel::Disable)
+        .map_err(|e| e.to_string())?;
+    let session = b.commit_from_file(model).map_err(|e| e.to_string())?;
+    ports(&session)
+}
+
+fn ports(session: &Session) -> Result<(Vec<Port>, Vec<Port>), String> {
+    let inputs = session
+        .inputs()
+        .iter()
+        .map(|o| port(o.name(), o.dtype()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = session
+        .outputs()
+        .iter()
+        .map(|o| port(o.name(), o.dtype()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((inputs, outputs))
 }
 
 /// A new runtime-owned CPU tensor of `dtype` and `shape`, filled by

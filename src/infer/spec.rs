@@ -57,10 +57,25 @@ fn iface(p: &PipelineConfig, reason: String) -> EngineError {
     }
 }
 
+/// Which of an input's warm-up shapes (see [`crate::config::WarmupShape`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WarmPoint {
+    Min,
+    Opt,
+    Max,
+}
+
+/// A model's declared inputs and outputs, as a session (or an inspection
+/// of the model file) reports them.
+pub struct ModelPorts<'a> {
+    pub inputs: &'a [Port],
+    pub outputs: &'a [Port],
+}
+
 /// Looks ports up by name, with errors that list what exists.
 struct Ports<'a> {
     p: &'a PipelineConfig,
-    model: &'a Model,
+    model: &'a ModelPorts<'a>,
 }
 
 impl<'a> Ports<'a> {
@@ -69,7 +84,7 @@ impl<'a> Ports<'a> {
         m.inputs.iter().find(|i| i.name == name).ok_or_else(|| {
             let msg = format!(
                 "{what} `{name}` is not a model input; inputs are: {}",
-                list(&m.inputs)
+                list(m.inputs)
             );
             iface(self.p, msg)
         })
@@ -80,7 +95,7 @@ impl<'a> Ports<'a> {
         m.outputs.iter().find(|o| o.name == name).ok_or_else(|| {
             let msg = format!(
                 "{what} `{name}` is not a model output; outputs are: {}",
-                list(&m.outputs)
+                list(m.outputs)
             );
             iface(self.p, msg)
         })
@@ -90,14 +105,29 @@ impl<'a> Ports<'a> {
 impl Spec {
     /// Checks the config's bindings against the model and derives the spec.
     pub fn new(p: &PipelineConfig, model: &Model) -> Result<Spec, EngineError> {
+        let ports = ModelPorts {
+            inputs: &model.inputs,
+            outputs: &model.outputs,
+        };
+        Spec::from_ports(p, &ports, model.provider)
+    }
+
+    /// [`Spec::new`] from the ports alone (no session needed: the TensorRT
+    /// profile is derived from an inspection before the real session exists).
+    pub fn from_ports(
+        p: &PipelineConfig,
+        model: &ModelPorts,
+        provider: &'static str,
+    ) -> Result<Spec, EngineError> {
         let ports = Ports { p, model };
         check_constants(&ports)?;
         let state_init = state_bindings(&ports)?;
         let client_inputs = client_inputs(&ports)?;
         check_raw_format(p, &client_inputs)?;
+        check_warmup(&ports, &client_inputs)?;
         let publish = published(&ports)?;
         let batch = batch_axes(&ports, &client_inputs, &publish)?;
-        let feeds = feeds(p, model, &client_inputs);
+        let feeds = feeds(p, model.inputs, &client_inputs);
         Ok(Spec {
             client_inputs,
             publish,
@@ -105,9 +135,9 @@ impl Spec {
             state_outputs: p.state.iter().map(|s| s.output.clone()).collect(),
             feeds,
             batch,
-            provider: model.provider,
-            model_inputs: model.inputs.clone(),
-            model_outputs: model.outputs.clone(),
+            provider,
+            model_inputs: model.inputs.to_vec(),
+            model_outputs: model.outputs.to_vec(),
         })
     }
 
@@ -157,24 +187,80 @@ impl Spec {
         Ok(())
     }
 
-    /// Zero-filled inputs for the warm-up run.
+    /// Zero-filled inputs for the warm-up run (each input's `opt` shape).
     pub fn warmup_inputs(&self, p: &PipelineConfig) -> Vec<Tensor> {
+        self.warmup_inputs_at(p, WarmPoint::Opt)
+    }
+
+    /// Zero-filled inputs at one end of the warm-up ranges.
+    pub fn warmup_inputs_at(&self, p: &PipelineConfig, at: WarmPoint) -> Vec<Tensor> {
+        self.warmup_shapes(p, at)
+            .into_iter()
+            .zip(&self.client_inputs)
+            .map(|(shape, port)| Tensor::zeros(port.name.clone(), port.dtype, shape))
+            .collect()
+    }
+
+    /// The shape of each client input (in order) at one warm-up point: the
+    /// raw format's shape, the configured `warmup` entry, or the declared
+    /// shape with dynamic dimensions as 1.
+    pub fn warmup_shapes(&self, p: &PipelineConfig, at: WarmPoint) -> Vec<Vec<usize>> {
         self.client_inputs
             .iter()
-            .map(|port| {
-                let shape = match (&p.format, p.warmup.get(&port.name)) {
-                    (InputFormat::Raw { shape, .. }, _) => shape.clone(),
-                    (_, Some(s)) => s.clone(),
-                    _ => port
-                        .shape
-                        .iter()
-                        .map(|&d| if d < 0 { 1 } else { d as usize })
-                        .collect(),
-                };
-                Tensor::zeros(port.name.clone(), port.dtype, shape)
+            .map(|port| match (&p.format, p.warmup.get(&port.name)) {
+                (InputFormat::Raw { shape, .. }, _) => shape.clone(),
+                (_, Some(w)) => match at {
+                    WarmPoint::Min => w.min.clone(),
+                    WarmPoint::Opt => w.opt.clone(),
+                    WarmPoint::Max => w.max.clone(),
+                },
+                _ => port
+                    .shape
+                    .iter()
+                    .map(|&d| if d < 0 { 1 } else { d as usize })
+                    .collect(),
             })
             .collect()
     }
+}
+
+/// Every `warmup` key names an input that messages carry, and its shapes
+/// fit that input; a typo would otherwise warm up (and build a TensorRT
+/// engine for) a default shape nobody sends.
+fn check_warmup(ports: &Ports, client_inputs: &[Port]) -> Result<(), EngineError> {
+    let p = ports.p;
+    for (name, w) in &p.warmup {
+        let Some(port) = client_inputs.iter().find(|c| c.name == *name) else {
+            let why = if ports.model.inputs.iter().any(|i| i.name == *name) {
+                format!(
+                    "`{name}` is fed by the daemon (a constant or carried state), not by messages"
+                )
+            } else {
+                format!("the model has no input `{name}`")
+            };
+            return Err(iface(
+                p,
+                format!(
+                    "warmup.{name}: {why}; warm-up shapes are for the inputs a message carries: {}",
+                    list(client_inputs)
+                ),
+            ));
+        };
+        for (end, shape) in [("min", &w.min), ("opt", &w.opt), ("max", &w.max)] {
+            if !shape_fits(&port.shape, shape) {
+                let which = if w.is_range() {
+                    format!("warmup.{name}.{end}")
+                } else {
+                    format!("warmup.{name}")
+                };
+                return Err(iface(
+                    p,
+                    format!("{which} = {shape:?} does not fit the model input {port}"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_constants(ports: &Ports) -> Result<(), EngineError> {
@@ -227,7 +313,7 @@ fn state_bindings(ports: &Ports) -> Result<Vec<(Dtype, Vec<usize>)>, EngineError
 fn client_inputs(ports: &Ports) -> Result<Vec<Port>, EngineError> {
     let p = ports.p;
     let mut out = Vec::new();
-    for inp in &ports.model.inputs {
+    for inp in ports.model.inputs {
         if p.constants.contains_key(&inp.name) || p.state.iter().any(|s| s.input == inp.name) {
             continue;
         }
@@ -340,10 +426,9 @@ fn batch_axes(
         })
 }
 
-fn feeds(p: &PipelineConfig, model: &Model, client_inputs: &[Port]) -> Vec<Feed> {
+fn feeds(p: &PipelineConfig, model_inputs: &[Port], client_inputs: &[Port]) -> Vec<Feed> {
     let constants: Vec<&String> = p.constants.keys().collect();
-    model
-        .inputs
+    model_inputs
         .iter()
         .map(|inp| {
             if let Some(i) = constants.iter().position(|c| **c == inp.name) {

@@ -1,15 +1,18 @@
 //! Loading a tensor pipeline's session and warming it up before intake
 //! opens: one run on zeros (and, for a batched pipeline, one full batch, which
 //! proves the batch axes split back correctly and pre-sizes the runtime's
-//! buffers). Start-up and `reflexd check` both come through here.
+//! buffers; for a warm-up range, runs at its min and max shapes, which a
+//! TensorRT engine was built for). Start-up and `reflexd check` both come
+//! through here.
 
 use std::time::Instant;
 
 use ort::environment::Environment;
 
-use super::engine::{self, EngineError};
+use super::engine::{self, EngineError, Port};
+use super::profile;
 use super::run::{self, Item, Runner};
-use super::spec::Spec;
+use super::spec::{ModelPorts, Spec, WarmPoint};
 use super::state::StreamState;
 use crate::config::{PipelineConfig, RuntimeConfig};
 
@@ -26,52 +29,81 @@ fn warm_err(p: &PipelineConfig, reason: String) -> EngineError {
     }
 }
 
-/// Builds one session for `p` and runs it once on zeros (and once with a
-/// full batch when it batches).
+/// Builds one session for `p` and runs it on zeros: at the warm-up shapes,
+/// with a full batch when it batches, and at both ends of any warm-up range
+/// (the shapes a TensorRT profile was built for).
 pub fn load_and_warm(
     env: &Environment,
     rt: &RuntimeConfig,
     p: &PipelineConfig,
 ) -> Result<Loaded, EngineError> {
-    let model = engine::load(env, &p.into(), rt)?;
+    let derive = |inputs: &[Port], outputs: &[Port]| {
+        let ports = ModelPorts { inputs, outputs };
+        let spec = Spec::from_ports(p, &ports, "tensorrt").map_err(|e| e.to_string())?;
+        profile::derive(p, &spec)
+    };
+    let model = engine::load_with(env, &p.into(), rt, Some(&derive))?;
     let spec = Spec::new(p, &model)?;
     let mut runner = Runner::new(model, p).map_err(|e| warm_err(p, e))?;
-    let inputs = spec.warmup_inputs(p);
-    let rows = p.batch.as_ref().map_or(1, |b| b.max_batch);
-    for n in [1, rows] {
-        let mut states = (0..n)
-            .map(|_| {
-                p.is_stateful()
-                    .then(|| StreamState::new(&spec, p.context.len(), Instant::now()))
-                    .transpose()
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| warm_err(p, e))?;
-        let mut items: Vec<Item> = states
-            .iter_mut()
-            .map(|st| Item {
-                tensors: &inputs,
-                state: st.as_mut(),
-            })
-            .collect();
-        let ran = run::run(&mut runner, &spec, &mut items).map_err(|e| {
-            let what = if n > 1 {
-                format!("batched warm-up (max_batch = {n}): {e}")
-            } else {
-                e
+    for (point, rows) in warm_runs(p) {
+        let inputs = spec.warmup_inputs_at(p, point);
+        warm_once(&mut runner, &spec, p, &inputs, rows).map_err(|e| {
+            let what = match (point, rows) {
+                (WarmPoint::Opt, 1) => e,
+                (WarmPoint::Opt, n) => format!("batched warm-up (max_batch = {n}): {e}"),
+                (WarmPoint::Min, _) => format!("warm-up at the warmup min shapes: {e}"),
+                (WarmPoint::Max, n) => format!("warm-up at the warmup max shapes, {n} row(s): {e}"),
             };
             warm_err(p, what)
         })?;
-        for i in 0..n {
-            ran.outputs(&spec, i).map_err(|e| warm_err(p, e))?;
-        }
-        if n == rows {
-            break;
-        }
     }
+    let inputs = spec.warmup_inputs(p);
     probe_shrink(&mut runner, &spec, p, &inputs)?;
     runner.set_usual_bytes(inputs.iter().map(|t| t.data.len()).sum());
     Ok(Loaded { runner, spec })
+}
+
+/// Which warm-up runs a pipeline gets: (shapes, rows).
+fn warm_runs(p: &PipelineConfig) -> Vec<(WarmPoint, usize)> {
+    let rows = p.batch.as_ref().map_or(1, |b| b.max_batch);
+    let mut runs = vec![(WarmPoint::Opt, 1)];
+    if rows > 1 {
+        runs.push((WarmPoint::Opt, rows));
+    }
+    if p.warmup.values().any(|w| w.is_range()) {
+        runs.push((WarmPoint::Min, 1));
+        runs.push((WarmPoint::Max, rows));
+    }
+    runs
+}
+
+/// One run of `rows` identical rows; every row's outputs must split back.
+fn warm_once(
+    runner: &mut Runner,
+    spec: &Spec,
+    p: &PipelineConfig,
+    inputs: &[crate::tensor::Tensor],
+    rows: usize,
+) -> Result<(), String> {
+    let mut states = (0..rows)
+        .map(|_| {
+            p.is_stateful()
+                .then(|| StreamState::new(spec, p.context.len(), Instant::now()))
+                .transpose()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut items: Vec<Item> = states
+        .iter_mut()
+        .map(|st| Item {
+            tensors: inputs,
+            state: st.as_mut(),
+        })
+        .collect();
+    let ran = run::run(runner, spec, &mut items)?;
+    for i in 0..rows {
+        ran.outputs(spec, i)?;
+    }
+    Ok(())
 }
 
 /// One warm-up run as a "large" run: if the session's CPU allocator cannot

@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use zenoh::Wait;
 use zenoh::qos::{CongestionControl, Priority};
 
-use super::prom;
+use super::{outcomes, prom};
 use crate::ctx::Ctx;
 use crate::obs::batch::{BatchSnapshot, DecodeSnapshot};
 use crate::obs::{self, Labels, MetricsSnapshot, WorkerSnapshot};
@@ -34,12 +34,13 @@ pub fn snapshot(ctx: &Ctx) -> MetricsSnapshot {
         pipelines.push(obs::snapshot(&l, &tp.stats, None));
     }
     for gp in &ctx.gens {
+        let model = configured_model(&gp.cfg.model);
         let l = Labels {
             name: &gp.cfg.name,
             kind: "generate",
             level: &cfg.levels[gp.cfg.level],
             provider: gp.provider,
-            model: &gp.llm.generation.model_name,
+            model: &model,
         };
         let live = gp.registry.live() as u64;
         pipelines.push(obs::snapshot(&l, &gp.stats, Some(live)));
@@ -78,6 +79,42 @@ pub fn snapshot(ctx: &Ctx) -> MetricsSnapshot {
     }
 }
 
+/// The model as the config names it (its file or directory name), not the
+/// display name inside the model files: what an operator wrote, and stable
+/// across re-conversions of the same model.
+fn configured_model(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// What the Prometheus exposition needs besides a snapshot: per pipeline
+/// (snapshot order) its possible outcomes and deadline-derived buckets.
+pub fn layout(ctx: &Ctx) -> prom::Layout {
+    let pipe =
+        |outcomes: Vec<crate::error::ErrorCode>, deadline: std::time::Duration| prom::PipeLayout {
+            outcomes: outcomes.into_iter().map(|c| c.code()).collect(),
+            buckets_us: obs::hist::deadline_buckets(deadline.as_micros() as u64),
+            deadline_s: deadline.as_secs_f64(),
+        };
+    let tensors = ctx
+        .tensors
+        .iter()
+        .map(|tp| pipe(outcomes::tensor(&tp.cfg, &tp.spec), tp.cfg.deadline));
+    let gens = ctx
+        .gens
+        .iter()
+        .map(|gp| pipe(outcomes::generate(&gp.cfg), gp.cfg.deadline));
+    prom::Layout {
+        pipelines: tensors.chain(gens).collect(),
+    }
+}
+
+/// The body of `GET /metrics`.
+pub fn prometheus_text(ctx: &Ctx) -> String {
+    prom::render::render(&snapshot(ctx), &layout(ctx), &obs::process::read())
+}
+
 /// Batching counters of every batched tensor pipeline, config order.
 pub fn batch_stats(ctx: &Ctx) -> Vec<BatchSnapshot> {
     ctx.tensors
@@ -113,6 +150,21 @@ impl Drop for Exports {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+    }
+}
+
+impl Exports {
+    /// Stops every task and waits until each is gone, so the Prometheus
+    /// listener is closed (and the liveliness token undeclared) when this
+    /// returns; dropping only requests it.
+    pub async fn close(mut self) {
+        let tasks = std::mem::take(&mut self.tasks);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
         }
     }
 }
@@ -172,7 +224,7 @@ pub async fn start(ctx: &Arc<Ctx>) -> Result<Exports, String> {
             .await
             .map_err(|e| format!("metrics.prometheus = \"{addr}\": cannot listen: {e}"))?;
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
-        tracing::info!(addr = %bound, "Prometheus endpoint: GET /metrics");
+        tracing::info!(addr = %bound, "Prometheus endpoint: GET /metrics, /healthz");
         prometheus = Some(bound);
         tasks.push(tokio::spawn(prom::serve(listener, ctx.clone())));
     }

@@ -5,16 +5,18 @@
 //! blocking; [`egress`] publishes predictions and every failure; [`tokens`]
 //! streams generation messages from per-generation outboxes on delivery
 //! threads, so no worker ever waits for a client; [`metrics`] exports the
-//! counters; [`ros2`] does all of this for ROS 2 topics (rmw_zenoh or
-//! zenoh-bridge-ros2dds) and announces the ROS node; [`describe`] answers
-//! `<node>/describe`. Everything here reads the daemon context
-//! ([`crate::ctx`]).
+//! counters ([`prom`]: the Prometheus endpoint; [`outcomes`]: which
+//! outcome series a pipeline can have); [`ros2`] does all of this for ROS 2
+//! topics (rmw_zenoh or zenoh-bridge-ros2dds) and announces the ROS node;
+//! [`describe`] answers `<node>/describe`. Everything here reads the daemon
+//! context ([`crate::ctx`]).
 
 pub mod commands;
 pub mod describe;
 pub mod egress;
 pub mod ingress;
 pub mod metrics;
+pub mod outcomes;
 pub mod prom;
 pub mod ros2;
 pub mod tokens;

@@ -94,7 +94,13 @@ pub fn finish(ctx: &Ctx, mut g: Box<Generation>, reason: Finish) {
     };
     // Counted before the final message is queued, so a client that has seen
     // it also sees the counters.
-    record(&gp.stats, &g, now);
+    let failed = match (reason, &g.error) {
+        (Finish::Error, Some(rej)) => Some(rej.code),
+        (Finish::Error, None) => Some(ErrorCode::InferenceFailed),
+        (Finish::Deadline, _) => Some(ErrorCode::DeadlineExceeded),
+        _ => None,
+    };
+    record(&gp.stats, &g, now, failed);
     match (reason, &g.error) {
         (Finish::Error, Some(rej)) => {
             gp.stats.error(rej.code);
@@ -111,12 +117,17 @@ pub fn finish(ctx: &Ctx, mut g: Box<Generation>, reason: Finish) {
     tracing::debug!(id = %g.cmd.id, reason = reason.as_str(), tokens = g.tokens.len(), "generation finished");
 }
 
-/// Records a finished generation's latencies and token counts.
-fn record(st: &PipelineStats, g: &Generation, now: Instant) {
+/// Records a finished generation's latencies and token counts; the
+/// duration of a failed one goes under its error code.
+fn record(st: &PipelineStats, g: &Generation, now: Instant, failed: Option<ErrorCode>) {
     if let Some(s) = g.started {
         st.time(&st.queue_wait, s - g.received);
     }
-    st.time(&st.e2e, now - g.received);
+    let total = now - g.received;
+    match failed {
+        None => st.time(&st.e2e, total),
+        Some(code) => st.time(st.generation.failed_for(code), total),
+    }
     let n = g.tokens.len() as u64;
     st.generation
         .prompt_tokens

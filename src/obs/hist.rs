@@ -162,11 +162,45 @@ impl HistSnapshot {
     }
 }
 
-/// Bucket upper bounds in µs of exported histograms (Prometheus `le`, in
-/// seconds on the wire).
-pub const EXPORT_BUCKETS_US: [u64; 17] = [
-    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+/// Exported bucket bounds of a pipeline's latency histograms (µs), from its
+/// deadline: the 1-2.5-5 series from a ten-thousandth of the deadline (at
+/// least 10 µs) up to 2.5 times it, plus the deadline itself, so "within
+/// budget" is one bucket (`le` = the deadline) and a 10 ms pipeline gets
+/// sub-millisecond resolution where a 60 s one does not waste buckets.
+pub fn deadline_buckets(deadline_us: u64) -> Vec<u64> {
+    let deadline_us = deadline_us.max(1);
+    let lo = (deadline_us / 10_000).max(10);
+    let hi = deadline_us.saturating_mul(5) / 2;
+    let mut out = vec![deadline_us];
+    let mut decade = 1u64;
+    while decade <= hi {
+        for m in [10, 25, 50] {
+            let v = decade * m / 10;
+            if (lo..=hi).contains(&v) {
+                out.push(v);
+            }
+        }
+        decade = decade.saturating_mul(10);
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// OpenTelemetry's advised bucket bounds (seconds → µs) for the GenAI
+/// server histograms, so dashboards built for other GenAI servers read
+/// ours the same way.
+pub const OTEL_TTFT_US: [u64; 16] = [
+    1_000, 5_000, 10_000, 20_000, 40_000, 60_000, 80_000, 100_000, 250_000, 500_000, 750_000,
+    1_000_000, 2_500_000, 5_000_000, 7_500_000, 10_000_000,
+];
+pub const OTEL_TPOT_US: [u64; 13] = [
+    10_000, 25_000, 50_000, 75_000, 100_000, 150_000, 200_000, 300_000, 400_000, 500_000, 750_000,
+    1_000_000, 2_500_000,
+];
+pub const OTEL_REQUEST_US: [u64; 14] = [
+    10_000, 20_000, 40_000, 80_000, 160_000, 320_000, 640_000, 1_280_000, 2_560_000, 5_120_000,
+    10_240_000, 20_480_000, 40_960_000, 81_920_000,
 ];
 
 #[cfg(test)]
@@ -211,6 +245,26 @@ mod tests {
         assert_eq!(s.count_le(100), 100);
         assert_eq!(s.count_le(u64::MAX), 1000);
         assert_eq!(HistSnapshot::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn deadline_buckets_bracket_the_deadline() {
+        assert_eq!(
+            deadline_buckets(10_000),
+            vec![
+                10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000
+            ]
+        );
+        // A deadline off the series is an edge of its own.
+        let b = deadline_buckets(30_000);
+        assert!(b.contains(&30_000) && b.contains(&50_000) && !b.contains(&100_000));
+        assert_eq!(*b.first().unwrap(), 10);
+        let b = deadline_buckets(60_000_000);
+        assert_eq!(b.first(), Some(&10_000));
+        assert_eq!(b.last(), Some(&100_000_000));
+        for w in b.windows(2) {
+            assert!(w[0] < w[1]);
+        }
     }
 
     #[test]

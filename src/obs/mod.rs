@@ -12,6 +12,7 @@
 pub mod batch;
 pub mod health;
 pub mod hist;
+pub mod process;
 pub mod ratelimit;
 
 use std::collections::BTreeMap;
@@ -44,7 +45,8 @@ pub struct PipelineStats {
     /// One model run (generation: one prefill chunk or decode step).
     pub inference: Histogram,
     /// Receipt to publication, for successful requests (generation: receipt
-    /// to the final message, every finished generation).
+    /// to the final message of a generation that did not fail; failed ones
+    /// are in [`GenStats::failed`]).
     pub e2e: Histogram,
     pub generation: GenStats,
     /// `metrics.histograms`: when false histograms are not recorded (the
@@ -52,9 +54,24 @@ pub struct PipelineStats {
     histograms: bool,
 }
 
+/// Error codes that can end a generation after it was accepted: the
+/// OpenTelemetry `error.type` values of a failed generation's duration.
+/// Any other code is recorded as [`OTHER_ERROR`].
+pub const GEN_FAILURES: [ErrorCode; 4] = [
+    ErrorCode::DeadlineExceeded,
+    ErrorCode::InferenceFailed,
+    ErrorCode::InternalError,
+    ErrorCode::SlowConsumer,
+];
+/// OpenTelemetry's fallback `error.type` value.
+pub const OTHER_ERROR: &str = "_OTHER";
+
 /// What only generation pipelines record.
 #[derive(Default)]
 pub struct GenStats {
+    /// Receipt to the final message of failed generations, per
+    /// [`GEN_FAILURES`] entry, then one for any other code.
+    pub failed: [Histogram; GEN_FAILURES.len() + 1],
     /// Receipt to the first generated token.
     pub ttft: Histogram,
     /// Per generation with two tokens or more: time after the first token
@@ -100,6 +117,17 @@ impl PipelineStats {
         if self.histograms {
             h.record_duration(d);
         }
+    }
+}
+
+impl GenStats {
+    /// Where a generation that failed with `code` records its duration.
+    pub fn failed_for(&self, code: ErrorCode) -> &Histogram {
+        let i = GEN_FAILURES
+            .iter()
+            .position(|c| *c == code)
+            .unwrap_or(GEN_FAILURES.len());
+        &self.failed[i]
     }
 }
 
@@ -162,6 +190,10 @@ pub struct GenSnapshot {
     /// Decode rate over every finished generation: tokens after the first
     /// divided by the time they took; `None` before any.
     pub decode_tokens_per_s: Option<f64>,
+    /// Receipt to the final message of failed generations, by error code
+    /// (`_OTHER` for a code outside [`GEN_FAILURES`]); only codes seen.
+    #[serde(default)]
+    pub failed: BTreeMap<String, HistSnapshot>,
 }
 
 impl PipelineSnapshot {
@@ -185,6 +217,14 @@ fn gen_snapshot(g: &GenStats, live: u64) -> GenSnapshot {
         tpot: g.tpot.snapshot(),
         decode_tokens_per_s: (us > 0)
             .then(|| g.decode_tokens.load(Relaxed) as f64 * 1e6 / us as f64),
+        failed: GEN_FAILURES
+            .iter()
+            .map(|c| c.code())
+            .chain([OTHER_ERROR])
+            .zip(&g.failed)
+            .map(|(code, h)| (code.to_string(), h.snapshot()))
+            .filter(|(_, h)| h.count > 0)
+            .collect(),
     }
 }
 

@@ -115,6 +115,30 @@ pub fn render(cur: &MetricsSnapshot, prev: Option<&MetricsSnapshot>) -> String {
     if !cur.histograms {
         let _ = writeln!(o, "(histograms off: metrics.histograms = false)");
     }
+    let wins: Vec<Window> = cur
+        .pipelines
+        .iter()
+        .map(|p| window(p, prev.and_then(|s| s.pipeline(&p.name))))
+        .collect();
+    pipelines_table(&mut o, &wins, span);
+    generations_table(&mut o, &wins, span);
+    workers_table(&mut o, cur, prev, span);
+    let errs: Vec<String> = cur
+        .pipelines
+        .iter()
+        .flat_map(|p| {
+            p.errors
+                .iter()
+                .map(move |(c, n)| format!("{}:{c}={n}", p.name))
+        })
+        .collect();
+    if !errs.is_empty() {
+        let _ = writeln!(o, "\nerrors since start: {}", errs.join("  "));
+    }
+    o
+}
+
+fn pipelines_table(o: &mut String, wins: &[Window], span: f64) {
     let _ = writeln!(
         o,
         "\n{:<14} {:<8} {:<9} {:<8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9}",
@@ -133,12 +157,7 @@ pub fn render(cur: &MetricsSnapshot, prev: Option<&MetricsSnapshot>) -> String {
         "P99 ms",
         "QWAIT p99"
     );
-    let wins: Vec<Window> = cur
-        .pipelines
-        .iter()
-        .map(|p| window(p, prev.and_then(|s| s.pipeline(&p.name))))
-        .collect();
-    for w in &wins {
+    for w in wins {
         let _ = writeln!(
             o,
             "{:<14} {:<8} {:<9} {:<8} {:>8.1} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9}",
@@ -158,28 +177,35 @@ pub fn render(cur: &MetricsSnapshot, prev: Option<&MetricsSnapshot>) -> String {
             q(&w.queue, 0.99),
         );
     }
+}
+
+fn generations_table(o: &mut String, wins: &[Window], span: f64) {
     let gens: Vec<&Window> = wins.iter().filter(|w| w.p.generation.is_some()).collect();
-    if !gens.is_empty() {
+    if gens.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\n{:<14} {:>5} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "GENERATION", "LIVE", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99", "TOK/s"
+    );
+    for w in gens {
+        let g = w.p.generation.as_ref().expect("filtered");
         let _ = writeln!(
             o,
-            "\n{:<14} {:>5} {:>10} {:>10} {:>10} {:>10} {:>8}",
-            "GENERATION", "LIVE", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99", "TOK/s"
+            "{:<14} {:>5} {:>10} {:>10} {:>10} {:>10} {:>8.1}",
+            w.p.name,
+            g.live,
+            q(&w.ttft, 0.5),
+            q(&w.ttft, 0.99),
+            q(&w.tpot, 0.5),
+            q(&w.tpot, 0.99),
+            w.tokens as f64 / span,
         );
-        for w in gens {
-            let g = w.p.generation.as_ref().expect("filtered");
-            let _ = writeln!(
-                o,
-                "{:<14} {:>5} {:>10} {:>10} {:>10} {:>10} {:>8.1}",
-                w.p.name,
-                g.live,
-                q(&w.ttft, 0.5),
-                q(&w.ttft, 0.99),
-                q(&w.tpot, 0.5),
-                q(&w.tpot, 0.99),
-                w.tokens as f64 / span,
-            );
-        }
     }
+}
+
+fn workers_table(o: &mut String, cur: &MetricsSnapshot, prev: Option<&MetricsSnapshot>, span: f64) {
     let _ = writeln!(
         o,
         "\n{:<7} {:<28} {:>6} {:>10}",
@@ -202,19 +228,6 @@ pub fn render(cur: &MetricsSnapshot, prev: Option<&MetricsSnapshot>) -> String {
             runs
         );
     }
-    let errs: Vec<String> = cur
-        .pipelines
-        .iter()
-        .flat_map(|p| {
-            p.errors
-                .iter()
-                .map(move |(c, n)| format!("{}:{c}={n}", p.name))
-        })
-        .collect();
-    if !errs.is_empty() {
-        let _ = writeln!(o, "\nerrors since start: {}", errs.join("  "));
-    }
-    o
 }
 
 /// Asks the daemon for one snapshot.

@@ -157,27 +157,8 @@ pub fn parse(bytes: &[u8], limits: &CommandLimits) -> Result<Command, Rejection>
             &format!("expected 1..={}", limits.max_tokens),
         );
     }
-    let stop = raw.stop.unwrap_or_default();
-    if stop.len() > MAX_STOPS || stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_LEN) {
-        return bad(
-            "stop",
-            format!("{} strings", stop.len()),
-            &format!("at most {MAX_STOPS} non-empty strings of at most {MAX_STOP_LEN} bytes"),
-        );
-    }
-    let deadline = match raw.deadline_ms {
-        None => limits.default_deadline,
-        Some(ms) if ms.is_finite() && ms > 0.0 && ms <= 3_600_000.0 => {
-            Duration::from_secs_f64(ms / 1000.0)
-        }
-        Some(ms) => {
-            return bad(
-                "deadline_ms",
-                ms.to_string(),
-                "expected > 0 and at most one hour",
-            );
-        }
-    };
+    let stop = stops(raw.stop.unwrap_or_default())?;
+    let deadline = deadline(raw.deadline_ms, limits)?;
     Ok(Command {
         id: raw.id,
         messages,
@@ -187,6 +168,31 @@ pub fn parse(bytes: &[u8], limits: &CommandLimits) -> Result<Command, Rejection>
         priority: raw.priority,
         deadline,
     })
+}
+
+fn stops(stop: Vec<String>) -> Result<Vec<String>, Rejection> {
+    if stop.len() > MAX_STOPS || stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_LEN) {
+        return bad(
+            "stop",
+            format!("{} strings", stop.len()),
+            &format!("at most {MAX_STOPS} non-empty strings of at most {MAX_STOP_LEN} bytes"),
+        );
+    }
+    Ok(stop)
+}
+
+fn deadline(ms: Option<f64>, limits: &CommandLimits) -> Result<Duration, Rejection> {
+    match ms {
+        None => Ok(limits.default_deadline),
+        Some(ms) if ms.is_finite() && ms > 0.0 && ms <= 3_600_000.0 => {
+            Ok(Duration::from_secs_f64(ms / 1000.0))
+        }
+        Some(ms) => bad(
+            "deadline_ms",
+            ms.to_string(),
+            "expected > 0 and at most one hour",
+        ),
+    }
 }
 
 fn bad<T>(k: &str, v: String, allowed: &str) -> Result<T, Rejection> {

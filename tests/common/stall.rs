@@ -238,8 +238,10 @@ async fn congest(daemon: &Daemon, c: &zenoh::Session) {
     until_counted(daemon, |st| st.error(code) >= before + FLOOD as u64).await;
 }
 
+/// Waits (up to 3 min: a debug build on a loaded 2-core machine can be far
+/// behind) until the camera pipeline's counters satisfy `done`.
 async fn until_counted(daemon: &Daemon, done: impl Fn(&reflexd::obs::PipelineSnapshot) -> bool) {
-    for _ in 0..3000 {
+    for _ in 0..18000 {
         if done(&daemon.stats()[0]) {
             return;
         }

@@ -227,7 +227,7 @@ class Client:
 
     def metrics(self, node="reflexd", timeout=5.0):
         """The daemon's metrics snapshot (dict: pipelines, workers, histograms;
-        every field in docs/metrics.md)."""
+        every field in docs/metrics.md#json-snapshot-nodemetrics)."""
         for reply in self.session.get(f"{node}/metrics", timeout=timeout):
             if reply.ok is not None:
                 return json.loads(reply.ok.payload.to_bytes())
@@ -241,7 +241,8 @@ class Client:
 
 def percentile_ms(hist, q):
     """A quantile (ms) of a histogram in a metrics snapshot (buckets are
-    ``[upper_us, count]``), or None when it is empty."""
+    ``[upper_us, count]``, docs/metrics.md#histogram-object), or None when
+    it is empty."""
     if not hist["count"]:
         return None
     rank = max(1, int(np.ceil(q * hist["count"])))
