@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # fuzz.sh — bounded coverage-guided fuzzing of every decoder of outside input
 # (fuzz/fuzz_targets/): safetensors requests, raw payloads + attachments,
-# generation command JSON, the TOML config. Each target runs for a fixed time
+# generation command JSON, the TOML config, ROS 2 CDR messages and rmw_zenoh
+# attachments/liveliness tokens. Each target runs for a fixed time
 # from the committed seed corpus (fuzz/corpus/<target>/, never modified: new
 # inputs go to a scratch directory). A crash leaves its input in
 # fuzz/artifacts/<target>/; turn it into a regression test (tests in
-# src/wire.rs, src/llm/command.rs, src/config/tests.rs) and fix it.
+# src/wire.rs, src/llm/command.rs, src/config/tests.rs, src/ros2/tests/) and fix it.
 #
 #   scripts/fuzz.sh                    # every target, 60 s each
 #   scripts/fuzz.sh 10 command_json    # one target, 10 s
@@ -21,7 +22,7 @@ cd "$REPO_ROOT/fuzz"
 SECS="${1:-60}"
 shift || true
 TARGETS=("$@")
-[[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(wire_safetensors wire_raw command_json config_toml)
+[[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(wire_safetensors wire_raw command_json config_toml ros2_cdr ros2_graph)
 CACHE="${REFLEXD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/reflexd}/v1"
 FUZZ_ROOT="$CACHE/cargo-fuzz"
 CARGO_FUZZ_VERSION=0.13.2

@@ -62,6 +62,7 @@ PY_PINS=(
     "pillow==13.0.0"     # also renders the OCR test images (tests/py/ocr_reference.py)
     "six==1.17.0"
     "PyYAML==6.0.4"
+    "rosbags==0.11.9"    # independent ROS 2 CDR + type hashes (tests/py/ros2_peer.py, ros2_golden.py)
 )
 # The reference OCR pipeline (tests/ocr_chain.rs, benches/ocr.rs), installed --no-deps from the
 # same cached wheel the OCR models come from.

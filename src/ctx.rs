@@ -5,6 +5,8 @@
 //! reaches everything about a pipeline through one index. It sits below the
 //! stages that use it and knows none of them.
 
+pub mod ros;
+
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
@@ -43,6 +45,9 @@ pub enum Delivery {
     Topic(String),
     /// Replies to a zenoh `get`; the query is answered when dropped.
     Query(zenoh::query::Query),
+    /// A prompt that came on a ROS 2 topic: published on `<output>/<id>`
+    /// and on the pipeline's ROS 2 answer and token topics.
+    Ros2(String),
 }
 
 /// Everything about one tensor pipeline.
@@ -126,4 +131,6 @@ pub struct Ctx {
     /// The fleet side (`io::fleet`: offload routes and their targets), set
     /// once when intake opens; type-erased because it lives above `ctx`.
     pub fleet: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
+    /// ROS 2 topics reflexd publishes on, per pipeline.
+    pub ros2: ros::RosOut,
 }

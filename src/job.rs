@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::ros2::Header;
 use crate::sched::Task;
 use crate::tensor::Tensor;
 use crate::wire::RequestMeta;
@@ -20,6 +21,9 @@ pub struct Job {
     pub tensors: Vec<Tensor>,
     /// A camera frame (image pipelines; `tensors` is then empty).
     pub image: Option<Frame>,
+    /// The ROS 2 header (stamp, frame_id) of the message this job came
+    /// from, copied into every ROS 2 message that answers it.
+    pub header: Option<Header>,
     /// When the subscriber callback got the message.
     pub received: Instant,
     /// Position of the receipt in the daemon's event order.

@@ -4,11 +4,12 @@
 //! Runtime sessions; [`llm`]: generation steps) → `io::egress` / `io::tokens`
 //! (zenoh publishers). [`daemon`] builds the stages from a [`Config`] and owns
 //! start-up and teardown; [`supervise`] reports to systemd; [`wire`] defines
-//! the message formats.
+//! the message formats; [`ros2`] the ROS 2 formats (CDR, rmw_zenoh keys,
+//! attachments, graph tokens).
 //!
 //! Layers, lowest first (a module imports only lower layers; enforced by
-//! `tests/architecture.rs`): `error`, `fault`, `tensor`, `logging` → `obs`, `config` →
-//! `wire` → `sched` → `job` → `infer` → `llm` → `ctx` → `io` → `worker` →
+//! `tests/architecture.rs`): `error`, `fault`, `tensor`, `logging` → `ros2` →
+//! `obs`, `config` → `wire` → `sched` → `job` → `infer` → `llm` → `ctx` → `io` → `worker` →
 //! `daemon` → `supervise` → `check`, `client`, `ops`.
 
 pub mod check;
@@ -25,6 +26,7 @@ pub mod llm;
 pub mod logging;
 pub mod obs;
 pub mod ops;
+pub mod ros2;
 // Public only so that benches/sched.rs can drive the scheduler alone.
 #[doc(hidden)]
 pub mod sched;

@@ -52,6 +52,9 @@ enum Command {
     /// streams, errors, metrics.
     #[command(after_help = reflexd::logging::ENV_HELP)]
     Tap(reflexd::ops::tap::TapArgs),
+    /// List a running daemon's pipelines: zenoh keys and ROS 2 topics with
+    /// their types (like `ros2 topic list -t`), tensors, level, deadline.
+    Describe(reflexd::ops::describe::DescribeArgs),
 }
 
 /// Resolves on the first Ctrl-C.
@@ -131,6 +134,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(anyhow::Error::msg)?;
         }
+        Command::Describe(args) => {
+            reflexd::ops::describe::run(&args, &mut std::io::stdout())
+                .await
+                .map_err(anyhow::Error::msg)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -138,7 +146,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     reflexd::logging::init(match &cli.command {
-        Command::Prompt(_) | Command::Top(_) | Command::Tap(_) => reflexd::logging::TOOL_FILTER,
+        Command::Prompt(_) | Command::Top(_) | Command::Tap(_) | Command::Describe(_) => {
+            reflexd::logging::TOOL_FILTER
+        }
         _ => reflexd::logging::DAEMON_FILTER,
     });
     let rt = match tokio::runtime::Builder::new_multi_thread()

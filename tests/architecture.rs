@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 /// Layers, lowest first. Keep in step with the crate doc in src/lib.rs.
 const LAYERS: &[&[&str]] = &[
     &["error", "fault", "tensor", "logging"],
+    &["ros2"],
     &["obs", "config"],
     &["wire"],
     &["sched"],

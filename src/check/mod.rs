@@ -7,6 +7,7 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
+use crate::config::ros2::PipelineRos2;
 use crate::config::{
     Config, Fallback, GeneratorConfig, InputFormat, Outputs, Overflow, PipelineConfig, Provider,
 };
@@ -15,6 +16,7 @@ use crate::infer::engine::EngineError;
 use crate::infer::profile::{self, Profile};
 use crate::infer::warm::{load_and_warm, load_ocr};
 use crate::infer::{Spec, ep, runtime};
+use crate::io::ros2;
 use crate::io::zenoh::zenoh_config;
 use crate::llm::tools::ToolSet;
 use crate::llm::{self, LlmShared, ModelFiles};
@@ -43,6 +45,8 @@ pub fn check(config: &Config) -> Result<String, StartError> {
             None => load_and_warm(&env, &config.runtime, p)?.spec,
         };
         describe_tensor(&mut out, config, p, &spec);
+        ros2::check_tensor_pipe(p, &spec).map_err(StartError::Ros2)?;
+        describe_ros2(&mut out, p.ros2.as_ref());
     }
     for g in &config.generators {
         // The same load and one-step warm-up as start-up, once (start-up
@@ -56,6 +60,7 @@ pub fn check(config: &Config) -> Result<String, StartError> {
         let (_model, provider) = llm::load(&env, g, &config.runtime, &shared, &files.onnx)?;
         describe_generator(&mut out, config, g, &shared, provider);
         describe_tools(&mut out, g)?;
+        describe_ros2(&mut out, g.ros2.as_ref());
     }
     Ok(out)
 }
@@ -82,6 +87,19 @@ fn describe_tools(out: &mut String, g: &GeneratorConfig) -> Result<(), StartErro
         );
     }
     Ok(())
+}
+
+/// A pipeline's ROS 2 topics, one line each.
+fn describe_ros2(out: &mut String, r: Option<&PipelineRos2>) {
+    let Some(r) = r else { return };
+    for (role, e) in r.endpoints() {
+        let key = if role == "input" {
+            e.subscribe_key()
+        } else {
+            e.publish_key()
+        };
+        let _ = writeln!(out, "  ros2 {role}: {} [{}] on {key}", e.topic, e.ty);
+    }
 }
 
 fn describe_tensor(out: &mut String, config: &Config, p: &PipelineConfig, spec: &Spec) {

@@ -118,6 +118,7 @@ pub(super) fn generator_config(
         tools,
         max_tool_steps,
         offload,
+        ros2: None,
     })
 }
 

@@ -58,6 +58,7 @@ pub mod metrics;
 pub mod ocr;
 mod provider;
 mod raw;
+pub mod ros2;
 mod service;
 mod tensor;
 #[cfg(test)]
@@ -95,6 +96,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Offload between daemons (`[fleet]`, each pipeline's `offload`).
     pub fleet: FleetConfig,
+    /// The ROS 2 node reflexd appears as (`[ros2]`).
+    pub ros2: ros2::Ros2Node,
 }
 
 /// Where speculative decoding takes its drafts from.
@@ -159,6 +162,8 @@ pub struct GeneratorConfig {
     pub max_tool_steps: u32,
     /// Where commands go instead of (or besides) the local model.
     pub offload: Option<OffloadConfig>,
+    /// ROS 2 topics (`[pipeline.ros2]`): prompts in, answers and tokens out.
+    pub ros2: Option<ros2::PipelineRos2>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -306,6 +311,8 @@ pub struct PipelineConfig {
     pub head: usize,
     /// Where requests go instead of (or besides) the local model.
     pub offload: Option<OffloadConfig>,
+    /// ROS 2 topics (`[pipeline.ros2]`), next to the zenoh keys.
+    pub ros2: Option<ros2::PipelineRos2>,
 }
 
 /// Longest a worker may hold a job while it waits for a batch to fill.
@@ -391,6 +398,7 @@ impl Config {
             )?,
         };
         let service = service_config(&raw.service)?;
+        let ros2 = ros2::node(&raw.ros2)?;
         let levels = workers::levels(std::mem::take(&mut raw_levels(&raw)))?;
         let level_index = |key: &str, name: &str| -> Result<usize, ConfigError> {
             levels.iter().position(|l| l == name).ok_or_else(|| {
@@ -400,8 +408,14 @@ impl Config {
             })
         };
         let workers = workers::workers(&raw, &level_index, levels.len())?;
-        let (mut pipelines, mut generators) =
-            pipelines(raw.pipeline, &limits, base, &level_index, &levels, &workers)?;
+        let (mut pipelines, mut generators) = pipelines(
+            raw.pipeline,
+            &limits,
+            base,
+            &level_index,
+            (&levels, &workers),
+            &ros2,
+        )?;
         let mut fleet = fleet::fleet_config(&raw.fleet)?;
         fleet::split(&mut fleet, &metrics.node, &mut pipelines, &mut generators)?;
         Ok(Config {
@@ -415,6 +429,7 @@ impl Config {
             service,
             metrics,
             fleet,
+            ros2,
         })
     }
 }
@@ -435,8 +450,8 @@ fn pipelines(
     limits: &Limits,
     base: &Path,
     level_index: common::LevelIndex,
-    levels: &[String],
-    workers: &[WorkerConfig],
+    (levels, workers): (&[String], &[WorkerConfig]),
+    node: &ros2::Ros2Node,
 ) -> Result<(Vec<PipelineConfig>, Vec<GeneratorConfig>), ConfigError> {
     if raw.is_empty() {
         return Err(invalid(
@@ -448,15 +463,19 @@ fn pipelines(
     let mut names = HashSet::new();
     for p in raw {
         let name = match p {
-            RawPipeline::Tensor(t) => {
-                let (pc, link) = tensor::tensor_config(*t, base, level_index, levels, limits)?;
+            RawPipeline::Tensor(mut t) => {
+                let r = t.ros2.take();
+                let (mut pc, link) = tensor::tensor_config(*t, base, level_index, levels, limits)?;
+                pc.ros2 = ros2::tensor(&pc, r, node)?;
                 let name = pc.name.clone();
                 pipelines.push(pc);
                 links.push(link);
                 name
             }
-            RawPipeline::Generate(g) => {
+            RawPipeline::Generate(mut g) => {
+                let r = g.ros2.take();
                 let mut gc = generate::generator_config(*g, base, level_index, levels)?;
+                gc.ros2 = ros2::generate(&gc, r, node)?;
                 // A worker serving a lowered level must hold this model's
                 // session too.
                 gc.allowed_levels = (gc.level..levels.len())
@@ -491,6 +510,16 @@ fn pipelines(
             )));
         }
     }
+    ros2::check_topics(
+        pipelines
+            .iter()
+            .filter_map(|p| Some((p.name.as_str(), p.ros2.as_ref()?)))
+            .chain(
+                generators
+                    .iter()
+                    .filter_map(|g| Some((g.name.as_str(), g.ros2.as_ref()?))),
+            ),
+    )?;
     Ok((pipelines, generators))
 }
 

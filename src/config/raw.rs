@@ -28,6 +28,8 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub fleet: super::fleet::RawFleet,
+    #[serde(default)]
+    pub ros2: super::ros2::RawRos2Node,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -247,6 +249,7 @@ pub struct RawTensorPipeline {
     /// Chain stage fed with tensors: model input ← output of `after`.
     pub feed: Option<BTreeMap<String, String>>,
     pub offload: Option<super::fleet::RawOffload>,
+    pub ros2: Option<super::ros2::RawTensorRos2>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -285,6 +288,7 @@ pub struct RawGeneratePipeline {
     #[serde(default)]
     pub tool: Vec<RawTool>,
     pub offload: Option<super::fleet::RawOffload>,
+    pub ros2: Option<super::ros2::RawGenerateRos2>,
 }
 
 /// One `[[pipeline.tool]]` entry as written in the config file. Stage two

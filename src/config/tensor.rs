@@ -140,6 +140,7 @@ pub(super) fn tensor_config(
         next: None,
         head: usize::MAX,
         offload,
+        ros2: None,
     };
     Ok((config, pending))
 }

@@ -15,7 +15,9 @@ use crate::ctx::{Ctx, Sched};
 use crate::error::{ErrorCode, Rejection};
 use crate::infer::engine::EngineError;
 use crate::infer::runtime::{self, OrtLoadError};
-use crate::io::{commands, egress, fleet, ingress, metrics, tokens, zenoh as zconf};
+use crate::io::{
+    commands, describe, egress, fleet, ingress, metrics, ros2, tokens, zenoh as zconf,
+};
 use crate::llm::Finish;
 use crate::obs::batch::{BatchSnapshot, DecodeSnapshot};
 use crate::obs::{MetricsSnapshot, PipelineSnapshot};
@@ -46,6 +48,8 @@ pub enum StartError {
     /// A `[[pipeline.tool]]` entry or its schema is unusable.
     #[error("{0}")]
     Tools(String),
+    #[error("ROS 2: {0}")]
+    Ros2(String),
 }
 
 /// One step of start-up, reported before it begins (model loads and
@@ -69,6 +73,8 @@ pub struct Daemon {
     deliverers: Option<tokens::Deliverers>,
     exports: Option<metrics::Exports>,
     fleet: Option<fleet::Entities>,
+    ros2: Option<ros2::Entities>,
+    describe: Option<zenoh::query::Queryable<()>>,
 }
 
 async fn open_session(config: &Config) -> Result<zenoh::Session, StartError> {
@@ -120,7 +126,9 @@ impl Daemon {
         if config.runtime.mlockall {
             start::lock_memory()?;
         }
-        let ctx = Arc::new(start::context(config, tensors, gens, session, sched));
+        let specs: Vec<_> = tensors.iter().map(|t| &t.spec).collect();
+        let ros = ros2::declare_outputs(&session, &config, &specs).map_err(StartError::Ros2)?;
+        let ctx = Arc::new(start::context(config, (tensors, gens), session, sched, ros));
         let threads = start::spawn_workers(workers, &ctx)?;
         Daemon::open_intake(ctx, threads).await
     }
@@ -138,6 +146,8 @@ impl Daemon {
             deliverers: None,
             exports: None,
             fleet: None,
+            ros2: None,
+            describe: None,
         };
         let zerr = |e: zenoh::Error| StartError::Zenoh(e.to_string());
         d.deliverers = Some(
@@ -154,6 +164,8 @@ impl Daemon {
             d.gen_entities
                 .push(commands::declare(&ctx, gi).map_err(zerr)?);
         }
+        d.ros2 = Some(ros2::open(&ctx).map_err(zerr)?);
+        d.describe = Some(describe::declare(&ctx).map_err(zerr)?);
         d.exports = Some(metrics::start(&ctx).await.map_err(StartError::Metrics)?);
         tracing::info!(
             pipelines = ctx.tensors.len(),
@@ -238,6 +250,9 @@ impl Daemon {
     pub async fn shutdown(mut self, drain_timeout: Duration) {
         self.gen_entities.clear();
         self.fleet = None;
+        if let Some(r) = &mut self.ros2 {
+            r.subscribers.clear();
+        }
         // Metrics stay readable while draining; the liveliness token goes
         // with them just before the session closes.
         let exports = self.exports.take();
@@ -268,6 +283,9 @@ impl Daemon {
         if let Some(e) = exports {
             e.close().await;
         }
+        // Out of the ROS graph once nothing more will be published.
+        drop(self.ros2.take());
+        drop(self.describe.take());
         if let Err(e) = self.ctx.session.close().await {
             tracing::warn!(error = %e, "closing zenoh session failed");
         }

@@ -13,6 +13,7 @@ use ort::environment::Environment;
 
 use super::{StartError, StartStep};
 use crate::config::{Config, GeneratorConfig};
+use crate::ctx::ros::RosOut;
 use crate::ctx::{Ctx, GenPipe, Sched, TensorPipe};
 use crate::infer::engine::EngineError;
 use crate::infer::warm::{load_and_warm, load_ocr};
@@ -251,10 +252,10 @@ fn gen_pipe(
 /// The context every stage reads.
 pub(super) fn context(
     config: Config,
-    tensors: Vec<TensorPipe>,
-    gens: Vec<GenPipe>,
+    (tensors, gens): (Vec<TensorPipe>, Vec<GenPipe>),
     session: zenoh::Session,
     sched: Arc<Sched>,
+    ros2: RosOut,
 ) -> Ctx {
     Ctx {
         workers: config
@@ -271,6 +272,7 @@ pub(super) fn context(
         gens,
         session,
         sched,
+        ros2,
     }
 }
 

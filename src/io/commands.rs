@@ -24,21 +24,12 @@ pub struct Entities {
 }
 
 /// Publishes a refused command's error and counts it.
-fn reject(ctx: &Ctx, gi: usize, id: Option<&str>, rej: &Rejection) {
-    let gp = &ctx.gens[gi];
-    gp.stats.error(rej.code);
-    egress::publish_error(
-        &ctx.session,
-        &gp.cfg.error_key,
-        &gp.cfg.name,
-        "",
-        id,
-        None,
-        rej,
-    );
+pub(super) fn reject(ctx: &Ctx, gi: usize, id: Option<&str>, rej: &Rejection) {
+    ctx.gens[gi].stats.error(rej.code);
+    egress::report(ctx, egress::Pipe::Gen(gi), "", (id, None), rej);
 }
 
-type Refused = (Rejection, Option<String>);
+pub(super) type Refused = (Rejection, Option<String>);
 
 /// The level a command runs at: the pipeline's own, or a lower one it may
 /// ask for (never higher, and only levels whose workers hold the model).
@@ -67,8 +58,9 @@ fn level(ctx: &Ctx, gi: usize, cmd: &Command) -> Result<usize, Refused> {
 }
 
 /// Validates a command and queues its generation (or hands it to its
-/// offload route, unless another daemon `offloaded` it here).
-fn accept(
+/// offload route, unless another daemon `offloaded` it here); prompts that
+/// came on a ROS 2 topic arrive here too (see `io::ros2`).
+pub(super) fn accept(
     ctx: &Ctx,
     gi: usize,
     bytes: &[u8],

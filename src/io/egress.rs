@@ -1,9 +1,11 @@
 //! Egress: the last stage. Workers publish predictions through their own
 //! [`Outbox`] (declared publishers cached per output key in a bounded LRU, so
-//! the hot path does no key resolution and allocates no key); ingress, workers and shutdown report failures through
-//! [`fail`] / [`publish_error`]. Every put uses `CongestionControl::Drop`: a slow or
-//! absent subscriber must never stall a worker or the zenoh callback, and a
-//! dropped reply is preferable to a late prediction on a robot. Messages are
+//! the hot path does no key resolution and allocates no key); ingress,
+//! workers and shutdown report failures through [`fail`] / [`report`] (also
+//! on the ROS 2 error topic). Every put uses
+//! `CongestionControl::Drop`: a slow or absent subscriber must never stall a
+//! worker or the zenoh callback, and a dropped reply is preferable to a late
+//! prediction on a robot. Messages are
 //! not `express`: an express message takes a whole transmission batch, so a
 //! burst of replies (say, a flood answered `busy`) overflows zenoh's small
 //! per-priority queues and is dropped; without it zenoh batches only under
@@ -195,37 +197,73 @@ pub fn fail(ctx: &Ctx, job: &Job, rej: &Rejection) {
     if let Some(r) = &job.remote {
         return super::fleet::serve::reply_error(r, &tp.cfg.name, job, rej);
     }
-    publish_error(
-        &ctx.session,
-        &tp.cfg.error_key,
-        &tp.cfg.name,
-        &job.stream,
-        job.meta.id.as_deref(),
-        job.meta.seq,
-        rej,
-    );
+    let (id, seq) = (job.meta.id.as_deref(), job.meta.seq);
+    report(ctx, Pipe::Tensor(job.pipeline), &job.stream, (id, seq), rej);
 }
 
-/// Publishes a JSON error message on a pipeline's error key.
+/// A pipeline, by kind and index into `Ctx::tensors` / `Ctx::gens`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pipe {
+    Tensor(usize),
+    Gen(usize),
+}
+
+/// Publishes a JSON error message on a pipeline's error key and, if it has
+/// one, on its ROS 2 error topic (not counted here).
+pub fn report(
+    ctx: &Ctx,
+    pipe: Pipe,
+    stream: &str,
+    (id, seq): (Option<&str>, Option<u64>),
+    rej: &Rejection,
+) {
+    let (key, name) = match pipe {
+        Pipe::Tensor(i) => (&ctx.tensors[i].cfg.error_key, &ctx.tensors[i].cfg.name),
+        Pipe::Gen(i) => (&ctx.gens[i].cfg.error_key, &ctx.gens[i].cfg.name),
+    };
+    let json = error_json(name, stream, id, seq, rej);
+    super::ros2::publish_error(ctx, pipe, &json);
+    put_error(&ctx.session, key, name, json);
+}
+
+/// Publishes a JSON error message on an error key only: for the offload
+/// relays, whose pipelines have no ROS 2 side (config refuses one there).
 pub fn publish_error(
     session: &zenoh::Session,
     error_key: &str,
     pipeline: &str,
     stream: &str,
+    (id, seq): (Option<&str>, Option<u64>),
+    rej: &Rejection,
+) {
+    put_error(
+        session,
+        error_key,
+        pipeline,
+        error_json(pipeline, stream, id, seq, rej),
+    );
+}
+
+fn error_json(
+    pipeline: &str,
+    stream: &str,
     id: Option<&str>,
     seq: Option<u64>,
     rej: &Rejection,
-) {
-    let body = ErrorMessage {
+) -> Vec<u8> {
+    tracing::debug!(pipeline, stream, code = rej.code.code(), message = %rej.message, "request failed");
+    ErrorMessage {
         code: rej.code.code(),
         message: &rej.message,
         pipeline,
         stream,
         id,
         seq,
-    };
-    let json = body.encode();
-    tracing::debug!(pipeline, stream, code = rej.code.code(), message = %rej.message, "request failed");
+    }
+    .encode()
+}
+
+fn put_error(session: &zenoh::Session, error_key: &str, pipeline: &str, json: Vec<u8>) {
     if let Err(e) = session
         .put(error_key, json)
         .congestion_control(CongestionControl::Drop)

@@ -21,6 +21,7 @@ use crate::config::InputFormat;
 use crate::ctx::Ctx;
 use crate::error::{ErrorCode, Rejection};
 use crate::job::Job;
+use crate::ros2::Header;
 use crate::sched::Submitted;
 use crate::tensor::Tensor;
 use crate::wire::image::{Frame, ImageClaim, ImageHeader, check_image, parse_image_attachment};
@@ -70,7 +71,8 @@ fn on_sample(ctx: &Ctx, pi: usize, sample: &Sample) {
     let stream = stream_id(&tp.cfg.input, sample.key_expr().as_str());
     match decode(ctx, pi, &stream, sample) {
         Ok(Decoded::Tensors(tensors, meta)) => {
-            submit(ctx, pi, stream, (tensors, None, meta), received)
+            let parts = Parts::tensors(tensors, meta, None);
+            submit(ctx, pi, stream, parts, received)
         }
         Ok(Decoded::Frame(header, data)) => {
             let meta = RequestMeta {
@@ -87,6 +89,7 @@ fn on_sample(ctx: &Ctx, pi: usize, sample: &Sample) {
                     claim,
                     data,
                     meta,
+                    header: None,
                     received,
                 },
             );
@@ -108,10 +111,19 @@ pub fn submit_frame(ctx: &Ctx, pi: usize, frame: FrameMsg<'_>) {
         claim,
         data,
         meta,
+        header,
         received,
     } = frame;
     match check_frame(ctx, pi, claim, data) {
-        Ok(f) => submit(ctx, pi, stream, (Vec::new(), Some(f), meta), received),
+        Ok(f) => {
+            let parts = Parts {
+                tensors: Vec::new(),
+                image: Some(f),
+                meta,
+                header,
+            };
+            submit(ctx, pi, stream, parts, received)
+        }
         Err(rej) => refuse(ctx, pi, stream, &rej, &meta),
     }
 }
@@ -124,6 +136,8 @@ pub struct FrameMsg<'a> {
     /// The frame's bytes (shared with the received message, not copied).
     pub data: Bytes,
     pub meta: RequestMeta,
+    /// The ROS 2 message's header, copied into its ROS answers.
+    pub header: Option<Header>,
     /// When the message arrived (`ctx.sched.now()` in the callback).
     pub received: Instant,
 }
@@ -144,15 +158,17 @@ fn check_frame(ctx: &Ctx, pi: usize, claim: &ImageClaim, data: Bytes) -> Result<
     Ok(Frame { desc, data })
 }
 
-fn submit(ctx: &Ctx, pi: usize, stream: String, d: JobParts, received: Instant) {
+/// Queues a checked message of pipeline `pi` (zenoh messages here, ROS 2
+/// messages from `io::ros2`); a replaced or refused job is answered at once.
+pub(super) fn submit(ctx: &Ctx, pi: usize, stream: String, d: Parts, received: Instant) {
     let tp = &ctx.tensors[pi];
-    let (tensors, image, meta) = d;
     let job = Box::new(Job {
         pipeline: pi,
         stream: stream.into(),
-        meta,
-        tensors,
-        image,
+        meta: d.meta,
+        tensors: d.tensors,
+        image: d.image,
+        header: d.header,
         received,
         recv_order: ctx.order.fetch_add(1, Relaxed),
         deadline: received + tp.cfg.deadline,
@@ -173,26 +189,43 @@ fn submit(ctx: &Ctx, pi: usize, stream: String, d: JobParts, received: Instant) 
     }
 }
 
-fn refuse(ctx: &Ctx, pi: usize, mut stream: String, rej: &Rejection, meta: &RequestMeta) {
-    let tp = &ctx.tensors[pi];
+/// Answers a message refused before it became a job (on the error key and
+/// any ROS 2 error topic), and counts it.
+pub(super) fn refuse(
+    ctx: &Ctx,
+    pi: usize,
+    mut stream: String,
+    rej: &Rejection,
+    meta: &RequestMeta,
+) {
     if rej.code == ErrorCode::BadStream {
         // Never echo an over-long id back in full.
         stream.truncate(truncate(&stream).len());
     }
-    tp.stats.error(rej.code);
-    egress::publish_error(
-        &ctx.session,
-        &tp.cfg.error_key,
-        &tp.cfg.name,
-        &stream,
-        meta.id.as_deref(),
-        meta.seq,
-        rej,
-    );
+    ctx.tensors[pi].stats.error(rej.code);
+    let ids = (meta.id.as_deref(), meta.seq);
+    egress::report(ctx, egress::Pipe::Tensor(pi), &stream, ids, rej);
 }
 
-/// What a job carries: message tensors or a frame, and request metadata.
-type JobParts = (Vec<Tensor>, Option<Frame>, RequestMeta);
+/// What a job carries: message tensors or a frame, request metadata and,
+/// from ROS 2, the message header.
+pub(super) struct Parts {
+    pub tensors: Vec<Tensor>,
+    pub image: Option<Frame>,
+    pub meta: RequestMeta,
+    pub header: Option<Header>,
+}
+
+impl Parts {
+    pub fn tensors(tensors: Vec<Tensor>, meta: RequestMeta, header: Option<Header>) -> Parts {
+        Parts {
+            tensors,
+            image: None,
+            meta,
+            header,
+        }
+    }
+}
 
 /// A message decoded in the callback.
 enum Decoded {
@@ -202,7 +235,7 @@ enum Decoded {
 }
 
 /// The payload's bytes without a copy when zenoh holds them in one piece.
-fn payload_bytes(sample: &Sample) -> Bytes {
+pub fn payload_bytes(sample: &Sample) -> Bytes {
     let payload = sample.payload();
     if payload.slices().nth(1).is_none() {
         Bytes::from_owner(Contiguous(payload.clone()))

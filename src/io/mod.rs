@@ -7,15 +7,19 @@
 //! threads, so no worker ever waits for a client; [`metrics`] exports the
 //! counters ([`prom`]: the Prometheus endpoint; [`outcomes`]: which
 //! outcome series a pipeline can have); [`fleet`] offloads work to other
-//! daemons and serves theirs. Everything here reads the daemon context
-//! ([`crate::ctx`]).
+//! daemons and serves theirs; [`ros2`] does intake and publishing for ROS 2
+//! topics (rmw_zenoh or zenoh-bridge-ros2dds) and announces the ROS node;
+//! [`describe`] answers `<node>/describe`. Everything here reads the daemon
+//! context ([`crate::ctx`]).
 
 pub mod commands;
+pub mod describe;
 pub mod egress;
 pub mod fleet;
 pub mod ingress;
 pub mod metrics;
 pub mod outcomes;
 pub mod prom;
+pub mod ros2;
 pub mod tokens;
 pub mod zenoh;

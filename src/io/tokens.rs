@@ -135,15 +135,8 @@ pub fn finish(ctx: &Ctx, mut g: Box<Generation>, mut reason: Finish) {
     match (reason, &g.error) {
         (Finish::Error, Some(rej)) => {
             gp.stats.error(rej.code);
-            egress::publish_error(
-                &ctx.session,
-                &gp.cfg.error_key,
-                &gp.cfg.name,
-                "",
-                Some(&g.cmd.id),
-                None,
-                rej,
-            );
+            let ids = (Some(g.cmd.id.as_str()), None);
+            egress::report(ctx, egress::Pipe::Gen(g.pipeline), "", ids, rej);
         }
         (Finish::Error, None) => gp.stats.error(ErrorCode::InferenceFailed),
         (Finish::Deadline, _) => gp.stats.error(ErrorCode::DeadlineExceeded),
@@ -265,14 +258,24 @@ pub struct Deliverers {
 /// How often an idle delivery thread checks for shutdown.
 const IDLE_CHECK: Duration = Duration::from_millis(100);
 
-fn send(session: &zenoh::Session, d: Option<&Delivery>, body: Vec<u8>) {
-    let r = match d {
-        Some(Delivery::Topic(key)) => session
-            .put(key.as_str(), body)
+/// Sends one message of generation pipeline `gi`; `last` marks the final
+/// message (ROS 2 deliveries put it on the answer topic, the rest on the
+/// token topic).
+fn send(ctx: &Ctx, gi: usize, d: Option<&Delivery>, body: Vec<u8>, last: bool) {
+    let put = |key: &str, body| {
+        ctx.session
+            .put(key, body)
             .congestion_control(CongestionControl::Block)
             .priority(Priority::DataHigh)
-            .wait(),
+            .wait()
+    };
+    let r = match d {
+        Some(Delivery::Topic(key)) => put(key, body),
         Some(Delivery::Query(q)) => q.reply(q.key_expr().clone(), body).wait(),
+        Some(Delivery::Ros2(key)) => {
+            super::ros2::publish_generation(ctx, gi, &body, last);
+            put(key, body)
+        }
         None => Ok(()),
     };
     if let Err(e) = r {
@@ -302,19 +305,19 @@ fn deliver(ctx: &Ctx, gi: usize, i: usize, parker: &Parker, stop: &AtomicBool) {
     loop {
         while let Some(out) = slot.pop() {
             match out {
-                Out::Msg(body) => send(&ctx.session, slot.delivery().as_ref(), body),
+                Out::Msg(body) => send(ctx, gi, slot.delivery().as_ref(), body, false),
                 Out::Call { publish, msg } => {
                     if let Some((key, body)) = publish {
                         publish_call(&ctx.session, &key, body);
                     }
-                    send(&ctx.session, slot.delivery().as_ref(), msg);
+                    send(ctx, gi, slot.delivery().as_ref(), msg, false);
                 }
                 Out::Final(body) => {
                     // Freed before the final message goes out, so a client
                     // that has seen it can start its next generation.
                     let d = slot.delivery().take();
                     reg.release_slot(i);
-                    send(&ctx.session, d.as_ref(), body);
+                    send(ctx, gi, d.as_ref(), body, true);
                 }
             }
         }

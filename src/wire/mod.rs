@@ -15,6 +15,7 @@ use crate::tensor::Dtype;
 
 pub mod answer;
 pub mod command;
+pub mod describe;
 pub mod image;
 pub mod reply;
 pub mod request;

@@ -537,5 +537,11 @@ pub(super) fn publish(ctx: &Ctx, outbox: &mut Outbox, job: &Job, info: &RunInfo,
             job,
             &Rejection::new(ErrorCode::InferenceFailed, format!("publish failed: {e}")),
         );
+    } else {
+        let p = crate::io::ros2::Prediction {
+            tensors: body.tensors,
+            answer: body.answer,
+        };
+        crate::io::ros2::publish_prediction(ctx, job, p);
     }
 }

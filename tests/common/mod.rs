@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod proc;
+pub mod ros2;
 pub mod stall;
 
 use std::collections::HashMap;

@@ -133,8 +133,7 @@ impl Route {
             &self.cfg.error_key,
             &self.cfg.name,
             "",
-            id,
-            None,
+            (id, None),
             rej,
         );
     }

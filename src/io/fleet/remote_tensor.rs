@@ -69,8 +69,7 @@ impl Route {
             &self.cfg.error_key,
             &self.cfg.name,
             &m.stream,
-            m.meta.id.as_deref(),
-            m.meta.seq,
+            (m.meta.id.as_deref(), m.meta.seq),
             rej,
         );
     }

@@ -120,6 +120,7 @@ fn tensor_query(ctx: &Ctx, pi: usize, query: zenoh::query::Query) {
         meta,
         tensors,
         image: None,
+        header: None,
         received,
         recv_order: ctx.order.fetch_add(1, Relaxed),
         deadline: received + budget,
