@@ -89,6 +89,25 @@ struct Args {
     /// Pipelines that must answer at least once for exit status 0.
     #[arg(long, value_delimiter = ',', default_value = "vad,textdet")]
     expect: Vec<String>,
+    /// Be a ROS 2 robot instead (rmw_zenoh): the camera as
+    /// sensor_msgs/msg/Image bgr8 and a prompt as std_msgs/msg/String on the
+    /// topics the daemon's --config names, printing its ROS answers.
+    #[arg(long)]
+    ros2: bool,
+    /// The daemon's config file, for its [pipeline.ros2] topics (--ros2).
+    #[arg(short, long, default_value = "config/ros2.toml")]
+    config: PathBuf,
+    /// Open the session as a zenoh router listening here, standing in for
+    /// the ROS graph's router (rmw_zenohd) that the daemon connects to
+    /// (--ros2; e.g. tcp/127.0.0.1:7447). Without it, connect as usual.
+    #[arg(long, value_name = "ENDPOINT")]
+    listen: Option<String>,
+    /// Question sent once on the prompt topic (--ros2).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Seconds after the start at which the prompt is sent (--ros2).
+    #[arg(long, default_value_t = 2.0)]
+    prompt_after: f64,
 }
 
 fn z<T>(r: zenoh::Result<T>) -> anyhow::Result<T> {
@@ -522,9 +541,63 @@ impl Report {
     }
 }
 
+/// `--ros2`: the robot as a ROS 2 node (`reflexd::client::ros2`); exit 0
+/// when text detections and, if a prompt was sent, its answer came back.
+async fn run_ros2(mut args: Args) -> anyhow::Result<bool> {
+    let roots = data_roots(args.data.as_deref());
+    args.image = find_data("image", &args.image, &roots)?;
+    args.config = find_data("config", &args.config, &roots)?;
+    let config = reflexd::Config::load(&args.config)
+        .with_context(|| format!("--config {}", args.config.display()))?;
+    if !(args.camera_hz > 0.0 && args.camera_hz <= 100.0 && args.seconds > 0.0) {
+        bail!("--camera-hz must be in (0, 100] and --seconds > 0");
+    }
+    let session = match &args.listen {
+        Some(endpoint) => {
+            let mut c = zenoh::Config::default();
+            for (k, v) in [
+                ("mode", "\"router\"".to_string()),
+                (
+                    "listen/endpoints",
+                    serde_json::json!([endpoint]).to_string(),
+                ),
+                ("scouting/multicast/enabled", "false".into()),
+                ("scouting/gossip/enabled", "false".into()),
+            ] {
+                c.insert_json5(k, &v)
+                    .map_err(|e| anyhow::anyhow!("{k}: {e}"))?;
+            }
+            z(zenoh::open(c).await)?
+        }
+        None => args.conn.open().await?,
+    };
+    let sim = reflexd::client::ros2::RosSim {
+        image: args.image.clone(),
+        camera_hz: args.camera_hz,
+        seconds: args.seconds,
+        prompt: args.prompt.clone(),
+        prompt_after: args.prompt_after,
+    };
+    let s = reflexd::client::ros2::run(&session, &config, &sim)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    println!(
+        "\nsent {} frames; received {} detection messages, {} answers, {} errors",
+        s.frames_sent, s.detections, s.answers, s.errors
+    );
+    let _ = session.close().await;
+    Ok(s.detections > 0 && (args.prompt.is_none() || s.answers > 0))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    match run(Args::parse()).await {
+    let args = Args::parse();
+    let r = if args.ros2 {
+        run_ros2(args).await
+    } else {
+        run(args).await
+    };
+    match r {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {

@@ -1,0 +1,351 @@
+//! `reflexd-sim --ros2`: a stand-in ROS 2 robot for a daemon whose pipelines
+//! have `[pipeline.ros2]` topics (config/ros2.toml). It sits outside the
+//! daemon at both ends of its ROS data flow, speaking only what a ROS 2 node
+//! on rmw_zenoh speaks: it publishes camera frames as `sensor_msgs/msg/Image`
+//! (bgr8) and one prompt as `std_msgs/msg/String`, each sample with its
+//! rmw_zenoh attachment, announces itself with liveliness tokens like any
+//! node, and prints what comes back on the daemon's ROS output topics
+//! (`Detection2DArray` text lines, answer token chunks, the final answer).
+//! The topics, types and domain are read from the daemon's own config file,
+//! so the two cannot disagree.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use zenoh::Wait;
+
+use crate::config::Config;
+use crate::config::ros2::PipelineRos2;
+use crate::ros2::liveliness::{EndpointInfo, EntityKind, NodeIdentity, Qos};
+use crate::ros2::publisher::{gid_for_token, unix_nanos_now};
+use crate::ros2::{
+    Detection2DArray, Flavour, Header, Image, PublisherState, Ros2Endpoint, RosType, StringMsg,
+    Time,
+};
+
+/// How long to wait for the daemon to subscribe to the camera topic (it
+/// may still be loading its models).
+const MATCH_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What the stand-in robot does.
+#[derive(Clone, Debug)]
+pub struct RosSim {
+    /// Camera frame: a PNG file, sent as bgr8 pixels.
+    pub image: std::path::PathBuf,
+    pub camera_hz: f64,
+    pub seconds: f64,
+    /// Sent once on the prompt topic after `prompt_after` seconds.
+    pub prompt: Option<String>,
+    pub prompt_after: f64,
+}
+
+/// What came back, for the exit status.
+#[derive(Debug, Default)]
+pub struct RosSummary {
+    pub frames_sent: u64,
+    pub detections: u64,
+    pub answers: u64,
+    pub errors: u64,
+}
+
+/// The daemon's ROS topics this robot talks to.
+struct Topics<'a> {
+    camera: Option<(&'a Ros2Endpoint, Option<&'a Ros2Endpoint>)>,
+    prompt: Option<&'a PipelineRos2>,
+    errors: Vec<&'a Ros2Endpoint>,
+}
+
+fn topics(config: &Config) -> Topics<'_> {
+    let camera = config.pipelines.iter().find_map(|p| {
+        let r = p.ros2.as_ref()?;
+        let input = r.input.as_ref().filter(|e| e.ty == RosType::Image)?;
+        Some((input, r.output.as_ref().map(|o| &o.endpoint)))
+    });
+    let prompt = config
+        .generators
+        .iter()
+        .find_map(|g| g.ros2.as_ref().filter(|r| r.input.is_some()));
+    let mut errors: Vec<&Ros2Endpoint> = Vec::new();
+    let all = config.pipelines.iter().map(|p| p.ros2.as_ref());
+    for r in all.chain(config.generators.iter().map(|g| g.ros2.as_ref())) {
+        if let Some(e) = r.and_then(|r| r.error.as_ref()).map(|o| &o.endpoint)
+            && !errors.iter().any(|x| x.topic == e.topic)
+        {
+            errors.push(e);
+        }
+    }
+    Topics {
+        camera,
+        prompt,
+        errors,
+    }
+}
+
+/// A PNG as bgr8 rows (no padding): width, height, pixels. Transparent
+/// pixels are composited over white, so text drawn on a transparent page
+/// stays dark on light.
+pub fn png_bgr8(path: &Path) -> Result<(u32, u32, Vec<u8>), String> {
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| at(&e))?;
+    let mut dec = png::Decoder::new(std::io::BufReader::new(file));
+    dec.set_transformations(png::Transformations::normalize_to_color8());
+    let mut reader = dec.read_info().map_err(|e| at(&e))?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| at(&"PNG too large"))?;
+    let mut buf = vec![0; size];
+    let info = reader.next_frame(&mut buf).map_err(|e| at(&e))?;
+    let ch = info.color_type.samples();
+    let mut out = Vec::with_capacity(info.width as usize * info.height as usize * 3);
+    for row in buf.chunks(info.line_size).take(info.height as usize) {
+        for p in row[..info.width as usize * ch].chunks_exact(ch) {
+            let (rgb, a) = match ch {
+                1 => ([p[0]; 3], 255),
+                2 => ([p[0]; 3], p[1]),
+                3 => ([p[0], p[1], p[2]], 255),
+                _ => ([p[0], p[1], p[2]], p[3]),
+            };
+            let over_white = |v: u8| ((v as u32 * a as u32 + 255 * (255 - a as u32)) / 255) as u8;
+            out.extend([over_white(rgb[2]), over_white(rgb[1]), over_white(rgb[0])]);
+        }
+    }
+    Ok((info.width, info.height, out))
+}
+
+/// This node's identity and the liveliness token of one of its endpoints;
+/// publishers take their GID from it, as rmw_zenoh does.
+struct Node {
+    id: NodeIdentity,
+    next: AtomicU64,
+}
+
+impl Node {
+    fn token(&self, e: &Ros2Endpoint, kind: EntityKind) -> String {
+        self.id.endpoint_token(&EndpointInfo {
+            entity_id: self.next.fetch_add(1, Relaxed),
+            kind,
+            topic: &e.topic,
+            type_name: &e.ty.dds_name(),
+            type_hash: e.ty.type_hash(),
+            qos: Qos::reliable(10),
+        })
+    }
+}
+
+fn now_stamp() -> Time {
+    Time::from_unix_nanos(unix_nanos_now())
+}
+
+/// What a subscribed topic carries for this robot.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Prediction,
+    Tokens,
+    Answer,
+    Error,
+}
+
+/// One received sample, printed; counted into `s`.
+fn show(e: &Ros2Endpoint, role: Role, payload: &[u8], s: &mut RosSummary) {
+    let topic = &e.topic;
+    let line = match e.ty {
+        RosType::Detection2DArray => match Detection2DArray::decode(payload) {
+            Ok(d) => {
+                s.detections += 1;
+                let age = (unix_nanos_now() - d.header.stamp.to_unix_nanos()) as f64 / 1e6;
+                let mut out = format!(
+                    "{topic} [{}] frame {:?} stamped {age:.0} ms ago: {} lines",
+                    e.ty,
+                    d.header.frame_id,
+                    d.detections.len()
+                );
+                for det in &d.detections {
+                    let (b, r) = (&det.bbox, det.results.first());
+                    out.push_str(&format!(
+                        "\n    {:<32} {:.3}  centre ({:.0}, {:.0}) {:.0}x{:.0}",
+                        format!("{:?}", r.map_or("", |r| r.hypothesis.class_id.as_str())),
+                        r.map_or(0.0, |r| r.hypothesis.score),
+                        b.center.position.x,
+                        b.center.position.y,
+                        b.size_x,
+                        b.size_y
+                    ));
+                }
+                out
+            }
+            Err(err) => format!("{topic}: cannot decode: {err}"),
+        },
+        _ => match StringMsg::decode(payload) {
+            // Token chunks run on as text, the way a person reads them.
+            Ok(m) if role == Role::Tokens => {
+                print!("{}", m.data);
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+                return;
+            }
+            Ok(m) => {
+                match role {
+                    Role::Answer => s.answers += 1,
+                    Role::Error => s.errors += 1,
+                    _ => s.detections += 1,
+                }
+                format!("\n{topic} [{}]: {}", e.ty, m.data)
+            }
+            Err(err) => format!("{topic}: cannot decode: {err}"),
+        },
+    };
+    println!("{line}");
+}
+
+/// Runs the robot on `session` until `sim.seconds` have passed (and, with a
+/// prompt, its final answer has arrived or 60 more seconds passed).
+pub async fn run(
+    session: &zenoh::Session,
+    config: &Config,
+    sim: &RosSim,
+) -> Result<RosSummary, String> {
+    let t = topics(config);
+    let Some((camera, text)) = t.camera else {
+        return Err("no pipeline reads a sensor_msgs/msg/Image [pipeline.ros2] input".into());
+    };
+    let domain = match camera.flavour {
+        Flavour::RmwZenoh { domain } => domain,
+        Flavour::Bridge { .. } => 0,
+    };
+    let node = Node {
+        id: NodeIdentity {
+            domain,
+            zid: session.zid().to_string(),
+            node_id: 0,
+            enclave: "/".into(),
+            namespace: "/".into(),
+            name: "reflexd_sim".into(),
+        },
+        next: AtomicU64::new(1),
+    };
+    let ze = |e: zenoh::Error| e.to_string();
+    let mut tokens = vec![node.id.node_token()];
+    let summary = Arc::new(std::sync::Mutex::new(RosSummary::default()));
+    let mut subs = Vec::new();
+    let mut reads: Vec<(&Ros2Endpoint, Role)> =
+        text.map(|e| (e, Role::Prediction)).into_iter().collect();
+    reads.extend(t.errors.iter().map(|e| (*e, Role::Error)));
+    if let Some(r) = t.prompt {
+        reads.extend(r.tokens.as_ref().map(|o| (&o.endpoint, Role::Tokens)));
+        reads.extend(r.output.as_ref().map(|o| (&o.endpoint, Role::Answer)));
+    }
+    for (e, role) in reads {
+        tokens.push(node.token(e, EntityKind::Subscription));
+        let (e2, s2) = (e.clone(), summary.clone());
+        let sub = session
+            .declare_subscriber(e.subscribe_key())
+            .callback(move |sample| {
+                let mut s = s2.lock().unwrap_or_else(|p| p.into_inner());
+                show(&e2, role, &sample.payload().to_bytes(), &mut s);
+            })
+            .wait()
+            .map_err(ze)?;
+        subs.push(sub);
+    }
+    let cam_token = node.token(camera, EntityKind::Publisher);
+    let cam_state = PublisherState::new(gid_for_token(&cam_token));
+    tokens.push(cam_token);
+    let cam = session
+        .declare_publisher(camera.publish_key())
+        .wait()
+        .map_err(ze)?;
+    let prompt = match t.prompt.and_then(|r| r.input.as_ref()) {
+        Some(e) => {
+            let tok = node.token(e, EntityKind::Publisher);
+            let state = PublisherState::new(gid_for_token(&tok));
+            tokens.push(tok);
+            let p = session
+                .declare_publisher(e.publish_key())
+                .wait()
+                .map_err(ze)?;
+            Some((e, p, state))
+        }
+        None => None,
+    };
+    let mut live = Vec::new();
+    for tok in tokens {
+        live.push(session.liveliness().declare_token(tok).wait().map_err(ze)?);
+    }
+    let (w, h, pixels) = png_bgr8(&sim.image)?;
+    // The clock starts once the daemon listens: a daemon still loading
+    // its models would miss the first frames.
+    let waited = Instant::now();
+    while !cam.matching_status().wait().map_err(ze)?.matching() {
+        if waited.elapsed() > MATCH_TIMEOUT {
+            return Err(format!(
+                "nobody subscribed to {} within {MATCH_TIMEOUT:?}: is the daemon running with this config?",
+                camera.topic
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "reflexd-sim --ros2 for {} s: {} ({w}x{h} bgr8) → {} [{}] at {} Hz{}",
+        sim.seconds,
+        sim.image.display(),
+        camera.topic,
+        camera.ty,
+        sim.camera_hz,
+        match (&prompt, &sim.prompt) {
+            (Some((e, ..)), Some(q)) => format!("; prompt {q:?} → {}", e.topic),
+            _ => String::new(),
+        }
+    );
+    let start = Instant::now();
+    let period = Duration::from_secs_f64(1.0 / sim.camera_hz);
+    let mut next_frame = start;
+    let mut prompted = false;
+    let mut frames = 0u64;
+    loop {
+        let elapsed = start.elapsed().as_secs_f64();
+        if let (false, Some((_, p, state)), Some(q)) = (prompted, &prompt, &sim.prompt)
+            && elapsed >= sim.prompt_after
+        {
+            let msg = StringMsg { data: q.clone() };
+            let payload = msg.encode().map_err(|e| e.to_string())?;
+            p.put(payload)
+                .attachment(state.next_attachment())
+                .wait()
+                .map_err(ze)?;
+            prompted = true;
+        }
+        let waiting_answer = prompted && summary.lock().map_or(0, |s| s.answers) == 0;
+        if elapsed >= sim.seconds && !(waiting_answer && elapsed < sim.seconds + 60.0) {
+            break;
+        }
+        if Instant::now() >= next_frame && elapsed < sim.seconds {
+            let stamp = now_stamp();
+            let img = Image {
+                header: Header {
+                    stamp,
+                    frame_id: "camera".into(),
+                },
+                height: h,
+                width: w,
+                encoding: "bgr8".into(),
+                is_bigendian: 0,
+                step: w * 3,
+                data: &pixels,
+            };
+            let payload = img.encode().map_err(|e| e.to_string())?;
+            cam.put(payload)
+                .attachment(cam_state.attachment_at(stamp.to_unix_nanos()))
+                .wait()
+                .map_err(ze)?;
+            frames += 1;
+            next_frame += period;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(live);
+    drop(subs);
+    let mut s = std::mem::take(&mut *summary.lock().unwrap_or_else(|p| p.into_inner()));
+    s.frames_sent = frames;
+    Ok(s)
+}
