@@ -8,7 +8,9 @@
 //! decode, then main's image stage (`infer::pre`: BGR→RGB, bilinear resize
 //! to 224×224, /255, NCHW f32), from the CDR message and from the
 //! safetensors message, so the ROS path is judged where it matters: next to
-//! the pre-processing every frame pays anyway. Prints a table with medians
+//! the pre-processing every frame pays anyway. A sixth row is reflexd's own
+//! image message (raw pixels, the description in the attachment), the
+//! plain-zenoh way to send a camera frame. Prints a table with medians
 //! and ratios to the safetensors row; it never fails on a number:
 //! `cargo bench --bench ros2 [-- --quick]`.
 
@@ -21,6 +23,7 @@ use reflexd::infer::pre::{
 };
 use reflexd::ros2::msg::{Header, Image, Time};
 use reflexd::tensor::{Dtype, Tensor};
+use reflexd::wire::image::parse_image_attachment;
 use reflexd::wire::{self, RequestMeta};
 
 const W: u32 = 640;
@@ -115,7 +118,8 @@ fn main() {
     assert_eq!(tensors[0].data.as_ref(), px.as_slice());
 
     let stage = RefCell::new(Stage::new());
-    let rows: [Row; 5] = [
+    let att = format!("id=f1;seq=7;encoding=bgr8;width={W};height={H}");
+    let rows: [Row; 6] = [
         (
             "safetensors decode (shared bytes)",
             Box::new(|| {
@@ -140,6 +144,14 @@ fn main() {
             Box::new(|| {
                 let (t, _) = wire::decode_safetensors(black_box(&st), usize::MAX).unwrap();
                 stage.borrow_mut().run(&t[0].data, W * 3);
+            }),
+        ),
+        (
+            "image message (attachment) + stage",
+            Box::new(|| {
+                let h = parse_image_attachment(black_box(att.as_bytes())).unwrap();
+                black_box(&h.claim);
+                stage.borrow_mut().run(&px, W * 3);
             }),
         ),
         (
