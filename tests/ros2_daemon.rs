@@ -688,3 +688,37 @@ async fn ocr_lines_go_out_as_detection2darray_with_the_camera_header() {
     daemon.shutdown(Duration::from_secs(2)).await;
     blocking(|| peer.quit());
 }
+
+/// `reflexd-sim --ros2` plays a ROS 2 camera and prompt against a daemon
+/// configured from the same file, and prints the text lines reflexd answers
+/// as `Detection2DArray` (its exit status says whether they came).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ros2_simulator_reads_the_topics_from_the_config_and_prints_text_lines() {
+    let body = ocr_config();
+    let (daemon, port) = start(&body).await;
+    let dir = std::env::temp_dir().join(format!("reflexd-ros2-sim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("ros2.toml");
+    std::fs::write(&cfg, &body).unwrap();
+    let out = blocking(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_reflexd-sim"))
+            .args(["--ros2", "--seconds", "1", "--camera-hz", "2", "--connect"])
+            .arg(format!("tcp/127.0.0.1:{port}"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--image")
+            .arg(repo().join("models/data/page.png"))
+            .output()
+            .unwrap()
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("/reflexd/text [vision_msgs/msg/Detection2DArray] frame \"camera\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"Region-basedsegmentation\""), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+    daemon.shutdown(Duration::from_secs(2)).await;
+}

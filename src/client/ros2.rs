@@ -29,6 +29,12 @@ use crate::ros2::{
 /// may still be loading its models).
 const MATCH_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// After the last frame, how long answers still in flight are waited for
+/// (an OCR frame takes up to a few seconds on a busy CPU).
+const DRAIN: f64 = 10.0;
+/// After the last frame, how long a prompt's final answer is waited for.
+const ANSWER_WAIT: f64 = 60.0;
+
 /// What the stand-in robot does.
 #[derive(Clone, Debug)]
 pub struct RosSim {
@@ -198,8 +204,9 @@ fn show(e: &Ros2Endpoint, role: Role, payload: &[u8], s: &mut RosSummary) {
     println!("{line}");
 }
 
-/// Runs the robot on `session` until `sim.seconds` have passed (and, with a
-/// prompt, its final answer has arrived or 60 more seconds passed).
+/// Runs the robot on `session` for `sim.seconds`, then until every frame is
+/// answered (at most [`DRAIN`] more seconds) and, with a prompt, its final
+/// answer has arrived (at most [`ANSWER_WAIT`]).
 pub async fn run(
     session: &zenoh::Session,
     config: &Config,
@@ -315,9 +322,13 @@ pub async fn run(
                 .map_err(ze)?;
             prompted = true;
         }
-        let waiting_answer = prompted && summary.lock().map_or(0, |s| s.answers) == 0;
-        if elapsed >= sim.seconds && !(waiting_answer && elapsed < sim.seconds + 60.0) {
-            break;
+        if elapsed >= sim.seconds {
+            let s = summary.lock().unwrap_or_else(|p| p.into_inner());
+            let answer_due = prompted && s.answers == 0 && elapsed < sim.seconds + ANSWER_WAIT;
+            let frames_due = s.detections + s.errors < frames && elapsed < sim.seconds + DRAIN;
+            if !answer_due && !frames_due {
+                break;
+            }
         }
         if Instant::now() >= next_frame && elapsed < sim.seconds {
             let stamp = now_stamp();
