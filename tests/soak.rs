@@ -124,10 +124,12 @@ async fn soak_demo_workload_ends_each_request_once_and_reports_client_losses() {
                 && let Some(id) = meta.get("id")
             {
                 b.outcome(id.clone(), None);
-            } else if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            } else if key.starts_with("reflexd/ocr/")
+                && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
                 && let Some(id) = v["id"].as_str()
             {
-                // A JSON answer (the OCR pipeline's text lines).
+                // The OCR pipeline's JSON answer (text lines). Only its key:
+                // this subscriber also sees the chat commands it puts.
                 b.outcome(id.to_string(), None);
             }
         })
