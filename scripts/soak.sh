@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# soak.sh — run the demo workload (config/demo.toml: VAD at 32 ms, the text
-# detector at 2 Hz, a chat question every 5 s) against an in-process daemon for
+# soak.sh — run the demo workload (config/demo.toml: VAD at 32 ms, the OCR
+# chain on a 2 Hz bgr8 camera, a chat question every 5 s) against an in-process daemon for
 # a long time and print: per pipeline sent / ok / deadline misses / superseded /
 # lost and client round-trip p50 / p99 / p99.9, and RSS at start, after 60 s,
 # at the end and at peak. It is tests/soak.rs with a longer duration (the test

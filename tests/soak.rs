@@ -1,5 +1,5 @@
 //! Soak: the demo workload (config/demo.toml: Silero VAD on a 32 ms
-//! microphone stream, the PP-OCR text detector on a 2 Hz camera, a chat
+//! microphone stream, the PP-OCR chain on a 2 Hz bgr8 camera, a chat
 //! question every few seconds to SmolLM2) against an in-process daemon for
 //! `REFLEXD_SOAK_SECONDS` (default 6 here; `scripts/soak.sh` runs 600). It
 //! reports RSS growth, deadline misses and sheds (superseded / busy /
@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use reflexd::error::ErrorCode;
-use reflexd::tensor::f32_tensor;
-use reflexd::wire::RequestMeta;
+use reflexd::infer::pre::{Encoding, ImageClaim, ImageHeader, encode_image_attachment};
 use reflexd::{Config, Daemon};
 use serde_json::json;
 
@@ -125,28 +124,48 @@ async fn soak_demo_workload_ends_each_request_once_and_reports_client_losses() {
                 && let Some(id) = meta.get("id")
             {
                 b.outcome(id.clone(), None);
+            } else if key.starts_with("reflexd/ocr/")
+                && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
+                && let Some(id) = v["id"].as_str()
+            {
+                // The OCR pipeline's JSON answer (text lines). Only its key:
+                // this subscriber also sees the chat commands it puts.
+                b.outcome(id.to_string(), None);
             }
         })
         .await
         .unwrap();
 
     let audio = wav("tests/data/speech_16k.wav");
-    let image: Vec<f32> = (0..3 * 160 * 640)
-        .map(|i| ((i % 640) as f32 / 640.0) - 0.5)
+    // A 320x240 bgr8 frame with dark bars (text-like strokes for the detector).
+    let (w, h) = (320u32, 240u32);
+    let image: Vec<u8> = (0..w * h * 3)
+        .map(|i| {
+            let (x, y) = ((i / 3) % w, (i / 3) / w);
+            if (y / 12) % 3 == 1 && (x / 9) % 4 != 3 {
+                20
+            } else {
+                230
+            }
+        })
         .collect();
-    let cam_payload = |id: &str| {
-        reflexd::wire::encode_request(
-            &[f32_tensor("x", &[1, 3, 160, 640], &image)],
-            &RequestMeta {
-                id: Some(id.to_string()),
-                ..Default::default()
+    let cam_att = |id: &str| {
+        encode_image_attachment(&ImageHeader {
+            id: Some(id.to_string()),
+            seq: None,
+            ts_us: None,
+            claim: ImageClaim {
+                encoding: Encoding::Bgr8,
+                width: Some(w),
+                height: Some(h),
+                step: None,
             },
-        )
+        })
     };
     // The routes both ways (zenoh matching status, no fixed wait).
     for (input, output) in [
         ("robot/mic/front", "reflexd/vad/front"),
-        ("robot/camera/front", "reflexd/textdet/front"),
+        ("robot/camera/front", "reflexd/ocr/front"),
         ("reflexd/llm/cmd", "reflexd/llm/out/chat-0"),
     ] {
         wired(&daemon, &c, input, output).await;
@@ -178,9 +197,9 @@ async fn soak_demo_workload_ends_each_request_once_and_reports_client_losses() {
             }
             _ = cam.tick() => {
                 let id = format!("cam-{n_cam}");
-                let p = cam_payload(&id);
+                let att = cam_att(&id);
                 book.lock().unwrap().sent.insert(id, Instant::now());
-                c.put("robot/camera/front", p).await.unwrap();
+                c.put("robot/camera/front", image.clone()).attachment(att).await.unwrap();
                 n_cam += 1;
             }
             _ = chat.tick() => {
@@ -251,7 +270,7 @@ fn report(b: &Book, seconds: f64, [n_mic, n_cam, n_chat]: [usize; 3]) {
         "pipeline", "sent", "ok", "deadline", "shed", "lost", "p50 ms", "p99 ms", "p99.9 ms"
     );
     let mut total_lost = 0;
-    for (name, prefix) in [("vad", "mic-"), ("textdet", "cam-"), ("chat", "chat-")] {
+    for (name, prefix) in [("vad", "mic-"), ("ocr", "cam-"), ("chat", "chat-")] {
         let sent: Vec<&String> = b.sent.keys().filter(|k| k.starts_with(prefix)).collect();
         let mut rtts = Vec::new();
         let (mut ok, mut deadline, mut shed, mut lost) = (0, 0, 0, 0);
@@ -287,7 +306,7 @@ fn report(b: &Book, seconds: f64, [n_mic, n_cam, n_chat]: [usize; 3]) {
     // Lost here means no outcome reached this client: the daemon's counters
     // (asserted by the caller) show every request ended exactly once, so a
     // lost message is a reply zenoh dropped under `CongestionControl::Drop`
-    // (a 400 KB text-detector map is 7 fragments; data_high holds 2 batches
+    // (a 230 KB camera frame is several fragments; data_high holds 2 batches
     // and drops a message whose fragments wait more than 50 ms). Reported,
     // not asserted: it depends on how loaded the machine is.
     println!("lost (no outcome at this client): {total_lost}");

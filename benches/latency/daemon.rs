@@ -12,8 +12,10 @@ pub(crate) const VAD_MODEL: &str = "models/fetched/silero_vad.onnx";
 pub(crate) const OCR_MODEL: &str = "models/fetched/ch_PP-OCRv4_det_infer.onnx";
 pub(crate) const DEMO_CONFIG: &str = "config/demo.toml";
 
-/// Used only when `config/demo.toml` is missing or has no VAD pipeline: the
-/// same shape of deployment (two levels, worker 0 reserved for real time).
+/// Used when `config/demo.toml` is missing or has no VAD pipeline or no
+/// safetensors text-detector pipeline (its camera pipeline is the OCR chain
+/// since issue 13): the same shape of deployment (two levels, worker 0
+/// reserved for real time) with the det-only load the Python peer also runs.
 pub(crate) const BUILTIN_CONFIG: &str = r#"
 [runtime]
 intra_op_threads = 1
@@ -98,10 +100,14 @@ impl DaemonSetup {
             .and_then(|p| p.as_array())
             .ok_or_else(|| anyhow!("no [[pipeline]]"))?;
         let route = |needle: &str| -> Option<Route> {
+            // An OCR pipeline (`[pipeline.ocr]`, the demo's since issue 13)
+            // takes image messages, not the det tensors the load generator
+            // and the Python peer exchange.
             let p = pipelines.iter().find(|p| {
-                p.get("model")
-                    .and_then(|m| m.as_str())
-                    .is_some_and(|m| m.contains(needle))
+                p.get("ocr").is_none()
+                    && p.get("model")
+                        .and_then(|m| m.as_str())
+                        .is_some_and(|m| m.contains(needle))
             })?;
             let s = |k: &str| p.get(k).and_then(|v| v.as_str()).map(str::to_string);
             let input = s("input")?;
@@ -119,7 +125,12 @@ impl DaemonSetup {
             })
         };
         let vad = route("silero").ok_or_else(|| anyhow!("no Silero VAD pipeline"))?;
-        let ocr = route("det_infer");
+        // Without a tensor text-detector pipeline the load would be refused
+        // as bad_image at intake: fall back to the built-in config.
+        let ocr =
+            Some(route("det_infer").ok_or_else(|| {
+                anyhow!("no safetensors text-detector pipeline for the OCR load")
+            })?);
         Ok(DaemonSetup {
             table,
             base,

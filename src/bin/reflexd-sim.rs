@@ -1,13 +1,19 @@
 //! reflexd-sim: the robot's side of the demo, outside the daemon. It plays a
 //! microphone (a 16 kHz WAV, 512-sample raw f32 frames every 32 ms, with the
-//! request id in the zenoh attachment) and a camera (a PNG, preprocessed as the
-//! PP-OCR text detector expects, sent as safetensors at ~2 Hz) into reflexd's
-//! inputs, then reads what reflexd publishes for the expected pipelines
-//! (`reflexd/<pipeline>/**`, so the LLM's token streams and the metrics
-//! snapshot on the same prefix are not mistaken for predictions):
-//! predictions, with the daemon's own timings next to the round trip measured
-//! here, and JSON error messages. The exit code says whether every expected
-//! pipeline answered at least once, so `scripts/demo.sh` can fail loudly.
+//! request id in the zenoh attachment) and a camera (a PNG sent as u8 bgr8
+//! pixels in the plain-zenoh image message of docs/images.md, 1 frame/s by
+//! default: the camera knows nothing about the models, the daemon prepares
+//! the frame) into reflexd's inputs, then reads what reflexd publishes for the
+//! expected pipelines (`reflexd/<pipeline>/**`, so the LLM's token streams
+//! and the metrics snapshot on the same prefix are not mistaken for
+//! predictions): JSON answers (speech events, OCR text lines with per-stage
+//! timing), safetensors predictions of pipelines without an answer stage, and
+//! JSON error messages, with the daemon's own timings next to the round trip
+//! measured here. The exit code says whether every expected pipeline answered
+//! at least once, so `scripts/demo.sh` can fail loudly. With `--ros2` it is
+//! a ROS 2 robot instead (`reflexd::client::ros2`): the same camera frame as
+//! a `sensor_msgs/msg/Image` and a prompt as `std_msgs/msg/String`, on the
+//! topics the daemon's config names, printing its ROS answers.
 //!
 //! It connects like the other tools (`--connect`, `REFLEXD_CONNECT`,
 //! `--zenoh-config`: a zenoh client by default) and finds its WAV and PNG
@@ -15,9 +21,6 @@
 //! `REFLEXD_DATA`), else the current directory, then the checkout it was
 //! built from.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -27,27 +30,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::Parser;
 use reflexd::client::ConnectArgs;
-use reflexd::wire::{self, RequestMeta};
+use reflexd::client::frame::CameraFrame;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use zenoh::qos::CongestionControl;
+
+#[path = "sim/report.rs"]
+mod report;
+use report::{Arrival, Report};
 
 const SAMPLE_RATE: u32 = 16_000;
 /// Samples per frame: Silero VAD's window at 16 kHz (32 ms).
 const FRAME: usize = 512;
 const FRAME_PERIOD: Duration = Duration::from_millis(32);
-const IMG_W: usize = 640;
-const IMG_H: usize = 160;
-/// PaddleOCR's detector normalization, per plane of its BGR input (it is
-/// trained on OpenCV-decoded images, so plane 0 is blue).
-const DET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-const DET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-/// The DB post-processing binarization threshold of PP-OCR.
-const TEXT_THRESHOLD: f32 = 0.3;
-const SPEECH_THRESHOLD: f32 = 0.5;
-/// After the last frame is sent, replies still in flight (a text-detector run
-/// takes ~140 ms on CPU) are collected for this long.
-const DRAIN: Duration = Duration::from_millis(800);
+/// After the last frame is sent, replies still in flight (an OCR frame takes
+/// up to a second or two on a busy CPU) are collected for this long.
+const DRAIN: Duration = Duration::from_millis(2500);
 /// Replies waiting to be printed; the zenoh callback drops (and counts) past it.
 const PRINT_QUEUE: usize = 1024;
 
@@ -73,10 +71,13 @@ struct Args {
     /// Silence inserted after each pass of the WAV, so the VAD visibly switches.
     #[arg(long, default_value_t = 1500)]
     gap_ms: u64,
-    /// PNG (grayscale, RGB or RGBA) sent as every camera frame.
-    #[arg(long, default_value = "models/data/page.png")]
+    /// PNG (grayscale, RGB or RGBA; any size) sent as every camera frame,
+    /// as bgr8 pixels. The default is rendered by `make setup`: signs with
+    /// known words on a 640×480 frame.
+    #[arg(long, default_value = "models/data/signs.png")]
     image: PathBuf,
-    #[arg(long, default_value_t = 2.0)]
+    /// Camera frames per second (an OCR frame costs 0.4-1 s of CPU here).
+    #[arg(long, default_value_t = 1.0)]
     camera_hz: f64,
     #[arg(long, default_value = "robot/mic/front")]
     mic_key: String,
@@ -87,7 +88,7 @@ struct Args {
     #[arg(long, default_value_t = 8)]
     vad_every: u64,
     /// Pipelines that must answer at least once for exit status 0.
-    #[arg(long, value_delimiter = ',', default_value = "vad,textdet")]
+    #[arg(long, value_delimiter = ',', default_value = "vad,ocr")]
     expect: Vec<String>,
     /// Be a ROS 2 robot instead (rmw_zenoh): the camera as
     /// sensor_msgs/msg/Image bgr8 and a prompt as std_msgs/msg/String on the
@@ -149,64 +150,6 @@ fn load_audio(path: &Path, gap_ms: u64) -> anyhow::Result<Vec<f32>> {
     Ok(s)
 }
 
-/// Source index pair and weight for output pixel `o` (pixel centres aligned,
-/// as OpenCV's INTER_LINEAR does).
-fn src_coord(o: usize, out_n: usize, in_n: usize) -> (usize, usize, f32) {
-    let s = ((o as f32 + 0.5) * in_n as f32 / out_n as f32 - 0.5).clamp(0.0, (in_n - 1) as f32);
-    let i0 = s.floor() as usize;
-    (i0, (i0 + 1).min(in_n - 1), s - i0 as f32)
-}
-
-/// The PNG resized to 640×160 and normalized: f32 [3, 160, 640], BGR planes.
-fn load_image(path: &Path) -> anyhow::Result<(Vec<f32>, (u32, u32))> {
-    let file = File::open(path).with_context(|| format!("{}", path.display()))?;
-    let mut dec = png::Decoder::new(BufReader::new(file));
-    dec.set_transformations(png::Transformations::normalize_to_color8());
-    let mut reader = dec
-        .read_info()
-        .with_context(|| format!("{}", path.display()))?;
-    let mut buf = vec![0; reader.output_buffer_size().context("PNG too large")?];
-    let info = reader.next_frame(&mut buf)?;
-    let (w, h) = (info.width as usize, info.height as usize);
-    let ch = match info.color_type {
-        png::ColorType::Grayscale => 1,
-        png::ColorType::GrayscaleAlpha => 2,
-        png::ColorType::Rgb => 3,
-        png::ColorType::Rgba => 4,
-        png::ColorType::Indexed => bail!("{}: palette not expanded", path.display()),
-    };
-    // Transparent pixels are composited over white: text drawn on a
-    // transparent page would otherwise turn into black on black.
-    let rgb = |x: usize, y: usize| -> [f32; 3] {
-        let p = &buf[y * info.line_size + x * ch..][..ch];
-        let (c, a) = match ch {
-            1 => ([p[0]; 3], 255),
-            2 => ([p[0]; 3], p[1]),
-            3 => ([p[0], p[1], p[2]], 255),
-            _ => ([p[0], p[1], p[2]], p[3]),
-        };
-        let a = a as f32 / 255.0;
-        c.map(|v| v as f32 * a + 255.0 * (1.0 - a))
-    };
-    let mut out = vec![0f32; 3 * IMG_H * IMG_W];
-    for oy in 0..IMG_H {
-        let (y0, y1, fy) = src_coord(oy, IMG_H, h);
-        for ox in 0..IMG_W {
-            let (x0, x1, fx) = src_coord(ox, IMG_W, w);
-            let (a, b, c, d) = (rgb(x0, y0), rgb(x1, y0), rgb(x0, y1), rgb(x1, y1));
-            for plane in 0..3 {
-                let k = 2 - plane;
-                let top = a[k] + (b[k] - a[k]) * fx;
-                let bottom = c[k] + (d[k] - c[k]) * fx;
-                let v = (top + (bottom - top) * fy) / 255.0;
-                out[plane * IMG_H * IMG_W + oy * IMG_W + ox] =
-                    (v - DET_MEAN[plane]) / DET_STD[plane];
-            }
-        }
-    }
-    Ok((out, (info.width, info.height)))
-}
-
 /// Directories a relative data path is looked up in, in order.
 fn data_roots(data: Option<&Path>) -> Vec<PathBuf> {
     match data {
@@ -256,123 +199,12 @@ async fn wait_matched(p: &zenoh::pubsub::Publisher<'_>, conn: &ConnectArgs) -> a
     }
 }
 
-/// One message from `reflexd/**`, stamped on arrival in the zenoh callback.
-struct Arrival {
-    key: String,
-    bytes: Vec<u8>,
-    at_us: u64,
-}
-
-#[derive(Default)]
-struct PipeStats {
-    predictions: u64,
-    rtt_ms: Vec<f64>,
-    infer_ms: Vec<f64>,
-    errors: BTreeMap<String, u64>,
-    provider: String,
-}
-
-/// The printer: owns all client-side statistics.
-struct Report {
-    start: Instant,
-    vad_every: u64,
-    pipes: BTreeMap<String, PipeStats>,
-    speaking: HashMap<String, bool>,
-}
-
-impl Report {
-    fn on_error(&mut self, a: &Arrival) {
-        let v: serde_json::Value = serde_json::from_slice(&a.bytes).unwrap_or_default();
-        let s = |k: &str| v[k].as_str().unwrap_or("?").to_string();
-        let (pipeline, code) = (s("pipeline"), s("code"));
-        let st = self.pipes.entry(pipeline.clone()).or_default();
-        *st.errors.entry(code.clone()).or_default() += 1;
-        println!(
-            "[{:6.2}s] {pipeline:8} {:6} {:10} ERROR {code}: {}",
-            self.start.elapsed().as_secs_f64(),
-            s("stream"),
-            s("id"),
-            s("message")
-        );
-    }
-
-    fn on_prediction(&mut self, a: &Arrival) {
-        let (tensors, meta) = match wire::decode_output(&a.bytes) {
-            Ok(x) => x,
-            Err(e) => return println!("{}: undecodable prediction: {e}", a.key),
-        };
-        let get = |k: &str| meta.get(k).map(String::as_str).unwrap_or("?");
-        let ms = |k: &str| get(k).parse::<f64>().map(|us| us / 1000.0).ok();
-        let pipeline = get("pipeline").to_string();
-        let rtt = meta
-            .get("ts_us")
-            .and_then(|t| t.parse::<u64>().ok())
-            .map(|t| a.at_us.saturating_sub(t) as f64 / 1000.0);
-        let st = self.pipes.entry(pipeline.clone()).or_default();
-        st.predictions += 1;
-        st.provider = get("provider").to_string();
-        st.rtt_ms.extend(rtt);
-        st.infer_ms.extend(ms("inference_us"));
-        let n = st.predictions;
-        let values = tensors
-            .first()
-            .and_then(reflexd::tensor::f32_values)
-            .unwrap_or_default();
-        let summary = if values.len() == 1 {
-            let p = values[0];
-            let speech = p > SPEECH_THRESHOLD;
-            let stream_key = format!("{pipeline}/{}", get("stream"));
-            let changed = self.speaking.insert(stream_key, speech) != Some(speech);
-            if !changed && !n.is_multiple_of(self.vad_every.max(1)) {
-                return;
-            }
-            let bar = (p.clamp(0.0, 1.0) * 10.0).round() as usize;
-            format!(
-                "p={p:.2} |{}{}| {}",
-                "#".repeat(bar),
-                "-".repeat(10 - bar),
-                if speech { "SPEECH " } else { "silence" }
-            )
-        } else if values.is_empty() {
-            format!("{} tensor(s), not f32", tensors.len())
-        } else {
-            let hot = values.iter().filter(|&&v| v > TEXT_THRESHOLD).count();
-            let max = values.iter().copied().fold(f32::MIN, f32::max);
-            format!(
-                "text in {:4.1}% of pixels (p>{TEXT_THRESHOLD}), max {max:.2}",
-                100.0 * hot as f64 / values.len() as f64
-            )
-        };
-        let f = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.2}"));
-        println!(
-            "[{:6.2}s] {pipeline:8} {:6} {:10} {summary:44} queue {:>5} infer {:>6} e2e {:>6} ms {:4} | rtt {:>6} ms",
-            self.start.elapsed().as_secs_f64(),
-            get("stream"),
-            get("id"),
-            f(ms("queue_us")),
-            f(ms("inference_us")),
-            f(ms("e2e_us")),
-            get("provider"),
-            f(rtt),
-        );
-    }
-}
-
-/// Nearest-rank percentile, formatted; "-" when there are no samples.
-fn percentile(v: &[f64], p: f64) -> String {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let i = ((p * v.len() as f64).ceil() as usize).max(1) - 1;
-    v.get(i).map_or("-".into(), |x| format!("{x:.2}"))
-}
-
 async fn run(mut args: Args) -> anyhow::Result<bool> {
     let roots = data_roots(args.data.as_deref());
     args.wav = find_data("wav", &args.wav, &roots)?;
     args.image = find_data("image", &args.image, &roots)?;
     let audio = Arc::new(load_audio(&args.wav, args.gap_ms)?);
-    let (image, (w, h)) = load_image(&args.image)?;
-    let frame_tensor = reflexd::tensor::f32_tensor("x", &[1, 3, IMG_H, IMG_W], &image);
+    let mut frame = CameraFrame::load_png(&args.image).map_err(anyhow::Error::msg)?;
     if !(args.camera_hz > 0.0 && args.camera_hz <= 100.0 && args.seconds > 0.0) {
         bail!("--camera-hz must be in (0, 100] and --seconds > 0");
     }
@@ -417,28 +249,28 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
 
     let (a, secs) = (&args, audio.len() as f64 / SAMPLE_RATE as f64);
     println!(
-        "reflexd-sim for {} s: mic {} ({secs:.1} s with a {} ms gap, looped) → {} every 32 ms; camera {} ({w}×{h} → {IMG_W}×{IMG_H}) → {} at {} Hz\ncolumns: daemon-measured queue wait, inference, e2e (receive → publish), provider | round trip measured here (publish → prediction)\n",
+        "reflexd-sim for {} s: mic {} ({secs:.1} s with a {} ms gap, looped) → {} every 32 ms; camera {} ({}×{} bgr8 pixels, {} KiB a frame) → {} at {} Hz\ncolumns: daemon-measured queue wait, inference, e2e (receive → publish), provider | round trip measured here (publish → answer)\n",
         a.seconds,
         a.wav.display(),
         a.gap_ms,
         a.mic_key,
         a.image.display(),
+        frame.width,
+        frame.height,
+        frame.bgr.len() / 1024,
         a.camera_key,
         a.camera_hz
     );
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(args.seconds);
 
-    let mut report = Report {
-        start,
-        vad_every: args.vad_every,
-        pipes: BTreeMap::new(),
-        speaking: HashMap::new(),
-    };
+    let mut report = Report::new(start, now_us(), args.vad_every);
     let printer = tokio::spawn(async move {
         while let Some(a) = rx.recv().await {
             if a.key.ends_with("/error") {
                 report.on_error(&a);
+            } else if a.bytes.first() == Some(&b'{') {
+                report.on_answer(&a);
             } else {
                 report.on_prediction(&a);
             }
@@ -467,17 +299,14 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
         n
     });
     let cam_period = Duration::from_secs_f64(1.0 / args.camera_hz);
+    // The pixels are the same every frame: one shared buffer, never copied.
+    let pixels = zenoh::bytes::ZBytes::from(std::mem::take(&mut frame.bgr));
     let cam_task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(cam_period);
         let mut n: u64 = 0;
         while tick.tick().await < end {
-            let meta = RequestMeta {
-                id: Some(format!("cam-{n}")),
-                seq: Some(n),
-                ts_us: Some(now_us()),
-            };
-            let msg = wire::encode_request(std::slice::from_ref(&frame_tensor), &meta);
-            if let Err(e) = cam.put(msg).await {
+            let att = frame.image_attachment(format!("cam-{n}"), n, now_us());
+            if let Err(e) = cam.put(pixels.clone()).attachment(att).await {
                 eprintln!("camera: put failed: {e}");
             }
             n += 1;
@@ -511,34 +340,6 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
         );
     }
     Ok(missing.is_empty())
-}
-
-impl Report {
-    fn summary(&self, dropped: u64) {
-        println!(
-            "{:10} {:>6} {:>7} {:>12} {:>12} {:>13}  provider",
-            "pipeline", "preds", "errors", "rtt p50 ms", "rtt p99 ms", "infer p50 ms"
-        );
-        for (name, st) in &self.pipes {
-            println!(
-                "{name:10} {:>6} {:>7} {:>12} {:>12} {:>13}  {}",
-                st.predictions,
-                st.errors.values().sum::<u64>(),
-                percentile(&st.rtt_ms, 0.5),
-                percentile(&st.rtt_ms, 0.99),
-                percentile(&st.infer_ms, 0.5),
-                st.provider
-            );
-            for (code, k) in &st.errors {
-                println!("{:10}   {k} × {code}", "");
-            }
-        }
-        if dropped > 0 {
-            println!(
-                "({dropped} replies arrived faster than they could be printed and were not counted)"
-            );
-        }
-    }
 }
 
 /// `--ros2`: the robot as a ROS 2 node (`reflexd::client::ros2`); exit 0

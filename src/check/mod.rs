@@ -14,7 +14,7 @@ use crate::config::{
 use crate::daemon::StartError;
 use crate::infer::engine::EngineError;
 use crate::infer::profile::{self, Profile};
-use crate::infer::warm::{load_and_warm, load_ocr};
+use crate::infer::warm::{OcrStageInfo, load_and_warm, load_ocr_stages};
 use crate::infer::{Spec, ep, runtime};
 use crate::io::ros2;
 use crate::io::zenoh::zenoh_config;
@@ -39,12 +39,15 @@ pub fn check(config: &Config) -> Result<String, StartError> {
         let _ = writeln!(out, "worker {i}: serves {}{}", names.join(", "), w.policy);
     }
     for p in &config.pipelines {
-        let spec = match p.ocr {
+        let (spec, ocr) = match p.ocr {
             // The same three sessions and warm-up as start-up.
-            Some(_) => load_ocr(&env, &config.runtime, p)?.1,
-            None => load_and_warm(&env, &config.runtime, p)?.spec,
+            Some(_) => {
+                let (chain, spec, stages) = load_ocr_stages(&env, &config.runtime, p)?;
+                (spec, Some((stages, chain.charset_len())))
+            }
+            None => (load_and_warm(&env, &config.runtime, p)?.spec, None),
         };
-        describe_tensor(&mut out, config, p, &spec);
+        describe_tensor(&mut out, config, p, &spec, ocr.as_ref());
         ros2::check_tensor_pipe(p, &spec).map_err(StartError::Ros2)?;
         describe_ros2(&mut out, p.ros2.as_ref());
     }
@@ -102,7 +105,16 @@ fn describe_ros2(out: &mut String, r: Option<&PipelineRos2>) {
     }
 }
 
-fn describe_tensor(out: &mut String, config: &Config, p: &PipelineConfig, spec: &Spec) {
+/// An OCR pipeline's stages as loaded, and its recogniser's charset size.
+type OcrShown = (Vec<OcrStageInfo>, usize);
+
+fn describe_tensor(
+    out: &mut String,
+    config: &Config,
+    p: &PipelineConfig,
+    spec: &Spec,
+    ocr: Option<&OcrShown>,
+) {
     let chain: Vec<&str> = p.providers.iter().map(|x| x.name()).collect();
     let _ = writeln!(out, "\npipeline {} ({})", p.name, p.model.display());
     let _ = writeln!(
@@ -144,8 +156,8 @@ fn describe_tensor(out: &mut String, config: &Config, p: &PipelineConfig, spec: 
             let _ = writeln!(out, "  in:  {} [{fmt}]", p.input);
         }
     }
-    if let Some(o) = &p.ocr {
-        stages::describe_ocr(out, o, spec);
+    if let (Some(o), Some((st, charset))) = (&p.ocr, ocr) {
+        stages::describe_ocr(out, o, st, *charset);
     } else {
         for port in &spec.client_inputs {
             let _ = writeln!(out, "       {port}");
@@ -231,10 +243,12 @@ fn describe_generator(
 
 /// The profile a TensorRT session of this pipeline is built with, if any.
 fn trt_profile(p: &PipelineConfig, spec: &Spec) -> Option<Profile> {
-    let wanted = p
-        .providers
-        .iter()
-        .any(|x| matches!(x, Provider::TensorRt(t) if t.warmup_profile));
+    // An OCR pipeline's sessions are built without one (`load_ocr`): the
+    // spec's image binding is a placeholder, not the detector's input size.
+    let wanted = p.ocr.is_none()
+        && p.providers
+            .iter()
+            .any(|x| matches!(x, Provider::TensorRt(t) if t.warmup_profile));
     if !wanted {
         return None;
     }

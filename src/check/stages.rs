@@ -10,6 +10,8 @@ use crate::config::image::{ColorOrder, Interpolation, Layout, PreConfig, ResizeM
 use crate::config::ocr::{LimitType, OcrConfig};
 use crate::config::{AnswerKind, Config, Link, LinkFeed, Outputs, PipelineConfig};
 use crate::infer::Spec;
+use crate::infer::engine::Port;
+use crate::infer::warm::OcrStageInfo;
 
 /// The `in:` line of a chain stage.
 pub(super) fn link(config: &Config, p: &PipelineConfig, link: &Link) -> String {
@@ -72,43 +74,66 @@ pub(super) fn describe(out: &mut String, config: &Config, p: &PipelineConfig, sp
     }
 }
 
-/// The `ocr:` lines of an OCR pipeline: its models and main settings.
-pub(super) fn describe_ocr(out: &mut String, o: &OcrConfig, spec: &Spec) {
+/// The lines of an OCR pipeline: how the chain prepares each frame, each
+/// stage's model with its interface and settings, and the answer.
+pub(super) fn describe_ocr(
+    out: &mut String,
+    o: &OcrConfig,
+    stages: &[OcrStageInfo],
+    charset: usize,
+) {
     let q = &o.params;
-    let port = spec.model_inputs.first().map(|p| p.to_string());
     let _ = writeln!(
         out,
-        "  ocr: det {} → {} → rec {} (CTC, batches of {})",
-        port.unwrap_or_default(),
-        match (&o.cls, q.use_cls) {
-            (Some(c), true) => format!(
-                "angle classifier {} (batches of {}, turn above {})",
-                c.display(),
-                q.cls_batch,
-                q.cls_thresh
-            ),
-            _ => "crops (no angle classifier)".to_string(),
-        },
-        o.rec.display(),
-        q.rec_batch
-    );
-    let _ = writeln!(
-        out,
-        "       det: side {} {} (multiples of 32), thresh {}, box_thresh {}, unclip {}; lines below text_score {} dropped",
+        "  pre: in the chain, as rapidocr: frame → BGR, long side ≤ {}, short side ≥ {}; det input short side {} {} (multiples of 32), bilinear, (pixel/255 − 0.5) / 0.5, nchw f32",
+        q.max_side_len,
+        q.min_side_len,
         match q.det.limit_type {
             LimitType::Min => "at least",
             LimitType::Max => "at most",
         },
         q.det.limit_side_len,
-        q.det.thresh,
-        q.det.box_thresh,
-        q.det.unclip_ratio,
-        q.text_score
     );
     let _ = writeln!(
         out,
         "       frames up to {} pixels (ocr.max_pixels)",
         q.max_pixels
+    );
+    for st in stages {
+        let ports = |v: &[Port]| {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "  {}: {} ({})",
+            st.stage,
+            st.model.display(),
+            st.provider
+        );
+        let _ = writeln!(out, "       {} → {}", ports(&st.inputs), ports(&st.outputs));
+        let what = match st.stage {
+            "det" => format!(
+                "DB boxes: thresh {}, box_thresh {}, unclip {}, at most {} candidates",
+                q.det.thresh, q.det.box_thresh, q.det.unclip_ratio, q.det.max_candidates
+            ),
+            "cls" => format!(
+                "crops 48x192 in batches of {}, turned 180° above {}",
+                q.cls_batch, q.cls_thresh
+            ),
+            _ => format!(
+                "crops 48 high in batches of {}; greedy CTC over {charset} characters (model metadata)",
+                q.rec_batch
+            ),
+        };
+        let _ = writeln!(out, "       {what}");
+    }
+    let _ = writeln!(
+        out,
+        "  answer: ocr: text lines (text, confidence, 4-corner box in frame pixels) and per-stage timing; lines below text_score {} dropped",
+        q.text_score
     );
 }
 

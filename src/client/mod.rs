@@ -21,6 +21,7 @@ use crate::wire::command::valid_id;
 
 pub mod connect;
 mod conversation;
+pub mod frame;
 pub mod ros2;
 use crate::logging::strip_source_locations;
 pub use connect::{ConnectArgs, ConnectError};

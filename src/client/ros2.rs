@@ -9,13 +9,13 @@
 //! The topics, types and domain are read from the daemon's own config file,
 //! so the two cannot disagree.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use zenoh::Wait;
 
+use super::frame::CameraFrame;
 use crate::config::Config;
 use crate::config::ros2::PipelineRos2;
 use crate::ros2::liveliness::{EndpointInfo, EntityKind, NodeIdentity, Qos};
@@ -87,37 +87,6 @@ fn topics(config: &Config) -> Topics<'_> {
         prompt,
         errors,
     }
-}
-
-/// A PNG as bgr8 rows (no padding): width, height, pixels. Transparent
-/// pixels are composited over white, so text drawn on a transparent page
-/// stays dark on light.
-pub fn png_bgr8(path: &Path) -> Result<(u32, u32, Vec<u8>), String> {
-    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let file = std::fs::File::open(path).map_err(|e| at(&e))?;
-    let mut dec = png::Decoder::new(std::io::BufReader::new(file));
-    dec.set_transformations(png::Transformations::normalize_to_color8());
-    let mut reader = dec.read_info().map_err(|e| at(&e))?;
-    let size = reader
-        .output_buffer_size()
-        .ok_or_else(|| at(&"PNG too large"))?;
-    let mut buf = vec![0; size];
-    let info = reader.next_frame(&mut buf).map_err(|e| at(&e))?;
-    let ch = info.color_type.samples();
-    let mut out = Vec::with_capacity(info.width as usize * info.height as usize * 3);
-    for row in buf.chunks(info.line_size).take(info.height as usize) {
-        for p in row[..info.width as usize * ch].chunks_exact(ch) {
-            let (rgb, a) = match ch {
-                1 => ([p[0]; 3], 255),
-                2 => ([p[0]; 3], p[1]),
-                3 => ([p[0], p[1], p[2]], 255),
-                _ => ([p[0], p[1], p[2]], p[3]),
-            };
-            let over_white = |v: u8| ((v as u32 * a as u32 + 255 * (255 - a as u32)) / 255) as u8;
-            out.extend([over_white(rgb[2]), over_white(rgb[1]), over_white(rgb[0])]);
-        }
-    }
-    Ok((info.width, info.height, out))
 }
 
 /// This node's identity and the liveliness token of one of its endpoints;
@@ -279,7 +248,8 @@ pub async fn run(
     for tok in tokens {
         live.push(session.liveliness().declare_token(tok).wait().map_err(ze)?);
     }
-    let (w, h, pixels) = png_bgr8(&sim.image)?;
+    let frame = CameraFrame::load_png(&sim.image)?;
+    let (w, h, pixels) = (frame.width, frame.height, frame.bgr);
     // The clock starts once the daemon listens: a daemon still loading
     // its models would miss the first frames.
     let waited = Instant::now();

@@ -204,8 +204,10 @@ fn ocr_config(
 }
 
 /// The image input of an OCR pipeline: only the frame limit is the
-/// pipeline's; the fixed size binds the detector's input for the
-/// interface (the chain resizes each frame as rapidocr does).
+/// pipeline's. The 32x32 size is a placeholder that lets the pipeline's
+/// spec bind the detector's dynamic input; no frame is ever prepared with
+/// it (the chain resizes each frame as rapidocr does), so `check` prints the
+/// chain's own sizes and derives no TensorRT profile from it.
 fn ocr_format(at: &At, o: &OcrConfig) -> Result<InputFormat, ConfigError> {
     let raw = RawPre {
         color: Some("bgr".into()),

@@ -104,10 +104,17 @@ pub(super) fn tensor_pipes(
             w.ocr.push(None);
         }
         let spec = spec.expect("config validation guarantees a worker per level");
+        // An OCR spec's bound input is a placeholder size (the chain sizes
+        // each frame itself): the detector's own input is the truth.
+        let inputs = if p.ocr.is_some() {
+            &spec.model_inputs
+        } else {
+            &spec.client_inputs
+        };
         tracing::info!(
             pipeline = %p.name,
             provider = spec.provider,
-            inputs = ?spec.client_inputs.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+            inputs = ?inputs.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
             "pipeline ready"
         );
         let model_name = p

@@ -136,6 +136,16 @@ fn probe_shrink(
     Ok(())
 }
 
+/// One model of an OCR chain as loaded: what `reflexd check` shows.
+pub struct OcrStageInfo {
+    /// "det", "cls" or "rec".
+    pub stage: &'static str,
+    pub model: std::path::PathBuf,
+    pub provider: &'static str,
+    pub inputs: Vec<Port>,
+    pub outputs: Vec<Port>,
+}
+
 /// An OCR pipeline's chain (`[pipeline.ocr]`): detector, optional angle
 /// classifier and recogniser, each built with the pipeline's provider
 /// chain, checked (the recogniser's charset against its output width) and
@@ -146,26 +156,47 @@ pub fn load_ocr(
     rt: &RuntimeConfig,
     p: &PipelineConfig,
 ) -> Result<(OcrChain, Spec), EngineError> {
+    load_ocr_stages(env, rt, p).map(|(chain, spec, _)| (chain, spec))
+}
+
+/// [`load_ocr`], also returning each stage's model interface in chain
+/// order (det, cls if used, rec).
+pub fn load_ocr_stages(
+    env: &Environment,
+    rt: &RuntimeConfig,
+    p: &PipelineConfig,
+) -> Result<(OcrChain, Spec, Vec<OcrStageInfo>), EngineError> {
     let Some(o) = &p.ocr else {
         return Err(warm_err(p, "not an OCR pipeline".into()));
     };
+    let mut stages = Vec::new();
+    let mut keep = |stage: &'static str, model: &std::path::Path, m: engine::Model| {
+        stages.push(OcrStageInfo {
+            stage,
+            model: model.to_path_buf(),
+            provider: m.provider,
+            inputs: m.inputs,
+            outputs: m.outputs,
+        });
+        m.session
+    };
     let det = engine::load(env, &p.into(), rt)?;
     let spec = Spec::new(p, &det)?;
-    let stage = |model: &std::path::Path| {
+    let det = keep("det", &p.model, det);
+    let load = |model: &std::path::Path| {
         let s = engine::SessionSpec { model, ..p.into() };
-        engine::load(env, &s, rt).map(|m| m.session)
+        engine::load(env, &s, rt)
     };
     let cls = match (&o.cls, o.params.use_cls) {
-        (Some(path), true) => Some(stage(path)?),
+        (Some(path), true) => Some(keep("cls", path, load(path)?)),
         _ => None,
     };
-    let rec = stage(&o.rec)?;
-    let mut chain = OcrChain::new(det.session, cls, rec, o.params.clone()).map_err(|e| {
-        EngineError::Interface {
+    let rec = keep("rec", &o.rec, load(&o.rec)?);
+    let mut chain =
+        OcrChain::new(det, cls, rec, o.params.clone()).map_err(|e| EngineError::Interface {
             pipeline: p.name.clone(),
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     chain.warm_up().map_err(|e| warm_err(p, e.to_string()))?;
-    Ok((chain, spec))
+    Ok((chain, spec, stages))
 }

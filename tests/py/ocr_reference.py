@@ -25,6 +25,10 @@ against.
       models/ocr/fold_ppocr.py, read from --folded-dir);
       "quit" ends.
 
+  ocr_reference.py render --out FILE [--name signs]
+      Writes one rendered test image as PNG (scripts/provision.sh renders
+      "signs", the camera frame of `make demo`, into the cache's data/).
+
 Images are read with cv2.imread (BGR; grey replicated), exactly what the Rust
 side decodes from the same PNG files.
 """
@@ -216,6 +220,16 @@ def cmd_serve(args):
         print(json.dumps({"latencies_us": lat, "stages_us": stages}), flush=True)
 
 
+def cmd_render(args):
+    if args.name not in RENDERED:
+        sys.exit(f"unknown image {args.name!r}; known: {', '.join(RENDERED)}")
+    size, bg, texts, words = RENDERED[args.name]
+    tmp = args.out + ".tmp.png"
+    draw_text(size, bg, texts).save(tmp)
+    os.replace(tmp, args.out)
+    print(json.dumps({"path": args.out, "known_words": words}))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -227,9 +241,12 @@ def main():
     s.add_argument("--threads", type=int, required=True)
     s.add_argument("--folded-dir", default="models/fetched")
     s.add_argument("images", nargs="+")
+    d = sub.add_parser("render")
+    d.add_argument("--out", required=True)
+    d.add_argument("--name", default="signs")
     args = ap.parse_args()
     np.set_printoptions(precision=3)
-    {"reference": cmd_reference, "serve": cmd_serve}[args.cmd](args)
+    {"reference": cmd_reference, "serve": cmd_serve, "render": cmd_render}[args.cmd](args)
 
 
 if __name__ == "__main__":
