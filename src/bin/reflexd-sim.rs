@@ -46,6 +46,9 @@ const FRAME_PERIOD: Duration = Duration::from_millis(32);
 /// After the last frame is sent, replies still in flight (an OCR frame takes
 /// up to a second or two on a busy CPU) are collected for this long.
 const DRAIN: Duration = Duration::from_millis(2500);
+/// The first byte of a JSON answer (a safetensors prediction starts with
+/// its header length).
+const JSON_OBJECT: u8 = b'{';
 /// Replies waiting to be printed; the zenoh callback drops (and counts) past it.
 const PRINT_QUEUE: usize = 1024;
 
@@ -204,38 +207,14 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
     args.wav = find_data("wav", &args.wav, &roots)?;
     args.image = find_data("image", &args.image, &roots)?;
     let audio = Arc::new(load_audio(&args.wav, args.gap_ms)?);
-    let mut frame = CameraFrame::load_png(&args.image).map_err(anyhow::Error::msg)?;
+    let frame = CameraFrame::load_png(&args.image).map_err(anyhow::Error::msg)?;
     if !(args.camera_hz > 0.0 && args.camera_hz <= 100.0 && args.seconds > 0.0) {
         bail!("--camera-hz must be in (0, 100] and --seconds > 0");
     }
 
     let session = args.conn.open().await?;
 
-    let (tx, mut rx) = mpsc::channel::<Arrival>(PRINT_QUEUE);
-    let dropped = Arc::new(AtomicU64::new(0));
-    let dropped_cb = dropped.clone();
-    let wanted: Vec<String> = args
-        .expect
-        .iter()
-        .map(|p| format!("reflexd/{p}/"))
-        .collect();
-    let sub = z(session
-        .declare_subscriber("reflexd/**")
-        .callback(move |s| {
-            let key = s.key_expr().as_str();
-            if !wanted.iter().any(|w| key.starts_with(w.as_str())) {
-                return;
-            }
-            let a = Arrival {
-                at_us: now_us(),
-                key: key.to_string(),
-                bytes: s.payload().to_bytes().into_owned(),
-            };
-            if tx.try_send(a).is_err() {
-                dropped_cb.fetch_add(1, Relaxed);
-            }
-        })
-        .await)?;
+    let (sub, mut rx, dropped) = subscribe_replies(&session, &args.expect).await?;
     let declare = |key: &str| {
         session
             .declare_publisher(key.to_string())
@@ -269,7 +248,7 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
         while let Some(a) = rx.recv().await {
             if a.key.ends_with("/error") {
                 report.on_error(&a);
-            } else if a.bytes.first() == Some(&b'{') {
+            } else if a.bytes.first() == Some(&JSON_OBJECT) {
                 report.on_answer(&a);
             } else {
                 report.on_prediction(&a);
@@ -278,41 +257,9 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
         report
     });
 
-    // A microphone delivers on its own clock: frames keep their 32 ms slots
-    // even if one put was late (tokio's interval bursts to catch up).
-    let mic_task = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(FRAME_PERIOD);
-        let mut n: u64 = 0;
-        let mut frame = Vec::with_capacity(FRAME * 4);
-        while tick.tick().await < end {
-            frame.clear();
-            let base = n as usize * FRAME;
-            for i in 0..FRAME {
-                frame.extend_from_slice(&audio[(base + i) % audio.len()].to_le_bytes());
-            }
-            let att = format!("id=mic-{n};seq={n};ts_us={}", now_us());
-            if let Err(e) = mic.put(frame.clone()).attachment(att).await {
-                eprintln!("mic: put failed: {e}");
-            }
-            n += 1;
-        }
-        n
-    });
+    let mic_task = tokio::spawn(play_mic(mic, audio, end));
     let cam_period = Duration::from_secs_f64(1.0 / args.camera_hz);
-    // The pixels are the same every frame: one shared buffer, never copied.
-    let pixels = zenoh::bytes::ZBytes::from(std::mem::take(&mut frame.bgr));
-    let cam_task = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(cam_period);
-        let mut n: u64 = 0;
-        while tick.tick().await < end {
-            let att = frame.image_attachment(format!("cam-{n}"), n, now_us());
-            if let Err(e) = cam.put(pixels.clone()).attachment(att).await {
-                eprintln!("camera: put failed: {e}");
-            }
-            n += 1;
-        }
-        n
-    });
+    let cam_task = tokio::spawn(play_camera(cam, frame, cam_period, end));
     let mic_sent = mic_task.await?;
     let cam_sent = cam_task.await?;
     tokio::time::sleep(DRAIN).await;
@@ -342,6 +289,107 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
     Ok(missing.is_empty())
 }
 
+/// Subscribes to what the expected pipelines publish (`reflexd/<p>/**`);
+/// the callback only queues, and counts what the printer cannot keep up with.
+async fn subscribe_replies(
+    session: &zenoh::Session,
+    expect: &[String],
+) -> anyhow::Result<(
+    zenoh::pubsub::Subscriber<()>,
+    mpsc::Receiver<Arrival>,
+    Arc<AtomicU64>,
+)> {
+    let (tx, rx) = mpsc::channel::<Arrival>(PRINT_QUEUE);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let dropped_cb = dropped.clone();
+    let wanted: Vec<String> = expect.iter().map(|p| format!("reflexd/{p}/")).collect();
+    let sub = z(session
+        .declare_subscriber("reflexd/**")
+        .callback(move |s| {
+            let key = s.key_expr().as_str();
+            if !wanted.iter().any(|w| key.starts_with(w.as_str())) {
+                return;
+            }
+            let a = Arrival {
+                at_us: now_us(),
+                key: key.to_string(),
+                bytes: s.payload().to_bytes().into_owned(),
+            };
+            if tx.try_send(a).is_err() {
+                dropped_cb.fetch_add(1, Relaxed);
+            }
+        })
+        .await)?;
+    Ok((sub, rx, dropped))
+}
+
+/// Plays the looped audio until `end`; returns the frames sent. A
+/// microphone delivers on its own clock: frames keep their 32 ms slots even
+/// if one put was late (tokio's interval bursts to catch up).
+async fn play_mic(
+    mic: zenoh::pubsub::Publisher<'static>,
+    audio: Arc<Vec<f32>>,
+    end: Instant,
+) -> u64 {
+    let mut tick = tokio::time::interval(FRAME_PERIOD);
+    let mut n: u64 = 0;
+    let mut frame = Vec::with_capacity(FRAME * 4);
+    while tick.tick().await < end {
+        frame.clear();
+        let base = n as usize * FRAME;
+        for i in 0..FRAME {
+            frame.extend_from_slice(&audio[(base + i) % audio.len()].to_le_bytes());
+        }
+        let att = format!("id=mic-{n};seq={n};ts_us={}", now_us());
+        if let Err(e) = mic.put(frame.clone()).attachment(att).await {
+            eprintln!("mic: put failed: {e}");
+        }
+        n += 1;
+    }
+    n
+}
+
+/// Sends the camera frame every `period` until `end`; returns the frames
+/// sent. The pixels are the same every frame: one shared buffer, never
+/// copied.
+async fn play_camera(
+    cam: zenoh::pubsub::Publisher<'static>,
+    mut frame: CameraFrame,
+    period: Duration,
+    end: Instant,
+) -> u64 {
+    let pixels = zenoh::bytes::ZBytes::from(std::mem::take(&mut frame.bgr));
+    let mut tick = tokio::time::interval(period);
+    let mut n: u64 = 0;
+    while tick.tick().await < end {
+        let att = frame.image_attachment(format!("cam-{n}"), n, now_us());
+        if let Err(e) = cam.put(pixels.clone()).attachment(att).await {
+            eprintln!("camera: put failed: {e}");
+        }
+        n += 1;
+    }
+    n
+}
+
+/// A zenoh router session listening on `endpoint` only (no scouting, no
+/// gossip): the role rmw_zenohd plays on a ROS 2 machine.
+async fn open_router(endpoint: &str) -> anyhow::Result<zenoh::Session> {
+    let mut c = zenoh::Config::default();
+    for (k, v) in [
+        ("mode", "\"router\"".to_string()),
+        (
+            "listen/endpoints",
+            serde_json::json!([endpoint]).to_string(),
+        ),
+        ("scouting/multicast/enabled", "false".into()),
+        ("scouting/gossip/enabled", "false".into()),
+    ] {
+        c.insert_json5(k, &v)
+            .map_err(|e| anyhow::anyhow!("{k}: {e}"))?;
+    }
+    z(zenoh::open(c).await)
+}
+
 /// `--ros2`: the robot as a ROS 2 node (`reflexd::client::ros2`); exit 0
 /// when text detections and, if a prompt was sent, its answer came back.
 async fn run_ros2(mut args: Args) -> anyhow::Result<bool> {
@@ -354,22 +402,7 @@ async fn run_ros2(mut args: Args) -> anyhow::Result<bool> {
         bail!("--camera-hz must be in (0, 100] and --seconds > 0");
     }
     let session = match &args.listen {
-        Some(endpoint) => {
-            let mut c = zenoh::Config::default();
-            for (k, v) in [
-                ("mode", "\"router\"".to_string()),
-                (
-                    "listen/endpoints",
-                    serde_json::json!([endpoint]).to_string(),
-                ),
-                ("scouting/multicast/enabled", "false".into()),
-                ("scouting/gossip/enabled", "false".into()),
-            ] {
-                c.insert_json5(k, &v)
-                    .map_err(|e| anyhow::anyhow!("{k}: {e}"))?;
-            }
-            z(zenoh::open(c).await)?
-        }
+        Some(endpoint) => open_router(endpoint).await?,
         None => args.conn.open().await?,
     };
     let sim = reflexd::client::ros2::RosSim {

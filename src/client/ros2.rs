@@ -9,8 +9,8 @@
 //! The topics, types and domain are read from the daemon's own config file,
 //! so the two cannot disagree.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use zenoh::Wait;
@@ -173,6 +173,173 @@ fn show(e: &Ros2Endpoint, role: Role, payload: &[u8], s: &mut RosSummary) {
     println!("{line}");
 }
 
+/// A ROS publisher of this node: its topic, zenoh publisher and attachment
+/// state.
+struct Outlet<'a> {
+    endpoint: &'a Ros2Endpoint,
+    publisher: zenoh::pubsub::Publisher<'static>,
+    state: PublisherState,
+}
+
+impl Outlet<'_> {
+    fn put(&self, payload: Vec<u8>, source_ns: i64) -> Result<(), String> {
+        self.publisher
+            .put(payload)
+            .attachment(self.state.attachment_at(source_ns))
+            .wait()
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The robot's declared entities: its camera and prompt publishers, the
+/// subscribers printing the daemon's answers, its liveliness tokens.
+struct Robot<'a> {
+    camera: Outlet<'a>,
+    prompt: Option<Outlet<'a>>,
+    summary: Arc<Mutex<RosSummary>>,
+    _subscribers: Vec<zenoh::pubsub::Subscriber<()>>,
+    _tokens: Vec<zenoh::liveliness::LivelinessToken>,
+}
+
+impl<'a> Robot<'a> {
+    fn declare(session: &zenoh::Session, config: &'a Config) -> Result<Robot<'a>, String> {
+        let t = topics(config);
+        let Some((camera, text)) = t.camera else {
+            return Err("no pipeline reads a sensor_msgs/msg/Image [pipeline.ros2] input".into());
+        };
+        let domain = match camera.flavour {
+            Flavour::RmwZenoh { domain } => domain,
+            Flavour::Bridge { .. } => 0,
+        };
+        let node = Node {
+            id: NodeIdentity {
+                domain,
+                zid: session.zid().to_string(),
+                node_id: 0,
+                enclave: "/".into(),
+                namespace: "/".into(),
+                name: "reflexd_sim".into(),
+            },
+            next: AtomicU64::new(1),
+        };
+        let ze = |e: zenoh::Error| e.to_string();
+        let mut tokens = vec![node.id.node_token()];
+        let summary = Arc::new(Mutex::new(RosSummary::default()));
+        let mut reads: Vec<(&Ros2Endpoint, Role)> =
+            text.map(|e| (e, Role::Prediction)).into_iter().collect();
+        reads.extend(t.errors.iter().map(|e| (*e, Role::Error)));
+        if let Some(r) = t.prompt {
+            reads.extend(r.tokens.as_ref().map(|o| (&o.endpoint, Role::Tokens)));
+            reads.extend(r.output.as_ref().map(|o| (&o.endpoint, Role::Answer)));
+        }
+        let mut subscribers = Vec::new();
+        for (e, role) in reads {
+            tokens.push(node.token(e, EntityKind::Subscription));
+            let (e2, s2) = (e.clone(), summary.clone());
+            let sub = session
+                .declare_subscriber(e.subscribe_key())
+                .callback(move |sample| {
+                    let mut s = s2.lock().unwrap_or_else(|p| p.into_inner());
+                    show(&e2, role, &sample.payload().to_bytes(), &mut s);
+                })
+                .wait()
+                .map_err(ze)?;
+            subscribers.push(sub);
+        }
+        let mut outlet = |endpoint: &'a Ros2Endpoint| -> Result<Outlet<'a>, String> {
+            let token = node.token(endpoint, EntityKind::Publisher);
+            let state = PublisherState::new(gid_for_token(&token));
+            tokens.push(token);
+            let publisher = session
+                .declare_publisher(endpoint.publish_key())
+                .wait()
+                .map_err(ze)?;
+            Ok(Outlet {
+                endpoint,
+                publisher,
+                state,
+            })
+        };
+        let camera = outlet(camera)?;
+        let prompt = match t.prompt.and_then(|r| r.input.as_ref()) {
+            Some(e) => Some(outlet(e)?),
+            None => None,
+        };
+        let tokens = tokens
+            .into_iter()
+            .map(|t| session.liveliness().declare_token(t).wait().map_err(ze))
+            .collect::<Result<_, _>>()?;
+        Ok(Robot {
+            camera,
+            prompt,
+            summary,
+            _subscribers: subscribers,
+            _tokens: tokens,
+        })
+    }
+
+    /// Waits until the daemon subscribes to the camera topic: a daemon
+    /// still loading its models would miss the first frames.
+    async fn wait_for_daemon(&self) -> Result<(), String> {
+        let waited = Instant::now();
+        let cam = &self.camera;
+        while !cam
+            .publisher
+            .matching_status()
+            .wait()
+            .map_err(|e| e.to_string())?
+            .matching()
+        {
+            if waited.elapsed() > MATCH_TIMEOUT {
+                return Err(format!(
+                    "nobody subscribed to {} within {MATCH_TIMEOUT:?}: is the daemon running with this config?",
+                    cam.endpoint.topic
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// One camera frame, stamped now (the stamp is also the attachment's
+    /// source timestamp).
+    fn send_frame(&self, f: &CameraFrame) -> Result<(), String> {
+        let stamp = now_stamp();
+        let img = Image {
+            header: Header {
+                stamp,
+                frame_id: "camera".into(),
+            },
+            height: f.height,
+            width: f.width,
+            encoding: "bgr8".into(),
+            is_bigendian: 0,
+            step: f.step(),
+            data: &f.bgr,
+        };
+        let payload = img.encode().map_err(|e| e.to_string())?;
+        self.camera.put(payload, stamp.to_unix_nanos())
+    }
+
+    fn send_prompt(&self, text: &str) -> Result<bool, String> {
+        let Some(p) = &self.prompt else {
+            return Ok(false);
+        };
+        let msg = StringMsg { data: text.into() };
+        let payload = msg.encode().map_err(|e| e.to_string())?;
+        p.put(payload, unix_nanos_now()).map(|()| true)
+    }
+
+    /// Whether anything sent is still owed an answer, `elapsed` seconds after
+    /// a `seconds`-long run.
+    fn owed(&self, (frames, prompted): (u64, bool), elapsed: f64, seconds: f64) -> bool {
+        let s = self.summary.lock().unwrap_or_else(|p| p.into_inner());
+        let answer_due = prompted && s.answers == 0 && elapsed < seconds + ANSWER_WAIT;
+        let frames_due = s.detections + s.errors < frames && elapsed < seconds + DRAIN;
+        answer_due || frames_due
+    }
+}
+
 /// Runs the robot on `session` for `sim.seconds`, then until every frame is
 /// answered (at most [`DRAIN`] more seconds) and, with a prompt, its final
 /// answer has arrived (at most [`ANSWER_WAIT`]).
@@ -181,152 +348,46 @@ pub async fn run(
     config: &Config,
     sim: &RosSim,
 ) -> Result<RosSummary, String> {
-    let t = topics(config);
-    let Some((camera, text)) = t.camera else {
-        return Err("no pipeline reads a sensor_msgs/msg/Image [pipeline.ros2] input".into());
-    };
-    let domain = match camera.flavour {
-        Flavour::RmwZenoh { domain } => domain,
-        Flavour::Bridge { .. } => 0,
-    };
-    let node = Node {
-        id: NodeIdentity {
-            domain,
-            zid: session.zid().to_string(),
-            node_id: 0,
-            enclave: "/".into(),
-            namespace: "/".into(),
-            name: "reflexd_sim".into(),
-        },
-        next: AtomicU64::new(1),
-    };
-    let ze = |e: zenoh::Error| e.to_string();
-    let mut tokens = vec![node.id.node_token()];
-    let summary = Arc::new(std::sync::Mutex::new(RosSummary::default()));
-    let mut subs = Vec::new();
-    let mut reads: Vec<(&Ros2Endpoint, Role)> =
-        text.map(|e| (e, Role::Prediction)).into_iter().collect();
-    reads.extend(t.errors.iter().map(|e| (*e, Role::Error)));
-    if let Some(r) = t.prompt {
-        reads.extend(r.tokens.as_ref().map(|o| (&o.endpoint, Role::Tokens)));
-        reads.extend(r.output.as_ref().map(|o| (&o.endpoint, Role::Answer)));
-    }
-    for (e, role) in reads {
-        tokens.push(node.token(e, EntityKind::Subscription));
-        let (e2, s2) = (e.clone(), summary.clone());
-        let sub = session
-            .declare_subscriber(e.subscribe_key())
-            .callback(move |sample| {
-                let mut s = s2.lock().unwrap_or_else(|p| p.into_inner());
-                show(&e2, role, &sample.payload().to_bytes(), &mut s);
-            })
-            .wait()
-            .map_err(ze)?;
-        subs.push(sub);
-    }
-    let cam_token = node.token(camera, EntityKind::Publisher);
-    let cam_state = PublisherState::new(gid_for_token(&cam_token));
-    tokens.push(cam_token);
-    let cam = session
-        .declare_publisher(camera.publish_key())
-        .wait()
-        .map_err(ze)?;
-    let prompt = match t.prompt.and_then(|r| r.input.as_ref()) {
-        Some(e) => {
-            let tok = node.token(e, EntityKind::Publisher);
-            let state = PublisherState::new(gid_for_token(&tok));
-            tokens.push(tok);
-            let p = session
-                .declare_publisher(e.publish_key())
-                .wait()
-                .map_err(ze)?;
-            Some((e, p, state))
-        }
-        None => None,
-    };
-    let mut live = Vec::new();
-    for tok in tokens {
-        live.push(session.liveliness().declare_token(tok).wait().map_err(ze)?);
-    }
+    let robot = Robot::declare(session, config)?;
     let frame = CameraFrame::load_png(&sim.image)?;
-    let (w, h, pixels) = (frame.width, frame.height, frame.bgr);
-    // The clock starts once the daemon listens: a daemon still loading
-    // its models would miss the first frames.
-    let waited = Instant::now();
-    while !cam.matching_status().wait().map_err(ze)?.matching() {
-        if waited.elapsed() > MATCH_TIMEOUT {
-            return Err(format!(
-                "nobody subscribed to {} within {MATCH_TIMEOUT:?}: is the daemon running with this config?",
-                camera.topic
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    robot.wait_for_daemon().await?;
+    let cam = robot.camera.endpoint;
     println!(
-        "reflexd-sim --ros2 for {} s: {} ({w}x{h} bgr8) → {} [{}] at {} Hz{}",
+        "reflexd-sim --ros2 for {} s: {} ({}x{} bgr8) → {} [{}] at {} Hz{}",
         sim.seconds,
         sim.image.display(),
-        camera.topic,
-        camera.ty,
+        frame.width,
+        frame.height,
+        cam.topic,
+        cam.ty,
         sim.camera_hz,
-        match (&prompt, &sim.prompt) {
-            (Some((e, ..)), Some(q)) => format!("; prompt {q:?} → {}", e.topic),
+        match (&robot.prompt, &sim.prompt) {
+            (Some(p), Some(q)) => format!("; prompt {q:?} → {}", p.endpoint.topic),
             _ => String::new(),
         }
     );
     let start = Instant::now();
     let period = Duration::from_secs_f64(1.0 / sim.camera_hz);
     let mut next_frame = start;
-    let mut prompted = false;
-    let mut frames = 0u64;
+    let (mut frames, mut prompted) = (0u64, false);
     loop {
         let elapsed = start.elapsed().as_secs_f64();
-        if let (false, Some((_, p, state)), Some(q)) = (prompted, &prompt, &sim.prompt)
+        if let (false, Some(q)) = (prompted, &sim.prompt)
             && elapsed >= sim.prompt_after
         {
-            let msg = StringMsg { data: q.clone() };
-            let payload = msg.encode().map_err(|e| e.to_string())?;
-            p.put(payload)
-                .attachment(state.next_attachment())
-                .wait()
-                .map_err(ze)?;
-            prompted = true;
+            prompted = robot.send_prompt(q)?;
         }
-        if elapsed >= sim.seconds {
-            let s = summary.lock().unwrap_or_else(|p| p.into_inner());
-            let answer_due = prompted && s.answers == 0 && elapsed < sim.seconds + ANSWER_WAIT;
-            let frames_due = s.detections + s.errors < frames && elapsed < sim.seconds + DRAIN;
-            if !answer_due && !frames_due {
-                break;
-            }
+        if elapsed >= sim.seconds && !robot.owed((frames, prompted), elapsed, sim.seconds) {
+            break;
         }
         if Instant::now() >= next_frame && elapsed < sim.seconds {
-            let stamp = now_stamp();
-            let img = Image {
-                header: Header {
-                    stamp,
-                    frame_id: "camera".into(),
-                },
-                height: h,
-                width: w,
-                encoding: "bgr8".into(),
-                is_bigendian: 0,
-                step: w * 3,
-                data: &pixels,
-            };
-            let payload = img.encode().map_err(|e| e.to_string())?;
-            cam.put(payload)
-                .attachment(cam_state.attachment_at(stamp.to_unix_nanos()))
-                .wait()
-                .map_err(ze)?;
+            robot.send_frame(&frame)?;
             frames += 1;
             next_frame += period;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    drop(live);
-    drop(subs);
-    let mut s = std::mem::take(&mut *summary.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut s = std::mem::take(&mut *robot.summary.lock().unwrap_or_else(|p| p.into_inner()));
     s.frames_sent = frames;
     Ok(s)
 }

@@ -168,6 +168,9 @@ fn tensor_of(ctx: &Ctx, pi: usize, payload: &[u8]) -> Result<Tensor, Rejection> 
     Ok(Tensor::new(name.as_str(), Dtype::F32, shape, data))
 }
 
+/// How a prompt that is a reflexd JSON command starts.
+const JSON_OBJECT: char = '{';
+
 /// Ids of prompts that came as plain text: unique among live generations
 /// for the life of the process.
 static NEXT_PROMPT: AtomicU64 = AtomicU64::new(1);
@@ -178,7 +181,7 @@ static NEXT_PROMPT: AtomicU64 = AtomicU64::new(1);
 /// prompt itself.
 pub fn command_for(text: &str) -> Vec<u8> {
     let id = || format!("ros2-{}", NEXT_PROMPT.fetch_add(1, Relaxed));
-    if text.trim_start().starts_with('{')
+    if text.trim_start().starts_with(JSON_OBJECT)
         && let Ok(mut obj) =
             serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
     {
