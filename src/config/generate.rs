@@ -50,19 +50,9 @@ pub(super) fn generator_config(
             "= \"tensorrt\": a generation model's inputs change shape at every decode step (the KV cache grows), and TensorRT would rebuild its engine for each new length; use \"cuda\" or \"cpu\"",
         ));
     }
+    let (max_generations, max_batch, max_unsent) = concurrency(&at, &p)?;
     let (cancel_key, query_key) = topics(&at, &c.input, p.cancel, p.query)?;
     let (max_tokens, default_max_tokens) = token_limits(&at, p.max_tokens, p.default_max_tokens)?;
-    let max_generations = positive(&at.key("max_generations"), p.max_generations, 4)?;
-    let max_batch = positive(&at.key("max_batch"), p.max_batch, 1)?;
-    if max_batch > max_generations {
-        return Err(at.err(
-            "max_batch",
-            format!(
-                "= {max_batch}: at most max_generations ({max_generations}); a decode batch holds live generations"
-            ),
-        ));
-    }
-    let max_unsent = positive(&at.key("max_unsent"), p.max_unsent, DEFAULT_MAX_UNSENT)?;
     let speculation = speculation(&at, p.speculation.as_deref(), p.draft_model, base)?;
     let draft_tokens = positive(
         &at.key("draft_tokens"),
@@ -73,12 +63,6 @@ pub(super) fn generator_config(
         return Err(at.err(
             "draft_tokens",
             format!("= {draft_tokens}: at most 16 (a verify pass of more rarely pays)"),
-        ));
-    }
-    if max_unsent < 3 {
-        return Err(at.err(
-            "max_unsent",
-            format!("= {max_unsent}: at least 3 (one step's token, held-back text and the final message)"),
         ));
     }
     let (tools, max_tool_steps) = tools(&at, p.tool, p.max_tool_steps, base, max_unsent)?;
@@ -120,6 +104,30 @@ pub(super) fn generator_config(
         offload,
         ros2: None,
     })
+}
+
+/// `max_generations`, `max_batch` (a decode batch holds live generations)
+/// and `max_unsent` (one step's token, held-back text and the final
+/// message must fit).
+fn concurrency(at: &At, p: &RawGeneratePipeline) -> Result<(usize, usize, usize), ConfigError> {
+    let max_generations = positive(&at.key("max_generations"), p.max_generations, 4)?;
+    let max_batch = positive(&at.key("max_batch"), p.max_batch, 1)?;
+    if max_batch > max_generations {
+        return Err(at.err(
+            "max_batch",
+            format!(
+                "= {max_batch}: at most max_generations ({max_generations}); a decode batch holds live generations"
+            ),
+        ));
+    }
+    let max_unsent = positive(&at.key("max_unsent"), p.max_unsent, DEFAULT_MAX_UNSENT)?;
+    if max_unsent < 3 {
+        return Err(at.err(
+            "max_unsent",
+            format!("= {max_unsent}: at least 3 (one step's token, held-back text and the final message)"),
+        ));
+    }
+    Ok((max_generations, max_batch, max_unsent))
 }
 
 /// `speculation` (default `"prompt_lookup"`) and `draft_model`, which

@@ -27,22 +27,10 @@ pub(super) fn tensor_config(
     levels: &[String],
     limits: &Limits,
 ) -> Result<(PipelineConfig, Option<PendingLink>), ConfigError> {
-    let at = At(&p.name);
+    let name = p.name.clone();
+    let at = At(&name);
     let (input, output) = super::chain::stage_keys(&at, &p)?;
-    let pending = match p.after.take() {
-        None => None,
-        Some(after) => Some(PendingLink {
-            after,
-            feed: p.feed.take(),
-            pre: p.pre.take().map(|r| pre_spec(&at, &r)).transpose()?,
-        }),
-    };
-    if pending.is_none() && p.feed.is_some() {
-        return Err(at.err(
-            "feed",
-            "only a chain stage (`after = \"…\"`) is fed by another pipeline",
-        ));
-    }
+    let pending = chain_link(&at, &mut p)?;
     let answer = p
         .answer
         .as_ref()
@@ -51,23 +39,19 @@ pub(super) fn tensor_config(
                 .map_err(|e| invalid(format!("pipeline {:?}: {e}", p.name)))
         })
         .transpose()?;
-    let c = common(
-        RawCommon {
-            name: &p.name,
-            model: &p.model,
-            input: &input,
-            output: &output,
-            error_key: p.error_key.as_deref(),
-            level: p.level.as_deref(),
-            deadline_ms: p.deadline_ms,
-            default_deadline_ms: 1000.0,
-            provider: &p.provider,
-            fallback: p.fallback,
-        },
-        base,
-        level_index,
-        levels,
-    )?;
+    let raw = RawCommon {
+        name: &p.name,
+        model: &p.model,
+        input: &input,
+        output: &output,
+        error_key: p.error_key.as_deref(),
+        level: p.level.as_deref(),
+        deadline_ms: p.deadline_ms,
+        default_deadline_ms: 1000.0,
+        provider: &p.provider,
+        fallback: p.fallback,
+    };
+    let c = common(raw, base, level_index, levels)?;
     let ocr = p
         .ocr
         .take()
@@ -75,8 +59,10 @@ pub(super) fn tensor_config(
         .transpose()?;
     let format = match &ocr {
         Some(o) => ocr_format(&at, o)?,
-        None => format(&at, p.format, p.raw, p.pre.as_ref())?,
+        None => format(&at, p.format, p.raw.take(), p.pre.as_ref())?,
     };
+    let warmup = super::warmup::warmup(&at, &p.warmup)?;
+    refuse_combinations(&at, (&p, &format, &warmup), p.offload.is_some())?;
     let batch = batch_config(
         &at,
         p.max_batch,
@@ -86,28 +72,7 @@ pub(super) fn tensor_config(
     let constants = constants(&at, p.constants)?;
     let (state, context) = bindings(&at, p.state, p.context, p.overflow)?;
     let stateful = !state.is_empty() || !context.is_empty();
-    let offload = super::fleet::offload(&at, p.offload, c.deadline, stateful)?;
-    if offload.is_some() && matches!(format, InputFormat::Image(_) | InputFormat::Chained(_)) {
-        // The offload request carries tensors (safetensors or raw); camera
-        // frames and chain stages are not forwarded yet.
-        return Err(at.err(
-            "offload",
-            "applies to safetensors and raw pipelines only (not image inputs or chain stages)",
-        ));
-    }
-    if p.overflow == Overflow::Latest && p.queue_capacity.is_some() {
-        return Err(at.err(
-            "queue_capacity",
-            "applies to overflow = \"reject\"; with \"latest\" each stream keeps one pending frame and max_streams bounds the queue",
-        ));
-    }
-    let warmup = super::warmup::warmup(&at, &p.warmup)?;
-    if let (InputFormat::Raw { .. }, Some(k)) = (&format, warmup.keys().next()) {
-        return Err(at.err(
-            &format!("warmup.{k}"),
-            "does not apply to format = \"raw\": the raw shape is the warm-up shape",
-        ));
-    }
+    let offload = super::fleet::offload(&at, p.offload.take(), c.deadline, stateful)?;
     let config = PipelineConfig {
         queue_capacity: positive(&at.key("queue_capacity"), p.queue_capacity, 16)?,
         max_streams: positive(&at.key("max_streams"), p.max_streams, DEFAULT_MAX_STREAMS)?,
@@ -143,6 +108,60 @@ pub(super) fn tensor_config(
         ros2: None,
     };
     Ok((config, pending))
+}
+
+/// A chain stage's `after` and `feed` (and its crops' `[pipeline.pre]`),
+/// taken out of `p` until the pipeline they name is resolved.
+fn chain_link(at: &At, p: &mut RawTensorPipeline) -> Result<Option<PendingLink>, ConfigError> {
+    let pending = match p.after.take() {
+        None => None,
+        Some(after) => Some(PendingLink {
+            after,
+            feed: p.feed.take(),
+            pre: p.pre.take().map(|r| pre_spec(at, &r)).transpose()?,
+        }),
+    };
+    if pending.is_none() && p.feed.is_some() {
+        return Err(at.err(
+            "feed",
+            "only a chain stage (`after = \"…\"`) is fed by another pipeline",
+        ));
+    }
+    Ok(pending)
+}
+
+/// Keys that are valid alone but not together with the pipeline's format,
+/// overflow or warm-up.
+fn refuse_combinations(
+    at: &At,
+    (p, format, warmup): (
+        &RawTensorPipeline,
+        &InputFormat,
+        &BTreeMap<String, WarmupShape>,
+    ),
+    offloads: bool,
+) -> Result<(), ConfigError> {
+    if offloads && matches!(format, InputFormat::Image(_) | InputFormat::Chained(_)) {
+        // The offload request carries tensors (safetensors or raw); camera
+        // frames and chain stages are not forwarded yet.
+        return Err(at.err(
+            "offload",
+            "applies to safetensors and raw pipelines only (not image inputs or chain stages)",
+        ));
+    }
+    if p.overflow == Overflow::Latest && p.queue_capacity.is_some() {
+        return Err(at.err(
+            "queue_capacity",
+            "applies to overflow = \"reject\"; with \"latest\" each stream keeps one pending frame and max_streams bounds the queue",
+        ));
+    }
+    if let (InputFormat::Raw { .. }, Some(k)) = (format, warmup.keys().next()) {
+        return Err(at.err(
+            &format!("warmup.{k}"),
+            "does not apply to format = \"raw\": the raw shape is the warm-up shape",
+        ));
+    }
+    Ok(())
 }
 
 /// `[pipeline.ocr]`: validated, and the keys it cannot go with refused
