@@ -9,6 +9,7 @@
 //! run per turn.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use crate::config::ThreadPolicy;
@@ -68,10 +69,15 @@ pub fn run(mut w: Worker, ctx: Arc<Ctx>) {
     while let Some(work) = ctx.sched.next(w.id, &w.parker) {
         crate::fault::at(crate::fault::Stage::Die, job_id(&work));
         let t = Instant::now();
+        // A tensor job's run start is numbered when the worker takes it:
+        // what this worker runs next is decided here, and decoding or
+        // pre-processing a frame must not let a job that arrives meanwhile
+        // look as if it had waited behind this one.
+        let taken = || ctx.order.fetch_add(1, Relaxed);
         match work {
-            Work::Job(j) => tensor::serve(&mut w, &ctx, &mut outbox, j, None),
-            Work::Stream(s, j) => tensor::serve(&mut w, &ctx, &mut outbox, j, Some(s)),
-            Work::Batch(b) => tensor::serve_batch(&mut w, &ctx, &mut outbox, b),
+            Work::Job(j) => tensor::serve(&mut w, &ctx, &mut outbox, (j, None), taken()),
+            Work::Stream(s, j) => tensor::serve(&mut w, &ctx, &mut outbox, (j, Some(s)), taken()),
+            Work::Batch(b) => tensor::serve_batch(&mut w, &ctx, &mut outbox, b, taken()),
             Work::Gen(g) => generate::step_generation(&mut w, &ctx, g),
             Work::GenBatch(b) => generate::step_decode_batch(&mut w, &ctx, b),
         }

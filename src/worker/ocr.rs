@@ -7,7 +7,6 @@
 //! (`corrupt_image`, `bad_image`); a panic is contained like any job's.
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::Ordering::Relaxed;
 
 use serde::Serialize;
 
@@ -34,7 +33,7 @@ struct OcrAnswer<'a> {
 }
 
 /// Reads the text of one job's frame and publishes it (or its error).
-pub(super) fn serve(w: &mut Worker, ctx: &Ctx, outbox: &mut Outbox, job: &Job) {
+pub(super) fn serve(w: &mut Worker, ctx: &Ctx, outbox: &mut Outbox, job: &Job, run_order: u64) {
     let pi = job.pipeline;
     let tp = &ctx.tensors[pi];
     let started = ctx.sched.now();
@@ -47,7 +46,6 @@ pub(super) fn serve(w: &mut Worker, ctx: &Ctx, outbox: &mut Outbox, job: &Job) {
         );
         return egress::fail(ctx, job, &rej);
     };
-    let run_order = ctx.order.fetch_add(1, Relaxed);
     let running = ctx.progress.running(w.id);
     let read = panic::catch_unwind(AssertUnwindSafe(|| {
         crate::fault::at(crate::fault::Stage::Run, job.meta.id.as_deref());

@@ -27,13 +27,14 @@ type Few<T> = smallvec::SmallVec<[T; 4]>;
 
 type Member = crate::sched::Member<crate::ctx::Kinds>;
 
-/// Serves one job (with its stream's slot for a `latest` pipeline).
+/// Serves one job (with its stream's slot for a `latest` pipeline);
+/// `taken` is its run start in the daemon's event order.
 pub(super) fn serve(
     w: &mut Worker,
     ctx: &Ctx,
     outbox: &mut Outbox,
-    job: Box<Job>,
-    slot: Option<Arc<StreamSlot>>,
+    (job, slot): (Box<Job>, Option<Arc<StreamSlot>>),
+    taken: u64,
 ) {
     let started = ctx.sched.now();
     let member = (slot, job);
@@ -42,9 +43,13 @@ pub(super) fn serve(
     } else if let Some(rej) = non_finite(ctx, &member.1) {
         egress::fail(ctx, &member.1, &rej);
     } else if ctx.tensors[member.1.pipeline].cfg.ocr.is_some() {
-        super::ocr::serve(w, ctx, outbox, &member.1);
+        super::ocr::serve(w, ctx, outbox, &member.1, taken);
     } else {
-        run_group(w, ctx, outbox, &[&member], Fill::default());
+        let fill = Fill {
+            taken: Some(taken),
+            ..Fill::default()
+        };
+        run_group(w, ctx, outbox, &[&member], fill);
     }
     if let Some(s) = &member.0 {
         ctx.sched.release(s);
@@ -107,17 +112,20 @@ fn all_finite(t: &Tensor) -> bool {
     }
 }
 
-/// How a batch was collected, for the batching counters.
+/// How a call's jobs were collected: for the batching counters, and the
+/// run start numbered when the worker took them (`None`: number it when
+/// the call starts, as for a batch's later groups).
 #[derive(Clone, Copy, Default)]
 struct Fill {
     wait_us: u64,
     cut_by_deadline: bool,
+    taken: Option<u64>,
 }
 
 /// Runs a batch: jobs past their deadline are dropped and reported, the
 /// rest run as one session call per group of jobs whose non-batch
 /// dimensions agree (usually one group), and each gets its own reply.
-pub(super) fn serve_batch(w: &mut Worker, ctx: &Ctx, outbox: &mut Outbox, b: Batch) {
+pub(super) fn serve_batch(w: &mut Worker, ctx: &Ctx, outbox: &mut Outbox, b: Batch, taken: u64) {
     let started = ctx.sched.now();
     let (live, late): (Vec<Member>, Vec<Member>) = b
         .items
@@ -152,10 +160,12 @@ pub(super) fn serve_batch(w: &mut Worker, ctx: &Ctx, outbox: &mut Outbox, b: Bat
     let mut fill = Fill {
         wait_us: micros(b.fill_wait),
         cut_by_deadline: b.cut_by_deadline,
+        taken: Some(taken),
     };
     for (_, members) in &groups {
         run_group(w, ctx, outbox, members, fill);
         fill.wait_us = 0;
+        fill.taken = None;
     }
     for (slot, _) in &live {
         if let Some(s) = slot {
@@ -315,7 +325,9 @@ fn run_and_reply(
     } = *call;
     let pi = group[0].1.pipeline;
     let tp = &ctx.tensors[pi];
-    let run_order = ctx.order.fetch_add(1, Relaxed);
+    let run_order = fill
+        .taken
+        .unwrap_or_else(|| ctx.order.fetch_add(1, Relaxed));
     for (_, job) in group {
         crate::fault::at(crate::fault::Stage::Run, job.meta.id.as_deref());
     }
