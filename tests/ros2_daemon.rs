@@ -722,3 +722,121 @@ async fn the_ros2_simulator_reads_the_topics_from_the_config_and_prints_text_lin
     let _ = std::fs::remove_dir_all(&dir);
     daemon.shutdown(Duration::from_secs(2)).await;
 }
+
+/// The squares frame of docs/models.md (bgr8, 128×96): red, green and blue
+/// 16×16 squares on black.
+fn squares_bgr8() -> (u32, u32, Vec<u8>) {
+    let (w, h) = (128usize, 96usize);
+    let mut px = vec![0u8; w * h * 3];
+    for (x0, y0, bgr) in [
+        (32, 16, [0, 0, 255]),
+        (80, 48, [0, 255, 0]),
+        (96, 16, [255, 0, 0]),
+    ] {
+        for y in y0..y0 + 16 {
+            for x in x0..x0 + 16 {
+                px[(y * w + x) * 3..][..3].copy_from_slice(&bgr);
+            }
+        }
+    }
+    (w as u32, h as u32, px)
+}
+
+/// A detector's answer goes out as Detection2DArray: one detection per box,
+/// the label as the hypothesis, the box in source pixels, the header copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detections_go_out_as_detection2darray_with_labels_and_source_boxes() {
+    let config = format!(
+        r#"
+        [[pipeline]]
+        name = "detect"
+        model = "{}"
+        input = "t/cam/*"
+        output = "t/out/detect"
+        format = "image"
+        [pipeline.pre]
+        color = "rgb"
+        resize = "letterbox"
+        [pipeline.answer]
+        kind = "detect"
+        layout = "yolov8"
+        tensor = "v8"
+        confidence = 0.5
+        labels = "{}"
+        [pipeline.ros2]
+        input = {{ topic = "/camera/image_raw", type = "sensor_msgs/msg/Image" }}
+        output = {{ topic = "/reflexd/detections", type = "vision_msgs/msg/Detection2DArray" }}
+        "#,
+        test_model("detect.onnx"),
+        test_model("colors.txt"),
+    );
+    let (daemon, port) = start(&config).await;
+    let mut peer = blocking(|| {
+        let mut p = RosPeer::start(port);
+        p.subscribe(
+            "/reflexd/detections",
+            "vision_msgs/msg/Detection2DArray",
+            None,
+        );
+        p
+    });
+    let key = rmw_zenoh_key(0, "/reflexd/detections", RosType::Detection2DArray);
+    matched(daemon.zenoh_session(), &key).await;
+    let native = client(port).await;
+    let sub = subscribe(&native, "t/out/detect/**").await;
+    let (w, h, data) = squares_bgr8();
+    blocking(|| {
+        peer.publish(
+            json!({"topic": "/camera/image_raw", "type": "sensor_msgs/msg/Image",
+            "msg": {"sec": 3, "nanosec": 9, "frame_id": "cam_top", "height": h,
+                    "width": w, "encoding": "bgr8", "step": w * 3, "data": data}}),
+        )
+    });
+    let mine = recv(&sub).await;
+    let dets_json = mine.answer()["answer"]["detections"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let s = blocking(|| peer.sample("/reflexd/detections", T)).expect("on /reflexd/detections");
+    let m = &s["message"];
+    assert_eq!(m["header"]["frame_id"], "cam_top");
+    assert_eq!(
+        (m["header"]["sec"].as_i64(), m["header"]["nanosec"].as_i64()),
+        (Some(3), Some(9))
+    );
+    let dets = m["detections"].as_array().unwrap();
+    let mut labels: Vec<&str> = dets
+        .iter()
+        .map(|d| d["results"][0]["class_id"].as_str().unwrap())
+        .collect();
+    labels.sort();
+    assert_eq!(labels, ["blue", "green", "red"], "{m}");
+    assert_eq!(dets.len(), dets_json.len());
+    for (d, j) in dets.iter().zip(&dets_json) {
+        assert_eq!(d["results"][0]["class_id"], j["label"]);
+        let b = &j["box"];
+        let f = |k: &str| b[k].as_f64().unwrap();
+        let want = [
+            (f("x1") + f("x2")) / 2.0,
+            (f("y1") + f("y2")) / 2.0,
+            0.0,
+            f("x2") - f("x1"),
+            f("y2") - f("y1"),
+        ];
+        let got: Vec<f64> = d["bbox"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(got, want, "{d} vs {j}");
+    }
+    // Source pixels: the red square is x 32..48, y 16..32.
+    let red = dets
+        .iter()
+        .find(|d| d["results"][0]["class_id"] == "red")
+        .unwrap();
+    assert_eq!(red["bbox"], json!([40.0, 24.0, 0.0, 16.0, 16.0]));
+    daemon.shutdown(Duration::from_secs(2)).await;
+    blocking(|| peer.quit());
+}
