@@ -305,12 +305,12 @@ async fn ready_after_warm_up_and_watchdog_pings_stop_while_a_worker_is_stuck() {
     .await;
     assert_eq!(recv(&sub).await.id().as_deref(), Some("after-hup"));
 
-    // SIGTERM: STOPPING=1 (with a stop-timeout extension covering the drain),
-    // then exit 0.
+    // SIGTERM: STOPPING=1 (with a stop-timeout extension covering the drain,
+    // one last model run and a margin: 10 s + 0.3 s + 5 s), then exit 0.
     d.signal(libc::SIGTERM);
     let (_, stopping) = until(&mut rx, &d, "STOPPING=1", |m| has_line(m, "STOPPING=1")).await;
     assert!(
-        has_line(&stopping, "EXTEND_TIMEOUT_USEC=15000000"),
+        has_line(&stopping, "EXTEND_TIMEOUT_USEC=15300000"),
         "{stopping}"
     );
     assert_eq!(d.exit_code().await, Some(0), "stderr:\n{}", d.stderr());

@@ -264,17 +264,30 @@ impl Daemon {
         self.ctx.sched.stop();
         let threads = std::mem::take(&mut self.threads);
         let sched = self.ctx.sched.clone();
-        let joined = tokio::task::spawn_blocking(move || {
+        let mut joined = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
         });
-        if tokio::time::timeout(drain_timeout, joined).await.is_err() {
+        if tokio::time::timeout(drain_timeout, &mut joined)
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 ?drain_timeout,
                 "drain timeout: stopping workers after their current job"
             );
             sched.abort();
+            // A job inside a model run cannot be cut short: its answer
+            // goes out before the session closes, unless the run is stuck
+            // (longer than max_run_ms, the watchdog's threshold too).
+            let grace = self.ctx.config.service.max_run;
+            if tokio::time::timeout(grace, &mut joined).await.is_err() {
+                tracing::error!(
+                    ?grace,
+                    "a worker is still inside one model run: its request gets no answer"
+                );
+            }
         }
         self.answer_leftovers();
         if let Some(d) = self.deliverers.take() {

@@ -175,12 +175,14 @@ impl Notifier {
 
     /// Shutdown begins: tell systemd, and make sure its stop timeout covers
     /// the drain.
-    pub fn stopping(&self, drain: Duration) {
+    /// `drain`: how long queued work may run; `max_run`: how long a run
+    /// still going when the drain ends is waited for (its answer is sent).
+    pub fn stopping(&self, drain: Duration, max_run: Duration) {
         let status = format!("stopping: draining for up to {} ms", drain.as_millis());
         self.send(&[
             NotifyState::Stopping,
             NotifyState::Status(&status),
-            NotifyState::ExtendTimeoutUsec(usec(drain + STOP_MARGIN)),
+            NotifyState::ExtendTimeoutUsec(usec(drain + max_run + STOP_MARGIN)),
         ]);
     }
 }
@@ -276,7 +278,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let died = notifier.supervise(&daemon, shutdown).await;
     let drain = daemon.config().service.drain_timeout;
-    notifier.stopping(drain);
+    notifier.stopping(drain, daemon.config().service.max_run);
     daemon.shutdown(drain).await;
     match died {
         Some(w) => Err(ServeError::WorkerDied(w)),
