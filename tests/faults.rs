@@ -146,6 +146,58 @@ async fn shutdown_answers_every_queued_request_shutting_down() {
     );
 }
 
+/// A run still going when the drain timeout ends is waited for: its answer
+/// goes out before the session closes. `fault:slow:run` holds the run
+/// (reflexd::fault::SLOW_RUN) while the daemon shuts down with no drain time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_in_progress_when_the_drain_ends_is_still_answered() {
+    let affine = test_model("affine.onnx");
+    let (daemon, port) = start(&format!(
+        r#"
+        [runtime]
+        workers = 1
+        [[pipeline]]
+        name = "affine"
+        model = "{affine}"
+        input = "t/affine"
+        output = "t/out/affine"
+        deadline_ms = 60000
+        "#
+    ))
+    .await;
+    let c = client(port).await;
+    let sub = subscribe(&c, "t/out/**").await;
+    let served_before = until_served(&c, "t/affine", &rows(1, "probe", 0), &sub).await as u64;
+    put(&c, "t/affine", rows(1, "fault:slow:run", 1)).await;
+    put(&c, "t/affine", rows(1, "behind", 2)).await;
+    // Until the worker has taken the slow request (its queue wait is
+    // recorded when it starts) and the next one is in (counted, not timed).
+    let mut taken = false;
+    for _ in 0..1000 {
+        let st = &daemon.stats()[0];
+        if st.received == served_before + 2 && st.queue_wait.count == served_before + 1 {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(taken, "{:?}", daemon.stats()[0]);
+    daemon.shutdown(Duration::ZERO).await;
+    let replies = collect_ids(&sub, 2).await;
+    let slow = &replies["fault:slow:run"];
+    assert_eq!(
+        slow.code(),
+        None,
+        "the run in progress is answered: {}",
+        slow.brief()
+    );
+    let behind = replies["behind"].code();
+    assert!(
+        behind.is_none() || behind == Some(ErrorCode::ShuttingDown.code()),
+        "{behind:?}"
+    );
+}
+
 fn daemon_config(dir: &std::path::Path, port: u16) -> String {
     let p = dir.join("reflexd.toml");
     std::fs::write(
