@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::config::ros2::PipelineRos2;
 use crate::config::{
-    Config, Fallback, GeneratorConfig, InputFormat, Outputs, Overflow, PipelineConfig, Provider,
+    Config, Fallback, GeneratorConfig, InputFormat, Overflow, PipelineConfig, Provider,
 };
 use crate::daemon::StartError;
 use crate::infer::engine::EngineError;
@@ -172,10 +172,7 @@ fn describe_tensor(
             stages::published(p),
             p.error_key
         );
-        let tensors = p.ocr.is_none()
-            && p.answer
-                .as_ref()
-                .is_none_or(|a| a.outputs != Outputs::Answer);
+        let tensors = p.publishes_tensors();
         for port in spec
             .model_outputs
             .iter()

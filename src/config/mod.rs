@@ -60,6 +60,7 @@ mod provider;
 mod raw;
 pub mod ros2;
 mod service;
+mod session;
 mod tensor;
 #[cfg(test)]
 mod tests;
@@ -336,6 +337,17 @@ impl PipelineConfig {
         !self.state.is_empty() || !self.context.is_empty()
     }
 
+    /// Whether its messages carry output tensors: not for an OCR pipeline
+    /// or an answer stage with `outputs = "answer"`, whose message is the
+    /// answer alone.
+    pub fn publishes_tensors(&self) -> bool {
+        self.ocr.is_none()
+            && self
+                .answer
+                .as_ref()
+                .is_none_or(|a| a.outputs != Outputs::Answer)
+    }
+
     /// Fed in-process by another pipeline (no zenoh subscriber).
     pub fn is_chained(&self) -> bool {
         matches!(self.format, InputFormat::Chained(_))
@@ -382,9 +394,9 @@ impl Config {
     }
 
     pub fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
-        let zenoh = zenoh_config(&raw.zenoh, base)?;
+        let zenoh = session::zenoh_config(&raw.zenoh, base)?;
         let metrics = metrics::metrics_config(&raw.metrics)?;
-        let runtime = runtime_config(&raw.runtime, base)?;
+        let runtime = session::runtime_config(&raw.runtime, base)?;
         let limits = Limits {
             max_payload_bytes: positive(
                 "limits.max_payload_bytes",
@@ -542,66 +554,6 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     } else {
         base.join(p)
     }
-}
-
-fn zenoh_config(z: &RawZenoh, base: &Path) -> Result<ZenohConfig, ConfigError> {
-    if let Some(file) = &z.config_file {
-        if z.mode.is_some() || z.listen.is_some() || z.connect.is_some() || z.scouting.is_some() {
-            return Err(invalid(
-                "zenoh.config_file: when a zenoh JSON5 file is given, zenoh.mode/listen/connect/scouting must be set in that file instead",
-            ));
-        }
-        return Ok(ZenohConfig::File(resolve(base, file)));
-    }
-    let mode = match z.mode.as_deref().unwrap_or("peer") {
-        "peer" => ZenohMode::Peer,
-        "client" => ZenohMode::Client,
-        "router" => ZenohMode::Router,
-        other => {
-            return Err(invalid(format!(
-                "zenoh.mode = {other:?}: expected one of \"peer\", \"client\", \"router\""
-            )));
-        }
-    };
-    let listen = z.listen.clone().unwrap_or_default();
-    let connect = z.connect.clone().unwrap_or_default();
-    for (key, eps) in [("zenoh.listen", &listen), ("zenoh.connect", &connect)] {
-        for ep in eps {
-            if !ep.contains('/') {
-                return Err(invalid(format!(
-                    "{key} entry {ep:?}: expected a zenoh endpoint such as \"tcp/127.0.0.1:7447\""
-                )));
-            }
-        }
-    }
-    if mode == ZenohMode::Client && connect.is_empty() {
-        return Err(invalid(
-            "zenoh.connect = []: client mode needs at least one router endpoint",
-        ));
-    }
-    Ok(ZenohConfig::Inline {
-        mode,
-        listen,
-        connect,
-        scouting: z.scouting.unwrap_or(false),
-    })
-}
-
-fn runtime_config(r: &RawRuntime, base: &Path) -> Result<RuntimeConfig, ConfigError> {
-    Ok(RuntimeConfig {
-        onnxruntime: r.onnxruntime.as_deref().map(|p| resolve(base, p)),
-        intra_op_threads: positive("runtime.intra_op_threads", r.intra_op_threads, 1)?,
-        intra_op_spinning: r.intra_op_spinning.unwrap_or(false),
-        idle_spin: match r.idle_spin_us {
-            Some(us) if us > 100_000 => {
-                return Err(invalid(format!(
-                    "runtime.idle_spin_us = {us}: at most 100000 (0.1 s); spinning longer only burns CPU"
-                )));
-            }
-            us => Duration::from_micros(us.unwrap_or(0)),
-        },
-        mlockall: r.mlockall.unwrap_or(false),
-    })
 }
 
 fn dtype(key: &str, s: &str) -> Result<Dtype, ConfigError> {

@@ -108,16 +108,10 @@ fn formats(tp: &TensorPipe) -> (String, &'static str) {
         InputFormat::Image(_) => "image message (docs/images.md)".to_string(),
         InputFormat::Chained(_) => "none (chain stage)".to_string(),
     };
-    let answer_only = c.ocr.is_some()
-        || tp
-            .spec
-            .answer
-            .as_ref()
-            .is_some_and(|b| b.config.outputs == Outputs::Answer);
-    let output = if answer_only {
-        "JSON answer"
-    } else {
+    let output = if c.publishes_tensors() {
         "safetensors prediction"
+    } else {
+        "JSON answer"
     };
     (input, output)
 }

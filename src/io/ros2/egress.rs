@@ -129,26 +129,23 @@ pub fn publish_prediction(ctx: &Ctx, job: &Job, p: Prediction<'_>) {
         return;
     };
     let tp = &ctx.tensors[job.pipeline];
-    let encoded = match topic.out.endpoint.ty {
-        RosType::Detection2DArray => p
-            .answer
-            .ok_or_else(|| "the pipeline published no answer".to_string())
+    let answer = || {
+        p.answer
+            .ok_or("the pipeline published no answer".to_string())
+    };
+    let sent = match topic.out.endpoint.ty {
+        RosType::Detection2DArray => answer()
             .and_then(|a| serde_json::from_str(a).map_err(|e| e.to_string()))
             .and_then(|a| Detection2DArray::from_answer(&a, &header_for(job)))
-            .and_then(|d| d.encode().map_err(|e| e.to_string())),
-        RosType::String => p
-            .answer
-            .ok_or_else(|| "the pipeline published no answer".to_string())
-            .and_then(|a| {
-                let msg = StringMsg { data: a.into() };
-                msg.encode().map_err(|e| e.to_string())
-            }),
+            .and_then(|d| d.encode().map_err(|e| e.to_string()))
+            .and_then(|payload| put(topic, payload)),
+        RosType::String => answer().and_then(|a| put_text(topic, a.into())),
         ty => match p.tensors.and_then(|t| t.first()) {
             None => Err("the pipeline published no output tensor".to_string()),
-            Some(o) => tensor_payload(ty, o, job),
+            Some(o) => tensor_payload(ty, o, job).and_then(|payload| put(topic, payload)),
         },
     };
-    if let Err(e) = encoded.and_then(|payload| put(topic, payload))
+    if let Err(e) = sent
         && tp.log.allow(ErrorCode::InferenceFailed)
     {
         tracing::warn!(pipeline = %tp.cfg.name, topic = %topic.out.endpoint.topic, error = %e, "cannot publish ROS 2 prediction");

@@ -25,7 +25,7 @@ use self::graph::GraphPlan;
 use super::egress::{Pipe, level_priority};
 use crate::config::answer::AnswerKind;
 use crate::config::ros2::{PipelineRos2, Ros2Out};
-use crate::config::{Config, Outputs, PipelineConfig};
+use crate::config::{Config, PipelineConfig};
 use crate::ctx::Ctx;
 use crate::ctx::ros::{RosOut, RosPipe, RosTopic};
 use crate::infer::Spec;
@@ -144,11 +144,7 @@ pub fn check_tensor_pipe(p: &PipelineConfig, spec: &Spec) -> Result<(), Ros2Star
 /// An array or image output publishes the pipeline's first published
 /// output tensor: there must be one, of a dtype the type carries.
 fn check_tensor_output(p: &PipelineConfig, spec: &Spec, ty: RosType) -> Result<(), String> {
-    let answer_only = spec
-        .answer
-        .as_ref()
-        .is_some_and(|b| b.config.outputs == Outputs::Answer);
-    if p.ocr.is_some() || answer_only || p.next.is_some() {
+    if !p.publishes_tensors() || p.next.is_some() {
         return Err(format!(
             "type {ty} carries an output tensor, but this pipeline publishes {}; use vision_msgs/msg/Detection2DArray or std_msgs/msg/String",
             if p.next.is_some() {
