@@ -88,8 +88,17 @@ def session(endpoint):
     return zenoh.open(conf)
 
 
+_EMIT = threading.Lock()
+
+
 def emit(obj):
-    print(json.dumps(obj), flush=True)
+    # Zenoh callbacks and the main thread both report: one line per object,
+    # written whole (print() writes the text and the newline separately, so
+    # two threads could interleave into one unreadable line).
+    line = json.dumps(obj) + "\n"
+    with _EMIT:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def attachment(seq, gid):
